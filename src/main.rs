@@ -1,1 +1,150 @@
-fn main() {}
+//! The `switchyard` command: `serve` runs the bridge, `check` validates its files.
+//! Parses arguments and calls the library; nothing else lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use switchyard::config::Config;
+use switchyard::routes::Routes;
+use switchyard::{Bridge, server};
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "A migration bridge from Socket.IO to HTTP streaming (NDJSON and SSE)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bridge (HTTP and Socket.IO on one port).
+    Serve {
+        /// Config file (default: switchyard.toml when it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen address, overriding the config (e.g. 127.0.0.1:9000).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Validate the config, routes and flags; list every problem and exit non-zero if any.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, listen } => serve(config, listen),
+        Command::Check { config } => check(config),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load(config: Option<PathBuf>) -> anyhow::Result<(Config, Routes)> {
+    let config = Config::load(config.as_deref())?;
+    let routes = Routes::load(&config.routes_file)
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+    Ok((config, routes))
+}
+
+fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let (mut config, routes) = load(config)?;
+    if let Some(addr) = listen {
+        config.listen = addr;
+    }
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (set `listen` or SWITCHYARD_LISTEN)", config.listen))?;
+        let addr = listener.local_addr()?;
+        for r in routes.iter() {
+            let sio = r.socketio.as_ref().map(|s| format!(", Socket.IO `{}` on {}", s.request_event, s.namespace)).unwrap_or_default();
+            tracing::info!("route {}: POST {}{sio} ({} engine)", r.name, r.http.path, r.engine.build().kind());
+        }
+        tracing::info!("switchyard listening on http://{addr} (Socket.IO at /socket.io/)");
+        let bridge = Bridge::new(config, routes);
+        server::run(listener, bridge, shutdown_signal()).await?;
+        tracing::info!("switchyard stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C received: draining"),
+        _ = term => tracing::info!("SIGTERM received: draining"),
+    }
+}
+
+fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let mut problems = Vec::new();
+    let config = match Config::load(config.as_deref()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    };
+    let config = config.unwrap_or_default();
+    let routes = match Routes::load(&config.routes_file) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            problems.extend(e.problems.iter().map(|p| p.to_string()));
+            None
+        }
+    };
+    let flags = config.flags_file();
+    match std::fs::read_to_string(&flags) {
+        Ok(text) => {
+            if let Err(e) = text.parse::<toml::Table>() {
+                problems.push(format!("{}: not valid TOML: {e}", flags.display()));
+            }
+        }
+        Err(e) => problems.push(format!("{}: cannot read the flags file: {e}", flags.display())),
+    }
+    if problems.is_empty() {
+        let n = routes.map(|r| r.len()).unwrap_or(0);
+        println!("ok: config, {n} routes ({}) and flags ({}) are valid", config.routes_file.display(), flags.display());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{} problem{} found:", problems.len(), if problems.len() == 1 { "" } else { "s" });
+        for p in &problems {
+            eprintln!("  - {p}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}

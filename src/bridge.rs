@@ -1,0 +1,268 @@
+//! The bridge: the one narrow handle both adapters call (start, resume, cancel, follow a
+//! session, drain). The only module that sees engines, the hub and the policy together.
+//!
+//! Owns each stream's producer task: it writes `started`, runs the engine, watches for
+//! cancel, orphaning and idleness, and writes the terminal event and `end`. Adapters never
+//! see an engine; engines never see a transport.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::engine::{Emitter, Engine, EngineError};
+use crate::error::ApiError;
+use crate::event::{EndReason, Finish, Seq};
+use crate::hub::{Cursor, Hub, HubConfig, SessionFollow, Stream};
+use crate::request::{RequestId, StreamRequest};
+use crate::routes::{RouteName, Routes};
+
+/// How often shutdown re-checks whether streams have finished.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// After the last stream ended at shutdown, how long subscribers get to write it out.
+const FLUSH_LIMIT: Duration = Duration::from_secs(5);
+
+/// A started stream: the stream and the requester's cursor (from seq 0).
+pub struct Started {
+    pub stream: Arc<Stream>,
+    pub cursor: Cursor,
+}
+
+#[derive(Clone)]
+pub struct Bridge {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    routes: Routes,
+    engines: HashMap<RouteName, Arc<dyn Engine>>,
+    hub: Arc<Hub>,
+    auth: Auth,
+    draining: AtomicBool,
+}
+
+impl Bridge {
+    pub fn new(config: Config, routes: Routes) -> Bridge {
+        let engines = routes
+            .iter()
+            .map(|r| (r.name.clone(), r.engine.build()))
+            .collect();
+        let hub = Hub::new(HubConfig {
+            max_streams: config.limits.max_streams,
+            replay_max_bytes: config.replay.max_bytes,
+            retention: Duration::from_secs(config.replay.retention_secs),
+        });
+        Bridge {
+            inner: Arc::new(Inner {
+                auth: Auth::new(&config.auth),
+                config,
+                routes,
+                engines,
+                hub,
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn routes(&self) -> &Routes {
+        &self.inner.routes
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.inner.auth
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.inner.hub
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// Starts a stream: checks, registers, spawns the producer, returns the requester's
+    /// cursor. Nothing is started when this fails.
+    pub fn start(&self, req: StreamRequest) -> Result<Started, ApiError> {
+        if self.is_draining() {
+            return Err(ApiError::Draining);
+        }
+        let engine = self
+            .inner
+            .engines
+            .get(&req.route.name)
+            .ok_or_else(|| ApiError::UnknownRoute(req.route.name.to_string()))?;
+        let job = engine.prepare(&req.input).map_err(|e| match e {
+            EngineError::InvalidOption { .. } => ApiError::InvalidRequest(e.to_string()),
+            EngineError::Failed { message, .. } => ApiError::InvalidRequest(message),
+        })?;
+        let id = req.request_id.clone().unwrap_or_else(RequestId::generate);
+        let (stream, cursor) =
+            self.inner
+                .hub
+                .create(id, req.route.clone(), req.session_id.clone(), req.transport)?;
+        let span = tracing::info_span!("stream", request_id = %stream.id, route = %stream.route.name);
+        let producer = produce(
+            self.inner.hub.clone(),
+            stream.clone(),
+            job,
+            Duration::from_secs(self.inner.config.replay.orphan_grace_secs),
+            Duration::from_secs(self.inner.config.engine.idle_timeout_secs),
+        );
+        tokio::spawn(producer.instrument(span));
+        tracing::debug!(request_id = %stream.id, route = %stream.route.name, transport = req.transport.as_str(), "stream started");
+        Ok(Started { stream, cursor })
+    }
+
+    /// A cursor on a known stream from the event after `after` (`None`: from the start).
+    pub fn resume(&self, request_id: &str, after: Option<i64>) -> Result<Cursor, ApiError> {
+        let stream = self
+            .inner
+            .hub
+            .get(request_id)
+            .ok_or_else(|| ApiError::UnknownStream(request_id.to_string()))?;
+        let from: Seq = match after {
+            None => 0,
+            Some(a) if a < -1 => {
+                return Err(ApiError::InvalidRequest(format!(
+                    "`after` must be a seq (or -1 for the start), not {a}"
+                )));
+            }
+            Some(a) => (a + 1) as Seq,
+        };
+        let first = stream.first_kept();
+        if from < first {
+            return Err(ApiError::ResumeGap {
+                request_id: request_id.to_string(),
+                after: after.unwrap_or(-1),
+                first_kept: first,
+            });
+        }
+        Ok(stream.subscribe_from(from))
+    }
+
+    /// Cancels a live stream, whichever transport started it. `Ok(false)` when it had
+    /// already ended.
+    pub fn cancel(&self, request_id: &str) -> Result<bool, ApiError> {
+        let stream = self
+            .inner
+            .hub
+            .get(request_id)
+            .ok_or_else(|| ApiError::UnknownStream(request_id.to_string()))?;
+        Ok(stream.stop(EndReason::Cancelled))
+    }
+
+    pub fn follow_session(&self, session: Arc<str>) -> SessionFollow {
+        self.inner.hub.follow_session(session)
+    }
+
+    /// Graceful shutdown of the streams (SPEC section 8): refuse new work, let running
+    /// streams finish for the grace time, end the rest with `shutdown`, give subscribers
+    /// a moment to write their last events, then close session followers.
+    pub async fn drain(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+        let hub = &self.inner.hub;
+        let grace = Duration::from_secs(self.inner.config.shutdown.grace_secs);
+        tracing::info!(running = hub.running(), grace_secs = grace.as_secs(), "draining");
+        wait_until(grace, || hub.running() == 0).await;
+        let rest = hub.live_streams();
+        if !rest.is_empty() {
+            tracing::info!(streams = rest.len(), "ending the remaining streams with `shutdown`");
+        }
+        for s in &rest {
+            s.stop(EndReason::Shutdown);
+        }
+        wait_until(FLUSH_LIMIT, || hub.running() == 0).await;
+        wait_until(FLUSH_LIMIT, || {
+            hub.live_streams().is_empty() && rest.iter().all(|s| s.subscribers() == 0)
+        })
+        .await;
+        hub.close();
+    }
+}
+
+async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() && Instant::now() < deadline {
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
+/// The producer task of one stream.
+async fn produce(
+    hub: Arc<Hub>,
+    stream: Arc<Stream>,
+    job: crate::engine::Job,
+    orphan_grace: Duration,
+    idle_timeout: Duration,
+) {
+    stream.start();
+    let emitter: Emitter = stream.clone();
+    let mut engine = tokio::spawn(job(emitter));
+    let watchdog = async {
+        tokio::select! {
+            _ = orphan_watch(&stream, orphan_grace) => stream.stop(EndReason::Cancelled),
+            _ = idle_watch(&stream, idle_timeout) => stream.stop(EndReason::Timeout),
+        };
+        std::future::pending::<()>().await
+    };
+    let finish = tokio::select! {
+        r = &mut engine => match r {
+            Ok(Ok(())) => Finish::Completed,
+            Ok(Err(EngineError::Failed { error_type, message })) => Finish::Failed { error_type, message },
+            Ok(Err(e @ EngineError::InvalidOption { .. })) => Finish::Failed {
+                error_type: "invalid_request".into(),
+                message: e.to_string(),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "the engine task failed");
+                Finish::Failed {
+                    error_type: "engine_error".into(),
+                    message: "the engine stopped unexpectedly".into(),
+                }
+            }
+        },
+        reason = stream.stopped() => {
+            engine.abort();
+            Finish::Stopped(reason)
+        }
+        _ = watchdog => Finish::Stopped(EndReason::Cancelled),
+    };
+    if let Finish::Failed { error_type, message } = &finish {
+        tracing::warn!(error_type, message, "stream failed");
+    }
+    stream.finish(finish);
+    hub.finished(&stream);
+    tracing::debug!(subscribers = stream.subscribers(), "stream ended");
+}
+
+/// Resolves once the stream has had no subscriber for a whole `grace`.
+async fn orphan_watch(stream: &Stream, grace: Duration) {
+    loop {
+        stream.orphaned().await;
+        tokio::time::sleep(grace).await;
+        if stream.subscribers() == 0 {
+            return;
+        }
+    }
+}
+
+/// Resolves once the engine has written nothing for `limit`.
+async fn idle_watch(stream: &Stream, limit: Duration) {
+    let limit_ms = limit.as_millis() as u64;
+    loop {
+        let idle = stream.idle_ms();
+        if idle >= limit_ms {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(limit_ms - idle)).await;
+    }
+}

@@ -1,0 +1,296 @@
+//! Settings: every knob, its default and its meaning, in one place.
+//!
+//! Read from `switchyard.toml` (or `--config FILE`), then `SWITCHYARD_*` environment
+//! variables, with `__` between nested keys (`SWITCHYARD_LIMITS__MAX_STREAMS=100`).
+//! Owns nothing else: no file other than the config file is read here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The config file read when `--config` is not given and it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "switchyard.toml";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on for HTTP and Socket.IO.
+    pub listen: SocketAddr,
+    /// The routes file (SPEC section 2).
+    pub routes_file: PathBuf,
+    /// The flags directory, holding `flags.toml` and `audit.jsonl`.
+    pub flags_dir: PathBuf,
+    /// Seconds without any event after which an HTTP stream gets a heartbeat.
+    pub heartbeat_secs: u64,
+    pub admin: AdminConfig,
+    pub auth: AuthConfig,
+    pub limits: Limits,
+    pub replay: ReplayConfig,
+    pub shutdown: ShutdownConfig,
+    pub engine: EngineConfig,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token of the admin API; unset means the admin API answers 403.
+    pub token: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret; when set, HTTP needs `Authorization: Bearer <jwt>` and Socket.IO
+    /// needs handshake `auth: {token}`. Unset: identity from `x-user-id`/`x-tenant-id`
+    /// headers or handshake `auth.user_id`/`auth.tenant_id` (development only).
+    pub jwt_secret: Option<String>,
+    /// Required `iss` claim, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    pub audience: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted HTTP request body, in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Most streams running at once (429 above).
+    pub max_streams: usize,
+    /// How far (bytes of encoded events) a subscriber may lag behind its stream before it
+    /// is ended with `slow_consumer`.
+    pub max_lag_bytes: u64,
+    /// Largest accepted Socket.IO packet, in bytes (as Node socket.io's maxHttpBufferSize).
+    pub socketio_max_payload: u64,
+    /// Packets queued per socket before the bridge waits for the socket to drain.
+    pub socketio_buffer: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 1024 * 1024,
+            max_streams: 10_000,
+            max_lag_bytes: 1024 * 1024,
+            socketio_max_payload: 1_000_000,
+            socketio_buffer: 128,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplayConfig {
+    /// Seconds a finished stream stays resumable.
+    pub retention_secs: u64,
+    /// Bytes of encoded events kept per stream; older events are evicted past it.
+    pub max_bytes: usize,
+    /// Seconds a stream with no subscriber keeps running before it is cancelled.
+    pub orphan_grace_secs: u64,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        ReplayConfig {
+            retention_secs: 60,
+            max_bytes: 8 * 1024 * 1024,
+            orphan_grace_secs: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Seconds running streams get to finish after SIGTERM/Ctrl-C before they are ended
+    /// with `shutdown`.
+    pub grace_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { grace_secs: 30 }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Seconds an engine may stay silent before its stream ends with `timeout`.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            idle_timeout_secs: 60,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            routes_file: PathBuf::from("routes.toml"),
+            flags_dir: PathBuf::from("flags"),
+            heartbeat_secs: 15,
+            admin: AdminConfig::default(),
+            auth: AuthConfig::default(),
+            limits: Limits::default(),
+            replay: ReplayConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+/// The top-level keys; environment variables naming anything else (such as the CLI's
+/// `SWITCHYARD_ADMIN_TOKEN`) are not settings and are left alone.
+const TOP_LEVEL_KEYS: [&str; 10] = [
+    "listen",
+    "routes_file",
+    "flags_dir",
+    "heartbeat_secs",
+    "admin",
+    "auth",
+    "limits",
+    "replay",
+    "shutdown",
+    "engine",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Value(String),
+}
+
+impl Config {
+    /// Defaults, then the config file (`path`, or `switchyard.toml` when it exists), then
+    /// the environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let file = match path {
+            Some(p) if !p.exists() => return Err(ConfigError::Missing(p.to_path_buf())),
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
+        };
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(
+            Env::prefixed("SWITCHYARD_")
+                .split("__")
+                .filter(|k| {
+                    let first = k.as_str().split("__").next().unwrap_or_default();
+                    TOP_LEVEL_KEYS
+                        .iter()
+                        .any(|t| t.eq_ignore_ascii_case(first))
+                }),
+        );
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Value(m.to_string()));
+        if self.heartbeat_secs == 0 {
+            return bad("heartbeat_secs must be at least 1");
+        }
+        if self.limits.max_streams == 0 {
+            return bad("limits.max_streams must be at least 1");
+        }
+        if self.limits.socketio_buffer == 0 {
+            return bad("limits.socketio_buffer must be at least 1");
+        }
+        if self.replay.max_bytes == 0 {
+            return bad("replay.max_bytes must be at least 1");
+        }
+        if self.engine.idle_timeout_secs == 0 {
+            return bad("engine.idle_timeout_secs must be at least 1");
+        }
+        if self.auth.jwt_secret.as_deref() == Some("") {
+            return bad("auth.jwt_secret must not be empty (leave it unset to turn auth off)");
+        }
+        Ok(())
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs)
+    }
+
+    /// `flags_dir/flags.toml`.
+    pub fn flags_file(&self) -> PathBuf {
+        self.flags_dir.join("flags.toml")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_match_the_spec() {
+        Jail::expect_with(|_| {
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+            assert_eq!(c.heartbeat_secs, 15);
+            assert_eq!(c.limits.max_body_bytes, 1 << 20);
+            assert_eq!(c.limits.socketio_max_payload, 1_000_000);
+            assert_eq!(c.replay.retention_secs, 60);
+            assert_eq!(c.replay.max_bytes, 8 << 20);
+            assert_eq!(c.replay.orphan_grace_secs, 10);
+            assert_eq!(c.shutdown.grace_secs, 30);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "switchyard.toml",
+                "heartbeat_secs = 5\n[limits]\nmax_streams = 7\n[admin]\ntoken = \"file\"\n",
+            )?;
+            jail.set_env("SWITCHYARD_LISTEN", "127.0.0.1:9000");
+            jail.set_env("SWITCHYARD_LIMITS__MAX_STREAMS", "100");
+            jail.set_env("SWITCHYARD_ADMIN__TOKEN", "env");
+            jail.set_env("SWITCHYARD_ADMIN_TOKEN", "not a setting");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
+            assert_eq!(c.heartbeat_secs, 5);
+            assert_eq!(c.limits.max_streams, 100);
+            assert_eq!(c.admin.token.as_deref(), Some("env"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file("a.toml", "[limits]\nmax_stream = 7\n")?;
+            let err = Config::load(Some(Path::new("a.toml"))).unwrap_err();
+            assert!(err.to_string().contains("max_stream"), "{err}");
+            jail.create_file("b.toml", "heartbeat_secs = 0\n")?;
+            assert!(Config::load(Some(Path::new("b.toml"))).is_err());
+            assert!(matches!(
+                Config::load(Some(Path::new("missing.toml"))),
+                Err(ConfigError::Missing(_))
+            ));
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,91 @@
+//! Engines: what produces a stream's events (SPEC section 7).
+//!
+//! Owns the [`Engine`] trait, the per-route [`EngineSpec`] from `routes.toml`, and the
+//! engines themselves. An engine writes events through a [`Sink`] and returns how it
+//! ended; it never sees a transport, a subscriber, a `seq` or the stream rules (the core
+//! applies those to whatever an engine writes).
+
+pub mod script;
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+
+use crate::event::EventKind;
+
+/// Where an engine writes its events. Implemented by the hub's stream log.
+pub trait Sink: Send + Sync {
+    /// Appends one event; `false` once the stream takes no more events (it has its
+    /// terminal event, or it was stopped): the engine should return.
+    fn emit(&self, kind: EventKind, data: Value) -> bool;
+}
+
+pub type Emitter = Arc<dyn Sink>;
+
+/// The engine's work for one request, ready to run.
+pub type Job = Box<dyn FnOnce(Emitter) -> BoxFuture<'static, Result<(), EngineError>> + Send>;
+
+/// An engine, one per route.
+pub trait Engine: Send + Sync {
+    /// The engine kind, as in routes.toml (`script`, ...).
+    fn kind(&self) -> &'static str;
+
+    /// Checks the neutral input (options over their maxima, ...) before the stream starts;
+    /// an error here refuses the request with 400 and starts nothing.
+    fn prepare(&self, input: &Value) -> Result<Job, EngineError>;
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    /// The request asked for something the engine will not do (a 400 before the stream).
+    #[error("option `{option}` {message}")]
+    InvalidOption { option: String, message: String },
+    /// The engine failed mid-stream: becomes an `error` event and `end {reason: "error"}`.
+    #[error("{message}")]
+    Failed { error_type: String, message: String },
+}
+
+/// A route's engine, as configured in routes.toml.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineSpec {
+    Script(script::ScriptLimits),
+}
+
+impl EngineSpec {
+    /// Known engine kinds.
+    pub const KINDS: [&'static str; 1] = ["script"];
+
+    /// Parses the `engine` table of a route; errors name the field inside it.
+    pub fn from_toml(v: &toml::Value) -> Result<EngineSpec, (String, String)> {
+        let Some(t) = v.as_table() else {
+            return Err((
+                "kind".into(),
+                "`engine` must be a table such as { kind = \"script\" }".into(),
+            ));
+        };
+        match t.get("kind") {
+            Some(toml::Value::String(k)) if k == "script" => {
+                script::ScriptLimits::from_table(t).map(EngineSpec::Script)
+            }
+            Some(toml::Value::String(k)) => Err((
+                "kind".into(),
+                format!(
+                    "unknown engine `{k}` (known: {})",
+                    EngineSpec::KINDS.join(", ")
+                ),
+            )),
+            Some(_) => Err(("kind".into(), "must be a string".into())),
+            None => Err((
+                "kind".into(),
+                format!("missing (known: {})", EngineSpec::KINDS.join(", ")),
+            )),
+        }
+    }
+
+    pub fn build(&self) -> Arc<dyn Engine> {
+        match self {
+            EngineSpec::Script(limits) => Arc::new(script::ScriptEngine::new(limits.clone())),
+        }
+    }
+}

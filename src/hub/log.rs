@@ -1,0 +1,344 @@
+//! One stream's append-only log, which is also its replay buffer, and the cursors that
+//! read it.
+//!
+//! The producer (the engine through [`Sink`], then the core's finish) appends under a
+//! short lock that is never held across an await; each reader has its own [`Cursor`]
+//! and wakes on a watch channel. The log keeps at most `replay.max_bytes` of events,
+//! evicting the oldest; a cursor whose next event was evicted gets [`Batch::Lagged`].
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use serde_json::Value;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Sink;
+use crate::event::{EndReason, Event, EventKind, Finish, Pushed, Seq, StreamRules};
+use crate::request::{RequestId, Transport};
+use crate::routes::Route;
+use crate::transport::encode::Frames;
+
+/// Bytes an entry holds beyond its encoded size (the entry itself and its caches).
+const ENTRY_OVERHEAD: u64 = std::mem::size_of::<Entry>() as u64;
+
+/// One logged event with its wire encodings, made once and shared by every subscriber.
+pub struct Entry {
+    pub event: Event,
+    /// Bytes appended to the stream before this entry.
+    pub offset: u64,
+    /// This entry's encoded size (its neutral NDJSON line): what lag is measured in.
+    pub size: u64,
+    pub frames: Frames,
+}
+
+impl Entry {
+    pub fn end(&self) -> u64 {
+        self.offset + self.size
+    }
+}
+
+struct Log {
+    rules: StreamRules,
+    entries: VecDeque<Arc<Entry>>,
+    /// Seq of `entries[0]`.
+    first_seq: Seq,
+    retained: u64,
+    total: u64,
+}
+
+/// A stream: identity, log, subscribers, stop signal.
+pub struct Stream {
+    pub id: RequestId,
+    pub route: Arc<Route>,
+    pub session_id: Option<Arc<str>>,
+    pub origin: Transport,
+    pub created: Instant,
+    log: Mutex<Log>,
+    max_bytes: u64,
+    head: watch::Sender<Seq>,
+    subscribers: AtomicUsize,
+    orphaned: Notify,
+    stop: CancellationToken,
+    stop_reason: Mutex<Option<EndReason>>,
+    /// Milliseconds since `created` of the last engine event (idle detection).
+    last_event_ms: AtomicU64,
+}
+
+impl Stream {
+    pub(super) fn new(
+        id: RequestId,
+        route: Arc<Route>,
+        session_id: Option<Arc<str>>,
+        origin: Transport,
+        max_bytes: usize,
+    ) -> Stream {
+        Stream {
+            id,
+            route,
+            session_id,
+            origin,
+            created: Instant::now(),
+            log: Mutex::new(Log {
+                rules: StreamRules::new(),
+                entries: VecDeque::new(),
+                first_seq: 0,
+                retained: 0,
+                total: 0,
+            }),
+            max_bytes: max_bytes as u64,
+            head: watch::channel(0).0,
+            subscribers: AtomicUsize::new(0),
+            orphaned: Notify::new(),
+            stop: CancellationToken::new(),
+            stop_reason: Mutex::new(None),
+            last_event_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn log(&self) -> MutexGuard<'_, Log> {
+        // A poisoned lock only means a panic elsewhere while holding it; the log itself
+        // is always left consistent (every mutation is a single push/pop), so go on.
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the `started` event. Called once, by the core, before the engine runs.
+    pub fn start(&self) {
+        let mut log = self.log();
+        if let Some(ev) = log.rules.start(self.id.as_str(), &self.route.name) {
+            self.append(&mut log, ev);
+        }
+        drop(log);
+        self.publish();
+    }
+
+    /// Writes the terminal event (if the engine did not) and `end`.
+    pub fn finish(&self, how: Finish) {
+        let mut log = self.log();
+        for ev in log.rules.finish(how) {
+            self.append(&mut log, ev);
+        }
+        drop(log);
+        self.publish();
+    }
+
+    fn append(&self, log: &mut Log, event: Event) {
+        let frames = Frames::new(&event);
+        let size = frames.neutral_len() as u64;
+        let entry = Arc::new(Entry {
+            event,
+            offset: log.total,
+            size,
+            frames,
+        });
+        log.total += size;
+        // Memory held counts the entry itself too, so many tiny events stay bounded.
+        log.retained += size + ENTRY_OVERHEAD;
+        log.entries.push_back(entry);
+        while log.retained > self.max_bytes && log.entries.len() > 1 {
+            if let Some(old) = log.entries.pop_front() {
+                log.retained -= old.size + ENTRY_OVERHEAD;
+                log.first_seq += 1;
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let next = self.log().rules.next_seq();
+        self.head.send_replace(next);
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.log().rules.is_ended()
+    }
+
+    /// The chunk text so far.
+    pub fn output(&self) -> String {
+        self.log().rules.output().to_string()
+    }
+
+    /// Asks the producer to stop; the first reason given wins. Returns false if the
+    /// stream had already ended.
+    pub fn stop(&self, reason: EndReason) -> bool {
+        if self.is_ended() {
+            return false;
+        }
+        let mut r = self.stop_reason.lock().unwrap_or_else(|p| p.into_inner());
+        r.get_or_insert(reason);
+        drop(r);
+        self.stop.cancel();
+        true
+    }
+
+    /// Resolves when [`Stream::stop`] was called, with the reason.
+    pub async fn stopped(&self) -> EndReason {
+        self.stop.cancelled().await;
+        self.stop_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or(EndReason::Cancelled)
+    }
+
+    /// Resolves when the last subscriber leaves (possibly before this call).
+    pub async fn orphaned(&self) {
+        loop {
+            let notified = self.orphaned.notified();
+            if self.subscribers.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::Acquire)
+    }
+
+    /// Milliseconds since the last event the engine wrote (or since creation).
+    pub fn idle_ms(&self) -> u64 {
+        let now = self.created.elapsed().as_millis() as u64;
+        now.saturating_sub(self.last_event_ms.load(Ordering::Relaxed))
+    }
+
+    /// The seq of the oldest event still held.
+    pub fn first_kept(&self) -> Seq {
+        self.log().first_seq
+    }
+
+    /// The seq the next event will get (= number of events written).
+    pub fn next_seq(&self) -> Seq {
+        self.log().rules.next_seq()
+    }
+
+    /// A cursor that reads from `seq` on (it may be evicted already: the cursor then
+    /// reports [`Batch::Lagged`]).
+    pub fn subscribe_from(self: &Arc<Self>, seq: Seq) -> Cursor {
+        let delivered = {
+            let log = self.log();
+            let idx = seq.saturating_sub(log.first_seq) as usize;
+            match log.entries.get(idx) {
+                Some(e) => e.offset,
+                None => log.total,
+            }
+        };
+        self.subscribers.fetch_add(1, Ordering::AcqRel);
+        Cursor {
+            stream: self.clone(),
+            next: seq,
+            delivered,
+            rx: self.head.subscribe(),
+        }
+    }
+
+    /// A cursor from the next event on.
+    pub fn subscribe_from_head(self: &Arc<Self>) -> Cursor {
+        let next = self.next_seq();
+        self.subscribe_from(next)
+    }
+}
+
+impl Sink for Stream {
+    fn emit(&self, kind: EventKind, data: Value) -> bool {
+        if self.stop.is_cancelled() {
+            return false;
+        }
+        let mut log = self.log();
+        let accepted = match log.rules.push(kind, data) {
+            Pushed::Accepted(ev) => {
+                self.append(&mut log, ev);
+                true
+            }
+            Pushed::Reserved => {
+                tracing::warn!(request_id = %self.id, event = kind.as_str(), "engine wrote a reserved event; ignored");
+                return true;
+            }
+            Pushed::AfterTerminal => false,
+        };
+        let next = log.rules.next_seq();
+        drop(log);
+        self.last_event_ms
+            .store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.head.send_replace(next);
+        accepted
+    }
+}
+
+/// What a cursor read.
+pub enum Batch {
+    /// The next events, in order (at least one).
+    Events(Vec<Arc<Entry>>),
+    /// The next event was evicted before this cursor read it.
+    Lagged,
+    /// The stream has ended and everything was read.
+    End,
+}
+
+/// One subscriber's position in a stream. Dropping it unsubscribes.
+pub struct Cursor {
+    stream: Arc<Stream>,
+    next: Seq,
+    delivered: u64,
+    rx: watch::Receiver<Seq>,
+}
+
+impl Cursor {
+    pub fn stream(&self) -> &Arc<Stream> {
+        &self.stream
+    }
+
+    /// The seq of the next event this cursor will read.
+    pub fn next_seq(&self) -> Seq {
+        self.next
+    }
+
+    /// Bytes written to the stream that this cursor has not read yet.
+    pub fn lag_bytes(&self) -> u64 {
+        self.stream.log().total.saturating_sub(self.delivered)
+    }
+
+    /// Up to `max` next events, waiting for the producer when there are none.
+    pub async fn next_batch(&mut self, max: usize) -> Batch {
+        loop {
+            self.rx.borrow_and_update();
+            if let Some(batch) = self.try_batch(max) {
+                return batch;
+            }
+            if self.rx.changed().await.is_err() {
+                return Batch::End;
+            }
+        }
+    }
+
+    /// Like [`Cursor::next_batch`] without waiting: `None` when nothing is ready.
+    pub fn try_batch(&mut self, max: usize) -> Option<Batch> {
+        let log = self.stream.log();
+        if self.next < log.first_seq {
+            return Some(Batch::Lagged);
+        }
+        let idx = (self.next - log.first_seq) as usize;
+        if idx < log.entries.len() {
+            let take = (log.entries.len() - idx).min(max.max(1));
+            let batch: Vec<Arc<Entry>> = log.entries.range(idx..idx + take).cloned().collect();
+            drop(log);
+            self.next += take as u64;
+            if let Some(last) = batch.last() {
+                self.delivered = last.end();
+            }
+            return Some(Batch::Events(batch));
+        }
+        if log.rules.is_ended() {
+            return Some(Batch::End);
+        }
+        None
+    }
+}
+
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        if self.stream.subscribers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.stream.orphaned.notify_one();
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The stream hub: every live or recently finished stream, and the session taps.
+//!
+//! Owns the registry (request id → [`Stream`]), the capacity and duplicate checks, the
+//! retention of finished streams for resume, and session following (a tap receives a
+//! cursor on every stream of its session). It never encodes for a wire, never runs an
+//! engine, and never blocks a producer on a subscriber.
+
+mod log;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::{mpsc, watch};
+
+pub use log::{Batch, Cursor, Entry, Stream};
+
+use crate::error::ApiError;
+use crate::request::{RequestId, Transport};
+use crate::routes::Route;
+
+/// Cursors a session tap may have waiting before it counts as too slow and is dropped.
+const TAP_QUEUE: usize = 64;
+
+/// Sizing of the hub, from the configuration.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub max_streams: usize,
+    pub replay_max_bytes: usize,
+    pub retention: Duration,
+}
+
+struct Tap {
+    id: u64,
+    tx: mpsc::Sender<Cursor>,
+}
+
+pub struct Hub {
+    config: HubConfig,
+    streams: DashMap<RequestId, Arc<Stream>>,
+    sessions: DashMap<Arc<str>, Vec<Tap>>,
+    running: AtomicUsize,
+    next_tap: AtomicU64,
+    closed: watch::Sender<bool>,
+}
+
+impl Hub {
+    pub fn new(config: HubConfig) -> Arc<Hub> {
+        Arc::new(Hub {
+            config,
+            streams: DashMap::new(),
+            sessions: DashMap::new(),
+            running: AtomicUsize::new(0),
+            next_tap: AtomicU64::new(0),
+            closed: watch::channel(false).0,
+        })
+    }
+
+    /// Registers a new stream and returns it with the requester's cursor (from seq 0), so
+    /// the requester misses nothing. Session taps get their cursors at once too.
+    pub fn create(
+        self: &Arc<Self>,
+        id: RequestId,
+        route: Arc<Route>,
+        session_id: Option<Arc<str>>,
+        origin: Transport,
+    ) -> Result<(Arc<Stream>, Cursor), ApiError> {
+        let max = self.config.max_streams;
+        if self.running.fetch_add(1, Ordering::AcqRel) >= max {
+            self.running.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::OverCapacity { limit: max });
+        }
+        let stream = Arc::new(Stream::new(
+            id.clone(),
+            route,
+            session_id.clone(),
+            origin,
+            self.config.replay_max_bytes,
+        ));
+        match self.streams.entry(id.clone()) {
+            dashmap::Entry::Occupied(e) if !e.get().is_ended() => {
+                self.running.fetch_sub(1, Ordering::AcqRel);
+                return Err(ApiError::DuplicateRequest(id.to_string()));
+            }
+            dashmap::Entry::Occupied(mut e) => {
+                e.insert(stream.clone());
+            }
+            dashmap::Entry::Vacant(e) => {
+                e.insert(stream.clone());
+            }
+        }
+        let cursor = stream.subscribe_from(0);
+        if let Some(session) = &session_id {
+            self.offer_to_taps(session, &stream);
+        }
+        Ok((stream, cursor))
+    }
+
+    fn offer_to_taps(&self, session: &Arc<str>, stream: &Arc<Stream>) {
+        if let Some(mut taps) = self.sessions.get_mut(session) {
+            // A tap that cannot take one more cursor is too slow (or gone): drop it, which
+            // ends its follower, rather than hold a stream back or queue without bound.
+            taps.retain(|tap| tap.tx.try_send(stream.subscribe_from(0)).is_ok());
+        }
+    }
+
+    /// Called once by the producer when its stream has written `end`: frees its running
+    /// slot and keeps it resumable for the retention time.
+    pub fn finished(self: &Arc<Self>, stream: &Arc<Stream>) {
+        self.running.fetch_sub(1, Ordering::AcqRel);
+        let hub = Arc::downgrade(self);
+        let stream = stream.clone();
+        let retention = self.config.retention;
+        tokio::spawn(async move {
+            tokio::time::sleep(retention).await;
+            if let Some(hub) = hub.upgrade() {
+                hub.streams
+                    .remove_if(&stream.id, |_, s| Arc::ptr_eq(s, &stream));
+            }
+        });
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Stream>> {
+        let id = RequestId::parse(id).ok()?;
+        self.streams.get(&id).map(|s| s.clone())
+    }
+
+    /// Streams still running.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Streams held (running or retained).
+    pub fn held(&self) -> usize {
+        self.streams.len()
+    }
+
+    pub fn live_streams(&self) -> Vec<Arc<Stream>> {
+        self.streams
+            .iter()
+            .filter(|s| !s.is_ended())
+            .map(|s| s.clone())
+            .collect()
+    }
+
+    /// Follows a session: a cursor for every stream of the session that starts from now on,
+    /// and for the ones already running (from their current head, as joining a room).
+    pub fn follow_session(self: &Arc<Self>, session: Arc<str>) -> SessionFollow {
+        let (tx, rx) = mpsc::channel(TAP_QUEUE);
+        let id = self.next_tap.fetch_add(1, Ordering::Relaxed);
+        self.sessions
+            .entry(session.clone())
+            .or_default()
+            .push(Tap { id, tx: tx.clone() });
+        let pending: Vec<Cursor> = self
+            .streams
+            .iter()
+            .filter(|s| !s.is_ended() && s.session_id.as_deref() == Some(&*session))
+            .map(|s| s.subscribe_from_head())
+            .collect();
+        SessionFollow {
+            hub: Arc::downgrade(self),
+            session,
+            id,
+            rx,
+            initial: pending.iter().map(|c| c.stream().id.clone()).collect(),
+            pending,
+            closed: self.closed.subscribe(),
+        }
+    }
+
+    /// Ends every session follower (at shutdown, after the streams ended).
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+        self.sessions.clear();
+    }
+}
+
+/// A follower of one session. Yields a cursor per stream of the session; ends when the hub
+/// closes or the follower was too slow to take its cursors.
+pub struct SessionFollow {
+    hub: std::sync::Weak<Hub>,
+    session: Arc<str>,
+    id: u64,
+    rx: mpsc::Receiver<Cursor>,
+    pending: Vec<Cursor>,
+    /// Streams that were running at join time: a tap may offer them again (the join raced
+    /// their start), and the second cursor is dropped.
+    initial: HashSet<RequestId>,
+    closed: watch::Receiver<bool>,
+}
+
+impl SessionFollow {
+    pub fn session(&self) -> &Arc<str> {
+        &self.session
+    }
+
+    /// The next stream of the session, or `None` when following is over.
+    pub async fn next(&mut self) -> Option<Cursor> {
+        if let Some(c) = self.pending.pop() {
+            return Some(c);
+        }
+        if *self.closed.borrow() {
+            return None;
+        }
+        loop {
+            let cursor = tokio::select! {
+                c = self.rx.recv() => c?,
+                _ = self.closed.wait_for(|closed| *closed) => return None,
+            };
+            if !self.initial.contains(&cursor.stream().id) {
+                return Some(cursor);
+            }
+        }
+    }
+}
+
+impl Drop for SessionFollow {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.upgrade() {
+            let empty = match hub.sessions.get_mut(&self.session) {
+                Some(mut taps) => {
+                    taps.retain(|t| t.id != self.id);
+                    taps.is_empty()
+                }
+                None => false,
+            };
+            if empty {
+                hub.sessions
+                    .remove_if(&self.session, |_, taps| taps.is_empty());
+            }
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! What a stream request is, once an adapter has decoded it: [`StreamRequest`], the
+//! [`Subject`] it is made for, its [`RequestId`] and the [`Transport`] it came on.
+//!
+//! Owns the validation of the fields the bridge itself reads from the neutral input
+//! (`request_id`, `session_id`, `options`), the same for every transport. Knows nothing of
+//! wire formats.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::routes::Route;
+
+/// A stream's id: given by the client or a fresh UUID v4. Safe to put in a URL path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct RequestId(Arc<str>);
+
+impl RequestId {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn generate() -> RequestId {
+        RequestId(uuid::Uuid::new_v4().to_string().into())
+    }
+
+    /// Accepts 1 to 128 printable ASCII characters, none of them `/`, `?`, `#`, `%` or space.
+    pub fn parse(s: &str) -> Result<RequestId, ApiError> {
+        let ok = !s.is_empty()
+            && s.len() <= Self::MAX_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b'?' | b'#' | b'%'));
+        if ok {
+            Ok(RequestId(s.into()))
+        } else {
+            Err(ApiError::InvalidRequest(format!(
+                "field `request_id` must be 1 to {} printable ASCII characters without '/', '?', '#', '%' or spaces",
+                Self::MAX_LEN
+            )))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The transport a request or a subscriber uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Socketio,
+    Ndjson,
+    Sse,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Socketio => "socketio",
+            Transport::Ndjson => "ndjson",
+            Transport::Sse => "sse",
+        }
+    }
+}
+
+/// Who a request is for: the keys flag evaluation can stick to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Subject {
+    pub user: Option<String>,
+    pub session: Option<String>,
+    pub tenant: Option<String>,
+}
+
+/// A decoded request, ready for the bridge.
+#[derive(Clone, Debug)]
+pub struct StreamRequest {
+    pub route: Arc<Route>,
+    /// The whole neutral input (the HTTP body, or the rendered Socket.IO request template).
+    pub input: Value,
+    pub request_id: Option<RequestId>,
+    pub session_id: Option<Arc<str>>,
+    pub subject: Subject,
+    pub transport: Transport,
+}
+
+/// Longest accepted `session_id`.
+pub const MAX_SESSION_ID_LEN: usize = 256;
+
+impl StreamRequest {
+    /// Validates the fields the bridge reads from the neutral input. The session id, when
+    /// present, also becomes the subject's session.
+    pub fn from_input(
+        route: Arc<Route>,
+        input: Value,
+        mut subject: Subject,
+        transport: Transport,
+    ) -> Result<StreamRequest, ApiError> {
+        let Value::Object(map) = &input else {
+            return Err(ApiError::InvalidRequest(
+                "the request must be a JSON object".into(),
+            ));
+        };
+        let request_id = match map.get("request_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(RequestId::parse(s)?),
+            Some(_) => {
+                return Err(ApiError::InvalidRequest(
+                    "field `request_id` must be a string".into(),
+                ));
+            }
+        };
+        let session_id = match map.get("session_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(parse_session_id(s)?),
+            Some(_) => {
+                return Err(ApiError::InvalidRequest(
+                    "field `session_id` must be a string".into(),
+                ));
+            }
+        };
+        match map.get("options") {
+            None | Some(Value::Null) | Some(Value::Object(_)) => {}
+            Some(_) => {
+                return Err(ApiError::InvalidRequest(
+                    "field `options` must be an object".into(),
+                ));
+            }
+        }
+        if let Some(s) = &session_id {
+            subject.session = Some(s.to_string());
+        }
+        Ok(StreamRequest {
+            route,
+            input,
+            request_id,
+            session_id,
+            subject,
+            transport,
+        })
+    }
+
+    /// The engine options (`{}` when absent).
+    pub fn options(&self) -> Option<&serde_json::Map<String, Value>> {
+        self.input.get("options").and_then(Value::as_object)
+    }
+}
+
+/// A session id: 1 to 256 characters, no control characters.
+pub fn parse_session_id(s: &str) -> Result<Arc<str>, ApiError> {
+    if s.is_empty() || s.len() > MAX_SESSION_ID_LEN || s.chars().any(char::is_control) {
+        return Err(ApiError::InvalidRequest(format!(
+            "`session_id` must be 1 to {MAX_SESSION_ID_LEN} characters without control characters"
+        )));
+    }
+    Ok(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        assert!(RequestId::parse("abc-123_x.y:z").is_ok());
+        for bad in ["", "a/b", "a b", "a?b", &"x".repeat(129), "é"] {
+            assert!(RequestId::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(RequestId::generate().as_str().len(), 36);
+    }
+}

@@ -1,0 +1,795 @@
+//! The routes file (`routes.toml`, SPEC section 2): each route's HTTP path, engine, and
+//! legacy Socket.IO vocabulary, as data.
+//!
+//! Owns parsing and validating the file into [`Routes`], and the per-route mappings
+//! ([`EmitMap`], request templates from [`template`]). Every problem is reported with the
+//! file, the route and the field, all at once. It does not encode anything for a wire: the
+//! encoders ask it which rule applies to an event.
+
+pub mod template;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::engine::EngineSpec;
+use crate::event::EventKind;
+pub use template::{EmitContext, RequestContext, Template, TemplateError};
+
+/// A route's name, from configuration (never from user input).
+pub type RouteName = Arc<str>;
+
+/// Socket.IO event names the bridge itself handles on every namespace.
+pub const RESERVED_EVENTS: [&str; 9] = [
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+    "join",
+    "cancel",
+    "resume",
+];
+
+/// Paths the bridge serves itself; a route may not take them.
+pub const RESERVED_PATH_PREFIXES: [&str; 9] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/socket.io",
+    "/admin",
+    "/api/flags",
+    "/api/streams",
+    "/api/sessions",
+    "/api/ai/cancel",
+];
+
+/// How SSE frames are written for a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SseFraming {
+    /// `id:`, `event:`, `data:` lines.
+    #[default]
+    Named,
+    /// Only `data:` lines; heartbeats become `: heartbeat` comments.
+    DataOnly,
+}
+
+/// One rule of an `emit` table: the event name to use and the payload template.
+#[derive(Debug)]
+pub struct EmitRule {
+    pub event: Arc<str>,
+    pub payload: Template,
+}
+
+/// What an `emit` table says about one neutral event type.
+#[derive(Debug)]
+pub enum Emit<'a> {
+    /// Rendered through this rule.
+    Mapped(&'a EmitRule),
+    /// Sent in the neutral vocabulary.
+    Neutral,
+    /// Not sent at all.
+    Dropped,
+}
+
+/// A whole `emit` table. Without one, every event goes out in the neutral vocabulary.
+#[derive(Debug, Default)]
+pub struct EmitMap {
+    rules: [Option<EmitRule>; EventKind::ALL.len()],
+    present: bool,
+    unmapped: bool,
+}
+
+impl EmitMap {
+    pub fn rule(&self, kind: EventKind) -> Emit<'_> {
+        match &self.rules[kind.index()] {
+            Some(rule) => Emit::Mapped(rule),
+            None if !self.present || self.unmapped => Emit::Neutral,
+            None => Emit::Dropped,
+        }
+    }
+
+    /// True when the table maps events (a vocabulary other than the neutral one).
+    pub fn is_mapped(&self) -> bool {
+        self.present
+    }
+}
+
+/// The HTTP side of a route.
+#[derive(Debug)]
+pub struct HttpSide {
+    pub path: String,
+    pub sse_framing: SseFraming,
+    pub emit: EmitMap,
+}
+
+/// The Socket.IO side of a route.
+#[derive(Debug)]
+pub struct SocketIoSide {
+    pub namespace: String,
+    pub request_event: String,
+    /// Turns the legacy payload into the neutral input; `None` takes the payload as is.
+    pub request: Option<Template>,
+    pub emit: EmitMap,
+}
+
+/// One route: a named unit of migration.
+#[derive(Debug)]
+pub struct Route {
+    pub name: RouteName,
+    pub http: HttpSide,
+    pub engine: EngineSpec,
+    pub socketio: Option<SocketIoSide>,
+}
+
+/// Every route of the routes file.
+#[derive(Debug, Default)]
+pub struct Routes {
+    list: Vec<Arc<Route>>,
+}
+
+impl Routes {
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.list.iter()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Route>> {
+        self.list.iter().find(|r| &*r.name == name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The Socket.IO namespaces the routes use, `/` always among them.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut out = vec!["/".to_string()];
+        for r in &self.list {
+            if let Some(s) = &r.socketio
+                && !out.contains(&s.namespace)
+            {
+                out.push(s.namespace.clone());
+            }
+        }
+        out
+    }
+
+    /// Reads and validates a routes file.
+    pub fn load(path: &Path) -> Result<Routes, RoutesError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| RoutesError {
+            problems: vec![Problem::file(&file, format!("cannot read the routes file: {e}"))],
+        })?;
+        Routes::parse(&text, &file)
+    }
+
+    /// Validates routes from text; `file` names it in messages.
+    pub fn parse(text: &str, file: &str) -> Result<Routes, RoutesError> {
+        let mut problems = Vec::new();
+        let doc: toml::Table = match toml::from_str(text) {
+            Ok(doc) => doc,
+            Err(e) => {
+                return Err(RoutesError {
+                    problems: vec![Problem::file(file, format!("not valid TOML: {e}"))],
+                });
+            }
+        };
+        for key in doc.keys() {
+            if key != "route" {
+                problems.push(Problem::file(
+                    file,
+                    format!("unknown top-level key `{key}` (expected [[route]] tables)"),
+                ));
+            }
+        }
+        let raw_routes = match doc.get("route") {
+            Some(toml::Value::Array(a)) => a.clone(),
+            Some(_) => {
+                problems.push(Problem::file(
+                    file,
+                    "`route` must be an array of tables: write [[route]]".into(),
+                ));
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        if raw_routes.is_empty() && problems.is_empty() {
+            problems.push(Problem::file(file, "no [[route]] is defined".into()));
+        }
+        let mut list = Vec::new();
+        for (i, raw) in raw_routes.iter().enumerate() {
+            let mut p = RouteProblems {
+                file,
+                route: raw
+                    .get("name")
+                    .and_then(toml::Value::as_str)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("#{}", i + 1)),
+                problems: &mut problems,
+            };
+            if let Some(route) = parse_route(raw, &mut p) {
+                list.push(Arc::new(route));
+            }
+        }
+        check_unique(&list, file, &mut problems);
+        if problems.is_empty() {
+            Ok(Routes { list })
+        } else {
+            Err(RoutesError { problems })
+        }
+    }
+}
+
+/// One problem in a routes file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub file: String,
+    pub route: Option<String>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl Problem {
+    fn file(file: &str, message: String) -> Problem {
+        Problem {
+            file: file.to_string(),
+            route: None,
+            field: None,
+            message,
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(r) = &self.route {
+            write!(f, ": route \"{r}\"")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ", field `{field}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in a routes file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct RoutesError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for RoutesError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{n} problem{} in the routes file:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+struct RouteProblems<'a> {
+    file: &'a str,
+    route: String,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl RouteProblems<'_> {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.to_string(),
+            route: Some(self.route.clone()),
+            field: Some(field.into()),
+            message: message.into(),
+        });
+    }
+}
+
+fn parse_route(raw: &toml::Value, p: &mut RouteProblems<'_>) -> Option<Route> {
+    let Some(table) = raw.as_table() else {
+        p.add("route", "each [[route]] must be a table");
+        return None;
+    };
+    for key in table.keys() {
+        if !["name", "http", "engine", "socketio"].contains(&key.as_str()) {
+            p.add(
+                key.as_str(),
+                "unknown field (expected name, http, engine, socketio)",
+            );
+        }
+    }
+    let name = match table.get("name") {
+        Some(toml::Value::String(s)) if valid_route_name(s) => Some(s.clone()),
+        Some(_) => {
+            p.add(
+                "name",
+                "must be 1 to 64 characters of a-z, 0-9, '_' or '-', starting with a letter",
+            );
+            None
+        }
+        None => {
+            p.add("name", "missing");
+            None
+        }
+    };
+    let http = parse_http(table.get("http"), p);
+    let engine = match table.get("engine") {
+        Some(v) => match EngineSpec::from_toml(v) {
+            Ok(e) => Some(e),
+            Err((field, message)) => {
+                p.add(format!("engine.{field}"), message);
+                None
+            }
+        },
+        None => {
+            p.add("engine", "missing (e.g. engine = { kind = \"script\" })");
+            None
+        }
+    };
+    let socketio = match table.get("socketio") {
+        None => Some(None),
+        Some(v) => parse_socketio(v, p).map(Some),
+    };
+    Some(Route {
+        name: name?.into(),
+        http: http?,
+        engine: engine?,
+        socketio: socketio?,
+    })
+}
+
+fn valid_route_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+fn parse_http(v: Option<&toml::Value>, p: &mut RouteProblems<'_>) -> Option<HttpSide> {
+    let (path, table) = match v {
+        Some(toml::Value::String(s)) => (Some(s.clone()), None),
+        Some(toml::Value::Table(t)) => {
+            for key in t.keys() {
+                if !["path", "sse_framing", "emit", "emit_unmapped"].contains(&key.as_str()) {
+                    p.add(
+                        format!("http.{key}"),
+                        "unknown field (expected path, sse_framing, emit, emit_unmapped)",
+                    );
+                }
+            }
+            match t.get("path") {
+                Some(toml::Value::String(s)) => (Some(s.clone()), Some(t)),
+                _ => {
+                    p.add("http.path", "missing: the HTTP path of the route");
+                    (None, Some(t))
+                }
+            }
+        }
+        Some(_) => {
+            p.add(
+                "http",
+                "must be the HTTP path, or a table with `path` (and sse_framing, emit)",
+            );
+            return None;
+        }
+        None => {
+            p.add("http", "missing: the HTTP path of the route");
+            return None;
+        }
+    };
+    let mut ok = true;
+    if let Some(path) = &path {
+        if !path.starts_with('/') || path.contains(['?', '#', ' ', '{', '}', '*']) {
+            p.add(
+                "http",
+                format!("`{path}` must be an absolute path without '?', '#', spaces or patterns"),
+            );
+            ok = false;
+        } else if let Some(r) = RESERVED_PATH_PREFIXES
+            .iter()
+            .find(|r| path == *r || path.starts_with(&format!("{r}/")))
+        {
+            p.add("http", format!("`{path}` is taken by the bridge itself ({r})"));
+            ok = false;
+        }
+    }
+    let sse_framing = match table.and_then(|t| t.get("sse_framing")) {
+        None => SseFraming::Named,
+        Some(toml::Value::String(s)) if s == "named" => SseFraming::Named,
+        Some(toml::Value::String(s)) if s == "data_only" => SseFraming::DataOnly,
+        Some(other) => {
+            p.add(
+                "http.sse_framing",
+                format!("`{other}` is not a framing (expected \"named\" or \"data_only\")"),
+            );
+            ok = false;
+            SseFraming::Named
+        }
+    };
+    let emit = parse_emit_map(
+        table.and_then(|t| t.get("emit")),
+        table.and_then(|t| t.get("emit_unmapped")),
+        "http",
+        false,
+        p,
+    );
+    match (path, emit, ok) {
+        (Some(path), Some(emit), true) => Some(HttpSide {
+            path,
+            sse_framing,
+            emit,
+        }),
+        _ => None,
+    }
+}
+
+fn parse_socketio(v: &toml::Value, p: &mut RouteProblems<'_>) -> Option<SocketIoSide> {
+    let Some(t) = v.as_table() else {
+        p.add("socketio", "must be a table");
+        return None;
+    };
+    let mut ok = true;
+    for key in t.keys() {
+        if !["namespace", "request_event", "request", "emit", "emit_unmapped"]
+            .contains(&key.as_str())
+        {
+            p.add(
+                format!("socketio.{key}"),
+                "unknown field (expected namespace, request_event, request, emit, emit_unmapped)",
+            );
+            ok = false;
+        }
+    }
+    let namespace = match t.get("namespace") {
+        None => "/".to_string(),
+        Some(toml::Value::String(s)) if s.starts_with('/') && !s.contains([' ', '?', '#']) => {
+            s.clone()
+        }
+        Some(_) => {
+            p.add(
+                "socketio.namespace",
+                "must be a namespace path starting with '/'",
+            );
+            ok = false;
+            "/".to_string()
+        }
+    };
+    let request_event = match t.get("request_event") {
+        Some(toml::Value::String(s)) if RESERVED_EVENTS.contains(&s.as_str()) => {
+            p.add(
+                "socketio.request_event",
+                format!("`{s}` is reserved (the bridge handles {RESERVED_EVENTS:?} itself)"),
+            );
+            None
+        }
+        Some(toml::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => {
+            p.add(
+                "socketio.request_event",
+                "missing: the Socket.IO event that starts a stream",
+            );
+            None
+        }
+    };
+    let request = match t.get("request") {
+        None => Some(None),
+        Some(v) => match Template::compile_request(&to_json(v)) {
+            Ok(t) => Some(Some(t)),
+            Err(e) => {
+                p.add(
+                    format!("socketio.request.{}", e.location).trim_end_matches('.'),
+                    e.message,
+                );
+                None
+            }
+        },
+    };
+    let emit = parse_emit_map(
+        t.get("emit"),
+        t.get("emit_unmapped"),
+        "socketio",
+        true,
+        p,
+    );
+    match (request_event, request, emit, ok) {
+        (Some(request_event), Some(request), Some(emit), true) => Some(SocketIoSide {
+            namespace,
+            request_event,
+            request,
+            emit,
+        }),
+        _ => None,
+    }
+}
+
+/// Parses `emit = { <neutral type> = { event = "...", payload = <template> } }`.
+/// On Socket.IO `event` is required; over HTTP it defaults to the neutral name.
+fn parse_emit_map(
+    v: Option<&toml::Value>,
+    unmapped: Option<&toml::Value>,
+    side: &str,
+    event_required: bool,
+    p: &mut RouteProblems<'_>,
+) -> Option<EmitMap> {
+    let unmapped = match unmapped {
+        None => false,
+        Some(toml::Value::Boolean(b)) => *b,
+        Some(_) => {
+            p.add(format!("{side}.emit_unmapped"), "must be true or false");
+            return None;
+        }
+    };
+    let Some(v) = v else {
+        return Some(EmitMap {
+            unmapped,
+            ..EmitMap::default()
+        });
+    };
+    let Some(table) = v.as_table() else {
+        p.add(
+            format!("{side}.emit"),
+            "must be a table of neutral event types",
+        );
+        return None;
+    };
+    let mut map = EmitMap {
+        present: true,
+        unmapped,
+        ..EmitMap::default()
+    };
+    let mut ok = true;
+    for (key, rule) in table {
+        let field = format!("{side}.emit.{key}");
+        let Some(kind) = EventKind::parse(key) else {
+            p.add(
+                field,
+                format!(
+                    "`{key}` is not a neutral event type (expected one of {})",
+                    EventKind::ALL.map(EventKind::as_str).join(", ")
+                ),
+            );
+            ok = false;
+            continue;
+        };
+        let Some(rt) = rule.as_table() else {
+            p.add(field, "must be a table { event = \"...\", payload = {...} }");
+            ok = false;
+            continue;
+        };
+        for k in rt.keys() {
+            if k != "event" && k != "payload" {
+                p.add(
+                    format!("{field}.{k}"),
+                    "unknown field (expected event, payload)",
+                );
+                ok = false;
+            }
+        }
+        let event: Option<Arc<str>> = match rt.get("event") {
+            Some(toml::Value::String(s)) if RESERVED_EVENTS.contains(&s.as_str()) => {
+                p.add(format!("{field}.event"), format!("`{s}` is reserved"));
+                None
+            }
+            Some(toml::Value::String(s)) if !s.is_empty() => Some(s.as_str().into()),
+            None if !event_required => Some(kind.as_str().into()),
+            _ => {
+                p.add(format!("{field}.event"), "missing: the event name to emit");
+                None
+            }
+        };
+        let payload = match rt.get("payload") {
+            None => {
+                p.add(format!("{field}.payload"), "missing: the payload template");
+                None
+            }
+            Some(v) => match Template::compile_emit(&to_json(v)) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    p.add(
+                        format!("{field}.payload.{}", e.location).trim_end_matches('.'),
+                        e.message,
+                    );
+                    None
+                }
+            },
+        };
+        match (event, payload) {
+            (Some(event), Some(payload)) => {
+                map.rules[kind.index()] = Some(EmitRule { event, payload })
+            }
+            _ => ok = false,
+        }
+    }
+    ok.then_some(map)
+}
+
+fn check_unique(list: &[Arc<Route>], file: &str, problems: &mut Vec<Problem>) {
+    let mut names = HashSet::new();
+    let mut paths: HashMap<&str, &str> = HashMap::new();
+    let mut events: HashMap<(&str, &str), &str> = HashMap::new();
+    for r in list {
+        let mut add = |field: &str, message: String| {
+            problems.push(Problem {
+                file: file.to_string(),
+                route: Some(r.name.to_string()),
+                field: Some(field.to_string()),
+                message,
+            })
+        };
+        if !names.insert(&*r.name) {
+            add("name", "duplicate route name".into());
+        }
+        if let Some(other) = paths.insert(&r.http.path, &r.name) {
+            add(
+                "http",
+                format!("path {} is also the path of route \"{other}\"", r.http.path),
+            );
+        }
+        if let Some(s) = &r.socketio
+            && let Some(other) = events.insert((&s.namespace, &s.request_event), &r.name)
+        {
+            add(
+                "socketio.request_event",
+                format!(
+                    "event `{}` on namespace {} is also the request event of route \"{other}\"",
+                    s.request_event, s.namespace
+                ),
+            );
+        }
+    }
+}
+
+fn to_json(v: &toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::String(s.clone()),
+        toml::Value::Integer(i) => Value::from(*i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.iter().map(to_json).collect()),
+        toml::Value::Table(t) => Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.clone(), to_json(v)))
+                .collect::<serde_json::Map<_, _>>(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAT: &str = r#"
+[[route]]
+name = "chat"
+http = "/api/ai/chat/unified"
+engine = { kind = "script" }
+[route.socketio]
+request_event = "chat_message"
+request = { messages = [{ role = "user", content = "$.message" }], session_id = "$.session_id" }
+[route.socketio.emit]
+chunk = { event = "chat_chunk", payload = { chunk = "$.data.text" } }
+"#;
+
+    #[test]
+    fn parses_a_route() {
+        let routes = Routes::parse(CHAT, "routes.toml").unwrap();
+        let chat = routes.get("chat").unwrap();
+        assert_eq!(chat.http.path, "/api/ai/chat/unified");
+        let sio = chat.socketio.as_ref().unwrap();
+        assert_eq!(sio.namespace, "/");
+        assert!(matches!(sio.emit.rule(EventKind::Chunk), Emit::Mapped(r) if &*r.event == "chat_chunk"));
+        assert!(matches!(sio.emit.rule(EventKind::End), Emit::Dropped));
+        assert!(matches!(chat.http.emit.rule(EventKind::End), Emit::Neutral));
+        assert_eq!(routes.namespaces(), vec!["/"]);
+    }
+
+    #[test]
+    fn http_table_form() {
+        let text = r#"
+[[route]]
+name = "old"
+engine = { kind = "script" }
+[route.http]
+path = "/v1/old"
+sse_framing = "data_only"
+emit_unmapped = true
+emit = { chunk = { payload = { delta = "$.data.text" } } }
+"#;
+        let routes = Routes::parse(text, "r.toml").unwrap();
+        let r = routes.get("old").unwrap();
+        assert_eq!(r.http.sse_framing, SseFraming::DataOnly);
+        assert!(matches!(r.http.emit.rule(EventKind::Chunk), Emit::Mapped(rule) if &*rule.event == "chunk"));
+        assert!(matches!(r.http.emit.rule(EventKind::End), Emit::Neutral));
+        assert!(r.socketio.is_none());
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_file_route_and_field() {
+        let text = r#"
+[[route]]
+name = "a"
+http = "/x"
+engine = { kind = "nope" }
+[route.socketio]
+request_event = "go"
+[route.socketio.emit]
+chunk = { event = "c", payload = { t = "$.bogus.text" } }
+bogus = { event = "b", payload = {} }
+
+[[route]]
+name = "b"
+http = "/x"
+engine = { kind = "script" }
+[route.socketio]
+request_event = "join"
+
+[[route]]
+name = "c"
+http = "/healthz"
+engine = { kind = "script" }
+"#;
+        let err = Routes::parse(text, "routes.toml").unwrap_err();
+        let all = err.to_string();
+        let expect = [
+            ("a", "engine.kind"),
+            ("a", "socketio.emit.chunk.payload"),
+            ("a", "socketio.emit.bogus"),
+            ("b", "socketio.request_event"),
+            ("c", "http"),
+        ];
+        for (route, field) in expect {
+            assert!(
+                err.problems.iter().any(|p| p.route.as_deref() == Some(route)
+                    && p.field.as_deref().is_some_and(|f| f.starts_with(field))
+                    && p.file == "routes.toml"),
+                "missing {route}/{field} in:\n{all}"
+            );
+        }
+        assert!(all.contains("routes.toml: route \"a\", field `engine.kind`"), "{all}");
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        let text = r#"
+[[route]]
+name = "a"
+http = "/x"
+engine = { kind = "script" }
+socketio = { request_event = "go" }
+[[route]]
+name = "b"
+http = "/x"
+engine = { kind = "script" }
+socketio = { request_event = "go" }
+"#;
+        let err = Routes::parse(text, "f").unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(err.to_string().contains("also the path of route \"a\""));
+        assert!(err.to_string().contains("also the request event of route \"a\""));
+    }
+
+    #[test]
+    fn bad_toml_names_the_file() {
+        let err = Routes::parse("[[route]\n", "my.toml").unwrap_err();
+        assert!(err.to_string().contains("my.toml"));
+    }
+}

@@ -1,0 +1,484 @@
+//! Event → wire bytes: NDJSON lines, SSE frames, legacy Socket.IO payloads. The only place
+//! wire bytes are made.
+//!
+//! Every logged event carries a [`Frames`] cache, so each wire format is encoded once per
+//! event and shared by all its subscribers, never once per subscriber. Route mappings
+//! (`emit` templates, SSE framing) are applied here and nowhere else.
+
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::event::{Event, EventKind};
+use crate::hub::{Entry, Stream};
+use crate::routes::template::iso8601;
+use crate::routes::{Emit, EmitContext, EmitMap, SseFraming};
+
+/// The wire formats of HTTP subscribers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// The route's NDJSON dialect (neutral envelope unless `[route.http] emit` maps it).
+    Ndjson,
+    /// The route's SSE dialect (framing and mapping from `[route.http]`).
+    Sse,
+    /// Session followers: neutral envelopes with `request_id` and `route`, one per line.
+    SessionNdjson,
+    /// Session followers over SSE.
+    SessionSse,
+}
+
+impl Wire {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Wire::Ndjson | Wire::SessionNdjson => "application/x-ndjson",
+            Wire::Sse | Wire::SessionSse => "text/event-stream",
+        }
+    }
+
+    pub fn is_sse(self) -> bool {
+        matches!(self, Wire::Sse | Wire::SessionSse)
+    }
+
+    fn slot(self) -> usize {
+        match self {
+            Wire::Ndjson => 0,
+            Wire::Sse => 1,
+            Wire::SessionNdjson => 2,
+            Wire::SessionSse => 3,
+        }
+    }
+}
+
+/// A legacy Socket.IO event, ready to emit: name and pre-serialised payload.
+#[derive(Debug)]
+pub struct LegacyFrame {
+    pub event: Arc<str>,
+    pub payload: Box<RawValue>,
+}
+
+/// The encodings of one logged event. The neutral NDJSON line is made at append time (it
+/// also sizes the entry); the others on first use.
+pub struct Frames {
+    neutral: Bytes,
+    http: [OnceLock<Option<Bytes>>; 4],
+    legacy: OnceLock<Option<LegacyFrame>>,
+}
+
+impl Frames {
+    pub fn new(event: &Event) -> Frames {
+        Frames {
+            neutral: ndjson_line(event),
+            http: Default::default(),
+            legacy: OnceLock::new(),
+        }
+    }
+
+    pub fn neutral_len(&self) -> usize {
+        self.neutral.len()
+    }
+}
+
+/// The bytes of a logged event for an HTTP subscriber, or `None` if the route's mapping
+/// drops it.
+pub fn http_frame(entry: &Entry, stream: &Stream, wire: Wire) -> Option<Bytes> {
+    if wire == Wire::Ndjson && !stream.route.http.emit.is_mapped() {
+        return Some(entry.frames.neutral.clone());
+    }
+    entry.frames.http[wire.slot()]
+        .get_or_init(|| encode_http(&entry.event, stream, wire))
+        .clone()
+}
+
+/// The legacy Socket.IO event for a logged event, or `None` if the route drops it.
+pub fn legacy_frame<'a>(entry: &'a Entry, stream: &Stream) -> Option<&'a LegacyFrame> {
+    entry
+        .frames
+        .legacy
+        .get_or_init(|| encode_legacy(&entry.event, stream))
+        .as_ref()
+}
+
+/// Encodes an event that is not in the log (heartbeats, a subscriber's own
+/// `slow_consumer` end) for an HTTP subscriber.
+pub fn encode_http(event: &Event, stream: &Stream, wire: Wire) -> Option<Bytes> {
+    match wire {
+        Wire::Ndjson | Wire::Sse => {
+            let http = &stream.route.http;
+            let (name, body) = match render(&http.emit, event, stream) {
+                Rendered::Neutral => (event.event.as_str(), Body::Envelope(event)),
+                Rendered::Mapped(name, v) => (name, Body::Value(v)),
+                Rendered::Dropped => {
+                    // A dialect without heartbeats still gets SSE keep-alives.
+                    return (wire == Wire::Sse && event.event == EventKind::Heartbeat)
+                        .then(|| Bytes::from_static(b": heartbeat\n\n"));
+                }
+            };
+            if wire == Wire::Ndjson {
+                return Some(line(&body));
+            }
+            Some(match http.sse_framing {
+                SseFraming::Named => {
+                    let data: &dyn ErasedJson = match &body {
+                        Body::Envelope(e) => &e.data,
+                        Body::Value(v) => v,
+                    };
+                    sse_named(event.seq.map(SseId::Seq), name, data)
+                }
+                SseFraming::DataOnly if event.event == EventKind::Heartbeat => {
+                    Bytes::from_static(b": heartbeat\n\n")
+                }
+                SseFraming::DataOnly => sse_data_only(&body),
+            })
+        }
+        Wire::SessionNdjson | Wire::SessionSse => {
+            let env = SessionEnvelope {
+                request_id: stream.id.as_str(),
+                route: &stream.route.name,
+                event: event.event.as_str(),
+                seq: event.seq,
+                data: &event.data,
+            };
+            if wire == Wire::SessionNdjson {
+                Some(line(&env))
+            } else {
+                let id = event.seq.map(|seq| SseId::Session(stream.id.as_str(), seq));
+                Some(sse_named(id, event.event.as_str(), &env))
+            }
+        }
+    }
+}
+
+/// A heartbeat for a subscriber that is not tied to one stream (session followers).
+pub fn session_heartbeat(event: &Event, wire: Wire) -> Bytes {
+    if wire.is_sse() {
+        sse_named(None, event.event.as_str(), &event.data)
+    } else {
+        ndjson_line(event)
+    }
+}
+
+/// Encodes an event for a Socket.IO subscriber of `stream` (uncached).
+pub fn encode_legacy(event: &Event, stream: &Stream) -> Option<LegacyFrame> {
+    let Some(sio) = &stream.route.socketio else {
+        return neutral_legacy(event, stream);
+    };
+    match render(&sio.emit, event, stream) {
+        Rendered::Neutral => neutral_legacy(event, stream),
+        Rendered::Mapped(name, v) => Some(LegacyFrame {
+            event: name.into(),
+            payload: raw(&v)?,
+        }),
+        Rendered::Dropped => None,
+    }
+}
+
+fn neutral_legacy(event: &Event, stream: &Stream) -> Option<LegacyFrame> {
+    #[derive(Serialize)]
+    struct Neutral<'a> {
+        request_id: &'a str,
+        seq: Option<u64>,
+        data: &'a Value,
+    }
+    Some(LegacyFrame {
+        event: event.event.as_str().into(),
+        payload: raw(&Neutral {
+            request_id: stream.id.as_str(),
+            seq: event.seq,
+            data: &event.data,
+        })?,
+    })
+}
+
+enum Rendered<'a> {
+    Neutral,
+    Mapped(&'a str, Value),
+    Dropped,
+}
+
+fn render<'a>(map: &'a EmitMap, event: &Event, stream: &Stream) -> Rendered<'a> {
+    match map.rule(event.event) {
+        Emit::Neutral => Rendered::Neutral,
+        Emit::Dropped => Rendered::Dropped,
+        Emit::Mapped(rule) => {
+            let now = if rule.payload.uses_now() {
+                iso8601(SystemTime::now())
+            } else {
+                String::new()
+            };
+            let ctx = EmitContext {
+                event: event.event.as_str(),
+                seq: event.seq,
+                data: &event.data,
+                request_id: stream.id.as_str(),
+                session_id: stream.session_id.as_deref(),
+                route: &stream.route.name,
+                now: &now,
+            };
+            Rendered::Mapped(&rule.event, rule.payload.render_emit(&ctx))
+        }
+    }
+}
+
+/// Renders an error for a request that never became a stream (a refusal), through the
+/// route's legacy `error` rule: the Socket.IO error event the legacy client listens to.
+pub fn legacy_refusal(
+    emit: &EmitMap,
+    route: &str,
+    request_id: Option<&str>,
+    session_id: Option<&str>,
+    data: &Value,
+) -> Option<LegacyFrame> {
+    let event = Event {
+        event: EventKind::Error,
+        seq: None,
+        data: data.clone(),
+    };
+    match emit.rule(EventKind::Error) {
+        Emit::Dropped => None,
+        Emit::Neutral => Some(LegacyFrame {
+            event: "error".into(),
+            payload: raw(&serde_json::json!({
+                "request_id": request_id, "seq": null, "data": data
+            }))?,
+        }),
+        Emit::Mapped(rule) => {
+            let now = iso8601(SystemTime::now());
+            let ctx = EmitContext {
+                event: event.event.as_str(),
+                seq: None,
+                data: &event.data,
+                request_id: request_id.unwrap_or_default(),
+                session_id,
+                route,
+                now: &now,
+            };
+            Some(LegacyFrame {
+                event: rule.event.clone(),
+                payload: raw(&rule.payload.render_emit(&ctx))?,
+            })
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct SessionEnvelope<'a> {
+    request_id: &'a str,
+    route: &'a str,
+    event: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    data: &'a Value,
+}
+
+enum Body<'a> {
+    Envelope(&'a Event),
+    Value(Value),
+}
+
+impl Serialize for Body<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Body::Envelope(e) => e.serialize(s),
+            Body::Value(v) => v.serialize(s),
+        }
+    }
+}
+
+/// Lets `sse_named` take any serialisable payload through one code path.
+trait ErasedJson {
+    fn write_json(&self, out: &mut BytesMut);
+}
+
+impl<T: Serialize> ErasedJson for T {
+    fn write_json(&self, out: &mut BytesMut) {
+        // Serialising a Value or a derived struct into memory cannot fail.
+        let _ = serde_json::to_writer((&mut *out).writer(), self);
+    }
+}
+
+enum SseId<'a> {
+    Seq(u64),
+    Session(&'a str, u64),
+}
+
+fn sse_named(id: Option<SseId<'_>>, event: &str, data: &dyn ErasedJson) -> Bytes {
+    let mut out = BytesMut::with_capacity(64 + event.len());
+    match id {
+        Some(SseId::Seq(seq)) => {
+            out.put_slice(b"id: ");
+            out.put_slice(itoa(seq).as_bytes());
+            out.put_u8(b'\n');
+        }
+        Some(SseId::Session(rid, seq)) => {
+            out.put_slice(b"id: ");
+            out.put_slice(rid.as_bytes());
+            out.put_u8(b':');
+            out.put_slice(itoa(seq).as_bytes());
+            out.put_u8(b'\n');
+        }
+        None => {}
+    }
+    out.put_slice(b"event: ");
+    // Event names come from configuration; a newline would break the framing.
+    out.put_slice(event.replace(['\n', '\r'], " ").as_bytes());
+    out.put_slice(b"\ndata: ");
+    data.write_json(&mut out);
+    out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+fn sse_data_only<T: Serialize>(data: &T) -> Bytes {
+    let mut out = BytesMut::with_capacity(64);
+    out.put_slice(b"data: ");
+    data.write_json(&mut out);
+    out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+fn line<T: Serialize>(v: &T) -> Bytes {
+    let mut out = BytesMut::with_capacity(64);
+    v.write_json(&mut out);
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+/// The neutral NDJSON line of an event.
+pub fn ndjson_line(event: &Event) -> Bytes {
+    line(event)
+}
+
+fn itoa(n: u64) -> String {
+    n.to_string()
+}
+
+fn raw<T: Serialize>(v: &T) -> Option<Box<RawValue>> {
+    serde_json::value::to_raw_value(v).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventKind;
+    use crate::hub::{Hub, HubConfig};
+    use crate::request::{RequestId, Transport};
+    use crate::routes::Routes;
+    use serde_json::json;
+    use std::time::Duration;
+
+    const ROUTES: &str = r#"
+[[route]]
+name = "chat"
+http = "/chat"
+engine = { kind = "script" }
+[route.socketio]
+request_event = "chat_message"
+[route.socketio.emit]
+chunk = { event = "chat_chunk", payload = { chunk = "$.data.text", sid = "$.session_id", n = "$.seq" } }
+
+[[route]]
+name = "old"
+engine = { kind = "script" }
+[route.http]
+path = "/old"
+sse_framing = "data_only"
+emit = { chunk = { payload = { delta = "$.data.text" } } }
+
+[[route]]
+name = "agent"
+http = "/agent"
+engine = { kind = "script" }
+"#;
+
+    fn stream(route: &str) -> std::sync::Arc<Stream> {
+        let routes = Routes::parse(ROUTES, "t").unwrap();
+        let hub = Hub::new(HubConfig {
+            max_streams: 10,
+            replay_max_bytes: 1 << 20,
+            retention: Duration::from_secs(1),
+        });
+        let (s, _c) = hub
+            .create(
+                RequestId::parse("r1").unwrap(),
+                routes.get(route).unwrap().clone(),
+                Some("s1".into()),
+                Transport::Ndjson,
+            )
+            .unwrap();
+        s
+    }
+
+    fn chunk() -> Event {
+        Event {
+            event: EventKind::Chunk,
+            seq: Some(3),
+            data: json!({"text": "Hel"}),
+        }
+    }
+
+    #[test]
+    fn neutral_ndjson_and_named_sse() {
+        let s = stream("chat");
+        assert_eq!(
+            encode_http(&chunk(), &s, Wire::Ndjson).unwrap(),
+            "{\"event\":\"chunk\",\"seq\":3,\"data\":{\"text\":\"Hel\"}}\n"
+        );
+        assert_eq!(
+            encode_http(&chunk(), &s, Wire::Sse).unwrap(),
+            "id: 3\nevent: chunk\ndata: {\"text\":\"Hel\"}\n\n"
+        );
+        let hb = Event::heartbeat(7);
+        assert_eq!(
+            encode_http(&hb, &s, Wire::Sse).unwrap(),
+            "event: heartbeat\ndata: {\"timestamp\":7}\n\n"
+        );
+    }
+
+    #[test]
+    fn session_wire_carries_the_request_id() {
+        let s = stream("chat");
+        assert_eq!(
+            encode_http(&chunk(), &s, Wire::SessionNdjson).unwrap(),
+            "{\"request_id\":\"r1\",\"route\":\"chat\",\"event\":\"chunk\",\"seq\":3,\"data\":{\"text\":\"Hel\"}}\n"
+        );
+        assert!(encode_http(&chunk(), &s, Wire::SessionSse)
+            .unwrap()
+            .starts_with(b"id: r1:3\nevent: chunk\ndata: {\"request_id\""));
+    }
+
+    #[test]
+    fn http_mapping_and_data_only_framing() {
+        let s = stream("old");
+        assert_eq!(
+            encode_http(&chunk(), &s, Wire::Sse).unwrap(),
+            "data: {\"delta\":\"Hel\"}\n\n"
+        );
+        assert_eq!(
+            encode_http(&chunk(), &s, Wire::Ndjson).unwrap(),
+            "{\"delta\":\"Hel\"}\n"
+        );
+        assert_eq!(
+            encode_http(&Event::heartbeat(1), &s, Wire::Sse).unwrap(),
+            ": heartbeat\n\n"
+        );
+        let end = Event { event: EventKind::End, seq: Some(4), data: json!({"reason": "completed"}) };
+        assert!(encode_http(&end, &s, Wire::Ndjson).is_none(), "unmapped types are dropped");
+    }
+
+    #[test]
+    fn legacy_mapped_neutral_and_dropped() {
+        let s = stream("chat");
+        let f = encode_legacy(&chunk(), &s).unwrap();
+        assert_eq!(&*f.event, "chat_chunk");
+        assert_eq!(f.payload.get(), r#"{"chunk":"Hel","n":3,"sid":"s1"}"#);
+        let end = Event { event: EventKind::End, seq: Some(4), data: json!({"reason": "completed"}) };
+        assert!(encode_legacy(&end, &s).is_none());
+        let a = stream("agent");
+        let f = encode_legacy(&chunk(), &a).unwrap();
+        assert_eq!(&*f.event, "chunk");
+        assert_eq!(f.payload.get(), r#"{"request_id":"r1","seq":3,"data":{"text":"Hel"}}"#);
+    }
+}

@@ -1,0 +1,360 @@
+//! The HTTP adapter (SPEC section 3): NDJSON and SSE streams, resume, cancel, session
+//! following, health, and the one mapping of [`ApiError`] to an HTTP status + JSON body.
+//!
+//! Decodes requests into [`StreamRequest`]s and writes frames made by [`encode`]; holds no
+//! policy of its own (limits, identity, flags and stream rules are the core's).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{self, BoxStream, SelectAll, Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::encode::{self, Wire};
+use crate::bridge::Bridge;
+use crate::error::ApiError;
+use crate::event::{Event, EventKind, slow_consumer_events};
+use crate::hub::{Batch, Cursor, SessionFollow};
+use crate::request::{StreamRequest, Subject, Transport, parse_session_id};
+use crate::routes::Route;
+
+/// Most logged events written in one body chunk (a burst already queued goes out in one
+/// write; a long backlog is still cut into bounded writes).
+const MAX_BATCH: usize = 256;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(json!({ "error": self.body() }))).into_response()
+    }
+}
+
+/// The HTTP routes: one POST per route of routes.toml, plus the bridge's own endpoints.
+pub fn router(bridge: Bridge) -> Router {
+    let mut router = Router::new();
+    for route in bridge.routes().iter() {
+        let route = route.clone();
+        let path = route.http.path.clone();
+        router = router.route(
+            &path,
+            post(move |State(b): State<Bridge>, req: Request| start_stream(b, route, req)),
+        );
+    }
+    router
+        .route("/api/ai/cancel/{request_id}", post(cancel))
+        .route("/api/streams/{request_id}", get(resume))
+        .route("/api/sessions/{session_id}/events", get(follow_session))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(unknown_route)
+        .with_state(bridge)
+}
+
+async fn unknown_route(req: Request) -> ApiError {
+    ApiError::UnknownRoute(format!("{} {}", req.method(), req.uri().path()))
+}
+
+async fn healthz() -> axum::Json<Value> {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(b): State<Bridge>) -> Response {
+    if b.is_draining() {
+        return ApiError::Draining.into_response();
+    }
+    axum::Json(json!({"status": "ready", "routes": b.routes().len(), "streams": b.hub().running()}))
+        .into_response()
+}
+
+/// The wire a request asks for with `Accept`.
+fn wire_for(headers: &HeaderMap, sse: Wire, ndjson: Wire) -> Wire {
+    let accepts_sse = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"));
+    if accepts_sse { sse } else { ndjson }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// The request's subject: the bearer JWT when auth is on, the development headers when off.
+fn identify(b: &Bridge, headers: &HeaderMap) -> Result<Subject, ApiError> {
+    let token = crate::auth::bearer(header_str(headers, "authorization"));
+    let dev = Subject {
+        user: header_str(headers, "x-user-id").map(str::to_string),
+        session: None,
+        tenant: header_str(headers, "x-tenant-id").map(str::to_string),
+    };
+    b.auth().identify(token, dev)
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = ApiError::PayloadTooLarge { limit };
+    let declared = header_str(headers, "content-length").and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large);
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => Ok(bytes),
+        Err(e) => {
+            let over = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            if over {
+                Err(too_large)
+            } else {
+                Err(ApiError::InvalidRequest(format!(
+                    "could not read the request body: {e}"
+                )))
+            }
+        }
+    }
+}
+
+async fn start_stream(b: Bridge, route: Arc<Route>, req: Request) -> Result<Response, ApiError> {
+    if b.is_draining() {
+        return Err(ApiError::Draining);
+    }
+    let (parts, body) = req.into_parts();
+    let subject = identify(&b, &parts.headers)?;
+    let bytes = read_body(body, &parts.headers, b.config().limits.max_body_bytes).await?;
+    let input: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::InvalidRequest(format!("the request body is not valid JSON: {e}"))
+    })?;
+    let wire = wire_for(&parts.headers, Wire::Sse, Wire::Ndjson);
+    let transport = if wire.is_sse() {
+        Transport::Sse
+    } else {
+        Transport::Ndjson
+    };
+    let request = StreamRequest::from_input(route, input, subject, transport)?;
+    let started = b.start(request)?;
+    Ok(stream_response(&b, started.cursor, wire, StatusCode::OK))
+}
+
+fn stream_response(b: &Bridge, cursor: Cursor, wire: Wire, status: StatusCode) -> Response {
+    let id = HeaderValue::from_str(cursor.stream().id.as_str()).ok();
+    let stream = cursor.stream().clone();
+    let heartbeat = move || encode::encode_http(&Event::heartbeat(now_ms()), &stream, wire);
+    let frames = cursor_frames(cursor, wire, b.config().limits.max_lag_bytes);
+    let body = with_heartbeat(frames, b.config().heartbeat(), heartbeat);
+    let mut resp = streaming(body, wire, status);
+    if let Some(id) = id {
+        resp.headers_mut().insert("x-request-id", id);
+    }
+    resp
+}
+
+fn streaming(
+    body: impl Stream<Item = Bytes> + Send + 'static,
+    wire: Wire,
+    status: StatusCode,
+) -> Response {
+    let body = Body::from_stream(body.map(Ok::<_, Infallible>));
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(wire.content_type()),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// The frames of one cursor until its stream's `end` (or this subscriber's
+/// `slow_consumer` end), each read batch written as one chunk.
+fn cursor_frames(cursor: Cursor, wire: Wire, max_lag: u64) -> impl Stream<Item = Bytes> + Send {
+    stream::unfold(Some(cursor), move |state| async move {
+        let mut cursor = state?;
+        loop {
+            let stream = cursor.stream().clone();
+            match cursor.next_batch(MAX_BATCH).await {
+                Batch::Events(entries) => {
+                    if cursor.lag_bytes() > max_lag {
+                        return Some((slow_consumer(&cursor, wire), None));
+                    }
+                    let mut out = BytesMut::new();
+                    let mut ended = false;
+                    for e in &entries {
+                        if let Some(frame) = encode::http_frame(e, &stream, wire) {
+                            out.extend_from_slice(&frame);
+                        }
+                        ended |= e.event.event == EventKind::End;
+                    }
+                    let next = (!ended).then_some(cursor);
+                    if out.is_empty() {
+                        match next {
+                            Some(c) => {
+                                cursor = c;
+                                continue;
+                            }
+                            None => return None,
+                        }
+                    }
+                    return Some((out.freeze(), next));
+                }
+                Batch::Lagged => return Some((slow_consumer(&cursor, wire), None)),
+                Batch::End => return None,
+            }
+        }
+    })
+}
+
+fn slow_consumer(cursor: &Cursor, wire: Wire) -> Bytes {
+    tracing::info!(request_id = %cursor.stream().id, lag_bytes = cursor.lag_bytes(), "ending a slow HTTP subscriber");
+    let mut out = BytesMut::new();
+    for ev in slow_consumer_events(cursor.next_seq()) {
+        if let Some(f) = encode::encode_http(&ev, cursor.stream(), wire) {
+            out.extend_from_slice(&f);
+        }
+    }
+    out.freeze()
+}
+
+/// Adds a heartbeat whenever `inner` has been silent for `period`.
+fn with_heartbeat<S, H>(inner: S, period: Duration, heartbeat: H) -> impl Stream<Item = Bytes> + Send
+where
+    S: Stream<Item = Bytes> + Send + 'static,
+    H: Fn() -> Option<Bytes> + Send + 'static,
+{
+    stream::unfold(
+        (Box::pin(inner), heartbeat),
+        move |(mut inner, heartbeat)| async move {
+            loop {
+                match tokio::time::timeout(period, inner.next()).await {
+                    Ok(Some(bytes)) => return Some((bytes, (inner, heartbeat))),
+                    Ok(None) => return None,
+                    Err(_) => {
+                        if let Some(hb) = heartbeat() {
+                            return Some((hb, (inner, heartbeat)));
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Deserialize)]
+struct ResumeQuery {
+    after: Option<String>,
+}
+
+fn parse_seq(v: &str, what: &str) -> Result<i64, ApiError> {
+    v.trim().parse::<i64>().map_err(|_| {
+        ApiError::InvalidRequest(format!("{what} must be an integer seq, not `{v}`"))
+    })
+}
+
+async fn resume(
+    State(b): State<Bridge>,
+    Path(request_id): Path<String>,
+    Query(q): Query<ResumeQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    identify(&b, &headers)?;
+    let wire = wire_for(&headers, Wire::Sse, Wire::Ndjson);
+    // Last-Event-ID is the newer position (the browser's own), so it wins over `after`.
+    let after = match (header_str(&headers, "last-event-id"), q.after.as_deref()) {
+        (Some(id), _) if wire.is_sse() => Some(parse_seq(id, "Last-Event-ID")?),
+        (_, Some(a)) => Some(parse_seq(a, "`after`")?),
+        _ => None,
+    };
+    let cursor = b.resume(&request_id, after)?;
+    let stream = cursor.stream();
+    if wire.is_sse() && stream.is_ended() && cursor.next_seq() >= stream.next_seq() {
+        // Nothing left to send: 204 tells EventSource to stop reconnecting.
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    Ok(stream_response(&b, cursor, wire, StatusCode::OK))
+}
+
+async fn cancel(
+    State(b): State<Bridge>,
+    Path(request_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    identify(&b, &headers)?;
+    let cancelled = b.cancel(&request_id)?;
+    Ok(axum::Json(json!({ "cancelled": cancelled })).into_response())
+}
+
+async fn follow_session(
+    State(b): State<Bridge>,
+    Path(session_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if b.is_draining() {
+        return Err(ApiError::Draining);
+    }
+    identify(&b, &headers)?;
+    let session = parse_session_id(&session_id)?;
+    let wire = wire_for(&headers, Wire::SessionSse, Wire::SessionNdjson);
+    let follow = b.follow_session(session);
+    let frames = session_frames(follow, wire, b.config().limits.max_lag_bytes);
+    let heartbeat = move || Some(encode::session_heartbeat(&Event::heartbeat(now_ms()), wire));
+    let body = with_heartbeat(frames, b.config().heartbeat(), heartbeat);
+    Ok(streaming(body, wire, StatusCode::OK))
+}
+
+/// Every stream of a session, merged as their events come, until following ends.
+fn session_frames(
+    follow: SessionFollow,
+    wire: Wire,
+    max_lag: u64,
+) -> impl Stream<Item = Bytes> + Send {
+    struct State {
+        follow: SessionFollow,
+        following: bool,
+        streams: SelectAll<BoxStream<'static, Bytes>>,
+    }
+    let state = State {
+        follow,
+        following: true,
+        streams: SelectAll::new(),
+    };
+    stream::unfold(state, move |mut st| async move {
+        loop {
+            if !st.following && st.streams.is_empty() {
+                return None;
+            }
+            tokio::select! {
+                c = st.follow.next(), if st.following => match c {
+                    Some(cursor) => st.streams.push(cursor_frames(cursor, wire, max_lag).boxed()),
+                    None => st.following = false,
+                },
+                b = st.streams.next(), if !st.streams.is_empty() => {
+                    if let Some(bytes) = b {
+                        return Some((bytes, st));
+                    }
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,408 @@
+//! The Socket.IO adapter (SPEC section 4): handshake identity, request events, `join`,
+//! `cancel`, `resume`, acks, and one delivery task per (socket, stream) that respects the
+//! socket's bounded queue.
+//!
+//! Decodes legacy payloads through the route's request template and emits frames made by
+//! [`encode`]; it holds no policy of its own. A socket never gets the same stream twice,
+//! whether it asked for it, resumed it or follows its session.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::{SendError, SocketError, SocketIo};
+use tokio::task::AbortHandle;
+
+use super::encode::{self, LegacyFrame};
+use crate::bridge::Bridge;
+use crate::error::ApiError;
+use crate::event::{EventKind, slow_consumer_events};
+use crate::hub::{Batch, Cursor};
+use crate::request::{RequestId, StreamRequest, Subject, Transport, parse_session_id};
+use crate::routes::{RequestContext, Route};
+
+/// Logged events taken from a cursor at a time. Small, so lag is measured close to what
+/// the socket has really been given.
+const MAX_BATCH: usize = 32;
+/// Longest wait between two tries when the socket's queue is full.
+const MAX_BACKOFF: Duration = Duration::from_millis(20);
+/// How long a lagging socket's last two events (`error`, `end`) may wait for queue room.
+const FAREWELL_LIMIT: Duration = Duration::from_secs(2);
+
+/// Handshake query keys that belong to Engine.IO, not to the client's auth.
+const ENGINE_IO_QUERY: [&str; 4] = ["EIO", "transport", "t", "sid"];
+
+/// What the bridge keeps per socket.
+struct SocketCtx {
+    subject: Subject,
+    /// The handshake auth object without its token (templates read `$.auth.x`).
+    auth: Value,
+    /// Streams this socket receives, each by its own delivery task.
+    streams: Mutex<HashMap<RequestId, AbortHandle>>,
+    /// Sessions this socket follows.
+    sessions: Mutex<HashMap<Arc<str>, AbortHandle>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SocketCtx {
+    fn abort_all(&self) {
+        for (_, h) in locked(&self.streams).drain() {
+            h.abort();
+        }
+        for (_, h) in locked(&self.sessions).drain() {
+            h.abort();
+        }
+    }
+}
+
+/// Registers every namespace of the routes (and `/`) on `io`.
+pub fn attach(io: &SocketIo, bridge: Bridge) {
+    for ns in bridge.routes().namespaces() {
+        let routes: Vec<Arc<Route>> = bridge
+            .routes()
+            .iter()
+            .filter(|r| r.socketio.as_ref().is_some_and(|s| s.namespace == ns))
+            .cloned()
+            .collect();
+        let b = bridge.clone();
+        let on_connect = move |socket: SocketRef| {
+            let b = b.clone();
+            let routes = routes.clone();
+            async move { on_connect(b, routes, socket) }
+        };
+        let b = bridge.clone();
+        let handshake = move |socket: SocketRef, TryData(auth): TryData<Value>| {
+            let b = b.clone();
+            async move { handshake(&b, &socket, auth.ok()) }
+        };
+        io.ns(ns, on_connect.with(handshake));
+    }
+}
+
+/// Refuses or accepts a connection; on acceptance stores the socket's context.
+fn handshake(b: &Bridge, socket: &SocketRef, auth: Option<Value>) -> Result<(), String> {
+    if b.is_draining() {
+        return Err(format!("{}: {}", "draining", ApiError::Draining));
+    }
+    let mut auth = match auth {
+        Some(Value::Object(map)) if !map.is_empty() => map,
+        _ => query_auth(socket),
+    };
+    let token = match auth.remove("token") {
+        Some(Value::String(t)) => Some(t),
+        _ => None,
+    };
+    let field = |k: &str| auth.get(k).and_then(Value::as_str).map(str::to_string);
+    let dev = Subject {
+        user: field("user_id"),
+        session: None,
+        tenant: field("tenant_id"),
+    };
+    let subject = b
+        .auth()
+        .identify(token.as_deref(), dev)
+        .map_err(|e| format!("{}: {e}", e.error_type()))?;
+    socket.extensions.insert(Arc::new(SocketCtx {
+        subject,
+        auth: Value::Object(auth),
+        streams: Mutex::new(HashMap::new()),
+        sessions: Mutex::new(HashMap::new()),
+    }));
+    Ok(())
+}
+
+/// Protocol v4 clients (socket.io-client 2.x) send their auth fields in the query string.
+fn query_auth(socket: &SocketRef) -> Map<String, Value> {
+    let query = socket.req_parts().uri.query().unwrap_or_default();
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| !ENGINE_IO_QUERY.contains(&k.as_str()))
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect()
+}
+
+fn ctx_of(socket: &SocketRef) -> Option<Arc<SocketCtx>> {
+    socket.extensions.get::<Arc<SocketCtx>>()
+}
+
+fn on_connect(b: Bridge, routes: Vec<Arc<Route>>, socket: SocketRef) {
+    let Some(ctx) = ctx_of(&socket) else {
+        // The handshake always stores it; without it the socket can do nothing.
+        let _ = socket.disconnect();
+        return;
+    };
+    for route in routes {
+        let Some(sio) = &route.socketio else { continue };
+        let event = sio.request_event.clone();
+        let b = b.clone();
+        socket.on(
+            event,
+            move |s: SocketRef, TryData(payload): TryData<Value>, ack: AckSender| {
+                let b = b.clone();
+                let route = route.clone();
+                async move { on_request(&b, &route, s, payload.ok(), ack) }
+            },
+        );
+    }
+    {
+        let b = b.clone();
+        socket.on(
+            "join",
+            move |s: SocketRef, TryData(payload): TryData<Value>, ack: AckSender| {
+                let b = b.clone();
+                async move { on_join(&b, s, payload.ok(), ack) }
+            },
+        );
+    }
+    {
+        let b = b.clone();
+        socket.on(
+            "cancel",
+            move |TryData(payload): TryData<Value>, ack: AckSender| {
+                let b = b.clone();
+                async move {
+                    let id = payload.ok().and_then(|p| string_field(&p, "request_id"));
+                    let cancelled = id.is_some_and(|id| b.cancel(&id).unwrap_or(false));
+                    let _ = ack.send(&json!({ "cancelled": cancelled }));
+                }
+            },
+        );
+    }
+    {
+        let b = b.clone();
+        socket.on(
+            "resume",
+            move |s: SocketRef, TryData(payload): TryData<Value>, ack: AckSender| {
+                let b = b.clone();
+                async move { on_resume(&b, s, payload.ok(), ack) }
+            },
+        );
+    }
+    socket.on_disconnect(|s: SocketRef| async move {
+        if let Some(ctx) = ctx_of(&s) {
+            ctx.abort_all();
+        }
+    });
+    if let Some(session) = ctx.auth.get("session_id").and_then(Value::as_str) {
+        if let Ok(session) = parse_session_id(session) {
+            follow(&b, &socket, &ctx, session);
+        }
+    }
+}
+
+fn string_field(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+fn on_request(b: &Bridge, route: &Arc<Route>, socket: SocketRef, payload: Option<Value>, ack: AckSender) {
+    let Some(ctx) = ctx_of(&socket) else { return };
+    let payload = payload.unwrap_or(Value::Null);
+    match start(b, route, &ctx, &payload) {
+        Ok(cursor) => {
+            let _ = ack.send(&json!({ "request_id": cursor.stream().id.as_str() }));
+            deliver(b, &socket, &ctx, cursor);
+        }
+        Err(e) => {
+            tracing::debug!(route = %route.name, error_type = e.error_type(), "Socket.IO request refused");
+            let _ = ack.send(&json!({ "error": e.body() }));
+            if let Some(sio) = &route.socketio {
+                let request_id = string_field(&payload, "request_id");
+                let session_id = string_field(&payload, "session_id");
+                if let Some(frame) = encode::legacy_refusal(
+                    &sio.emit,
+                    &route.name,
+                    request_id.as_deref(),
+                    session_id.as_deref(),
+                    &e.body(),
+                ) {
+                    let _ = socket.emit(&*frame.event, &frame.payload);
+                }
+            }
+        }
+    }
+}
+
+fn start(b: &Bridge, route: &Arc<Route>, ctx: &SocketCtx, payload: &Value) -> Result<Cursor, ApiError> {
+    let sio = route.socketio.as_ref().ok_or_else(|| ApiError::UnknownRoute(route.name.to_string()))?;
+    if !payload.is_object() {
+        return Err(ApiError::InvalidRequest(format!(
+            "the `{}` payload must be a JSON object",
+            sio.request_event
+        )));
+    }
+    let input = match &sio.request {
+        Some(t) => t.render_request(&RequestContext {
+            payload,
+            auth: &ctx.auth,
+        }),
+        None => payload.clone(),
+    };
+    let req = StreamRequest::from_input(route.clone(), input, ctx.subject.clone(), Transport::Socketio)?;
+    Ok(b.start(req)?.cursor)
+}
+
+fn on_join(b: &Bridge, socket: SocketRef, payload: Option<Value>, ack: AckSender) {
+    let Some(ctx) = ctx_of(&socket) else { return };
+    let session = payload
+        .as_ref()
+        .and_then(|p| string_field(p, "session_id"))
+        .ok_or_else(|| ApiError::InvalidRequest("`join` needs {session_id}".into()))
+        .and_then(|s| parse_session_id(&s));
+    match session {
+        Ok(session) => {
+            let _ = ack.send(&json!({ "session_id": &*session }));
+            follow(b, &socket, &ctx, session);
+        }
+        Err(e) => {
+            let _ = ack.send(&json!({ "error": e.body() }));
+        }
+    }
+}
+
+fn on_resume(b: &Bridge, socket: SocketRef, payload: Option<Value>, ack: AckSender) {
+    let Some(ctx) = ctx_of(&socket) else { return };
+    let p = payload.unwrap_or(Value::Null);
+    let result = match string_field(&p, "request_id") {
+        None => Err(ApiError::InvalidRequest("`resume` needs {request_id, after}".into())),
+        Some(id) => match p.get("after") {
+            None | Some(Value::Null) => b.resume(&id, None),
+            Some(v) => match v.as_i64() {
+                Some(after) => b.resume(&id, Some(after)),
+                None => Err(ApiError::InvalidRequest("`after` must be an integer seq".into())),
+            },
+        },
+    };
+    match result {
+        Ok(cursor) => {
+            let _ = ack.send(&json!({ "request_id": cursor.stream().id.as_str() }));
+            // A resume replaces whatever delivery this socket had for the stream.
+            if let Some(h) = locked(&ctx.streams).remove(&cursor.stream().id) {
+                h.abort();
+            }
+            deliver(b, &socket, &ctx, cursor);
+        }
+        Err(e) => {
+            let _ = ack.send(&json!({ "error": e.body() }));
+        }
+    }
+}
+
+/// Makes this socket follow a session (once per session).
+fn follow(b: &Bridge, socket: &SocketRef, ctx: &Arc<SocketCtx>, session: Arc<str>) {
+    let mut sessions = locked(&ctx.sessions);
+    if sessions.contains_key(&session) {
+        return;
+    }
+    let mut follow = b.follow_session(session.clone());
+    let (b2, socket2, weak) = (b.clone(), socket.clone(), Arc::downgrade(ctx));
+    let task = tokio::spawn(async move {
+        while let Some(cursor) = follow.next().await {
+            let Some(ctx) = weak.upgrade() else { return };
+            deliver(&b2, &socket2, &ctx, cursor);
+        }
+    });
+    sessions.insert(session, task.abort_handle());
+}
+
+/// Starts delivering a stream to a socket, unless the socket already receives it.
+fn deliver(b: &Bridge, socket: &SocketRef, ctx: &Arc<SocketCtx>, cursor: Cursor) {
+    let id = cursor.stream().id.clone();
+    let mut streams = locked(&ctx.streams);
+    if streams.contains_key(&id) {
+        return;
+    }
+    let max_lag = b.config().limits.max_lag_bytes;
+    let weak: Weak<SocketCtx> = Arc::downgrade(ctx);
+    let (socket, key) = (socket.clone(), id.clone());
+    let task = tokio::spawn(async move {
+        pump(&socket, cursor, max_lag).await;
+        if let Some(ctx) = weak.upgrade() {
+            locked(&ctx.streams).remove(&key);
+        }
+    });
+    streams.insert(id, task.abort_handle());
+}
+
+enum Stop {
+    Gone,
+    Lagging,
+}
+
+/// Emits a stream's events to one socket, in order, waiting for queue room rather than
+/// dropping; a socket that lags more than `max_lag` bytes is ended with `slow_consumer`.
+async fn pump(socket: &SocketRef, mut cursor: Cursor, max_lag: u64) {
+    let stream = cursor.stream().clone();
+    loop {
+        match cursor.next_batch(MAX_BATCH).await {
+            Batch::Events(entries) => {
+                for e in &entries {
+                    if let Some(frame) = encode::legacy_frame(e, &stream) {
+                        match emit(socket, frame, || cursor.lag_bytes() > max_lag, None).await {
+                            Ok(()) => {}
+                            Err(Stop::Gone) => return,
+                            Err(Stop::Lagging) => return farewell(socket, &cursor).await,
+                        }
+                    }
+                    if e.event.event == EventKind::End {
+                        return;
+                    }
+                }
+                if cursor.lag_bytes() > max_lag {
+                    return farewell(socket, &cursor).await;
+                }
+            }
+            Batch::Lagged => return farewell(socket, &cursor).await,
+            Batch::End => return,
+        }
+    }
+}
+
+/// The last two events of a lagging socket's subscription: `error` + `end` with
+/// `slow_consumer`, given a bounded time to find queue room.
+async fn farewell(socket: &SocketRef, cursor: &Cursor) {
+    tracing::info!(request_id = %cursor.stream().id, lag_bytes = cursor.lag_bytes(), "ending a slow Socket.IO subscriber");
+    let deadline = tokio::time::Instant::now() + FAREWELL_LIMIT;
+    for ev in slow_consumer_events(cursor.next_seq()) {
+        if let Some(frame) = encode::encode_legacy(&ev, cursor.stream()) {
+            if emit(socket, &frame, || false, Some(deadline)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Emits one frame, waiting (with backoff) while the socket's queue is full.
+async fn emit(
+    socket: &SocketRef,
+    frame: &LegacyFrame,
+    lagging: impl Fn() -> bool,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<(), Stop> {
+    let mut backoff = Duration::from_micros(250);
+    loop {
+        match socket.emit(&*frame.event, &frame.payload) {
+            Ok(()) => return Ok(()),
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                if lagging() {
+                    return Err(Stop::Lagging);
+                }
+                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    return Err(Stop::Gone);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "socket gone");
+                return Err(Stop::Gone);
+            }
+        }
+    }
+}
