@@ -20,7 +20,7 @@ use super::encode::{self, LegacyFrame};
 use crate::bridge::Bridge;
 use crate::error::ApiError;
 use crate::event::{EventKind, slow_consumer_events};
-use crate::hub::{Batch, Cursor};
+use crate::hub::{Batch, Cursor, SessionFollow};
 use crate::request::{RequestId, StreamRequest, Subject, Transport, parse_session_id};
 use crate::routes::{RequestContext, Route};
 
@@ -44,6 +44,9 @@ struct SocketCtx {
     streams: Mutex<HashMap<RequestId, AbortHandle>>,
     /// Sessions this socket follows.
     sessions: Mutex<HashMap<Arc<str>, AbortHandle>>,
+    /// The session named in the handshake, followed from the handshake on so no stream
+    /// starting while the connection completes is missed.
+    handshake_session: Mutex<Option<SessionFollow>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -108,11 +111,16 @@ fn handshake(b: &Bridge, socket: &SocketRef, auth: Option<Value>) -> Result<(), 
         .auth()
         .identify(token.as_deref(), dev)
         .map_err(|e| format!("{}: {e}", e.error_type()))?;
+    let handshake_session = match auth.get("session_id").and_then(Value::as_str) {
+        Some(s) => Some(b.follow_session(parse_session_id(s).map_err(|e| format!("{}: {e}", e.error_type()))?)),
+        None => None,
+    };
     socket.extensions.insert(Arc::new(SocketCtx {
         subject,
         auth: Value::Object(auth),
         streams: Mutex::new(HashMap::new()),
         sessions: Mutex::new(HashMap::new()),
+        handshake_session: Mutex::new(handshake_session),
     }));
     Ok(())
 }
@@ -190,10 +198,9 @@ fn on_connect(b: Bridge, routes: Vec<Arc<Route>>, socket: SocketRef) {
             ctx.abort_all();
         }
     });
-    if let Some(session) = ctx.auth.get("session_id").and_then(Value::as_str) {
-        if let Ok(session) = parse_session_id(session) {
-            follow(&b, &socket, &ctx, session);
-        }
+    let handshake_session = locked(&ctx.handshake_session).take();
+    if let Some(f) = handshake_session {
+        follow(&b, &socket, &ctx, f);
     }
 }
 
@@ -258,7 +265,9 @@ fn on_join(b: &Bridge, socket: SocketRef, payload: Option<Value>, ack: AckSender
     match session {
         Ok(session) => {
             let _ = ack.send(&json!({ "session_id": &*session }));
-            follow(b, &socket, &ctx, session);
+            if !locked(&ctx.sessions).contains_key(&session) {
+                follow(b, &socket, &ctx, b.follow_session(session));
+            }
         }
         Err(e) => {
             let _ = ack.send(&json!({ "error": e.body() }));
@@ -294,13 +303,13 @@ fn on_resume(b: &Bridge, socket: SocketRef, payload: Option<Value>, ack: AckSend
     }
 }
 
-/// Makes this socket follow a session (once per session).
-fn follow(b: &Bridge, socket: &SocketRef, ctx: &Arc<SocketCtx>, session: Arc<str>) {
+/// Delivers every stream of a followed session to this socket (once per session).
+fn follow(b: &Bridge, socket: &SocketRef, ctx: &Arc<SocketCtx>, mut follow: SessionFollow) {
+    let session = follow.session().clone();
     let mut sessions = locked(&ctx.sessions);
     if sessions.contains_key(&session) {
         return;
     }
-    let mut follow = b.follow_session(session.clone());
     let (b2, socket2, weak) = (b.clone(), socket.clone(), Arc::downgrade(ctx));
     let task = tokio::spawn(async move {
         while let Some(cursor) = follow.next().await {

@@ -1,0 +1,143 @@
+//! The process: `switchyard serve` on its defaults, graceful shutdown on SIGTERM with live
+//! streams on both transports, `switchyard check`.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::common::*;
+
+/// Starts the real binary on an ephemeral port; returns it and its address.
+async fn spawn_binary(env: &[(&str, &str)]) -> (tokio::process::Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.arg("serve")
+        .current_dir(repo())
+        .env("SWITCHYARD_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_string();
+            }
+        }
+        panic!("the server exited before listening");
+    })
+    .await
+    .unwrap();
+    // Keep draining its output so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+#[tokio::test]
+async fn sigterm_drains_live_streams_on_both_transports_and_exits_zero() {
+    let (mut child, addr) = spawn_binary(&[("SWITCHYARD_SHUTDOWN__GRACE_SECS", "2")]).await;
+    let base = format!("http://{addr}");
+    let long = json!({"options": {"chunks": 100000, "interval_ms": 50}});
+    let short = json!({"options": {"chunks": 10, "interval_ms": 50}});
+    let mut http_long = LineReader::open(http().post(format!("{base}{CHAT}")).json(&long)).await;
+    let mut http_short = LineReader::open(http().post(format!("{base}{CHAT}")).header("accept", "application/x-ndjson").json(&short)).await;
+    http_long.until(|v| v["event"] == "chunk").await;
+    let spec = json!({"url": base, "transports": ["websocket"], "steps": [
+        {"emit": "chat_message", "data": {"message": "x", "session_id": "s", "options": {"chunks": 100000, "interval_ms": 50}}, "ack": true},
+        {"wait_for": "chat_complete", "count": 1, "timeout_ms": 20000}
+    ]});
+    let mut sock = Sio::spawn(Client::Node, spec);
+    sock.expect_event("chat_chunk").await;
+
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    // New work is refused while draining.
+    let mut refused = false;
+    for _ in 0..100 {
+        match http().post(format!("{base}{CHAT}")).json(&chat_body("late")).send().await {
+            Ok(r) if r.status() == 503 => {
+                let body: serde_json::Value = r.json().await.unwrap();
+                assert_eq!(body["error"]["error_type"], "draining");
+                refused = true;
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(_) => break,
+        }
+    }
+    assert!(refused, "requests during the drain get 503 draining");
+
+    // The short stream finishes within the grace time; the long ones end with `shutdown`.
+    let short_events = http_short.rest().await;
+    check_rules(&short_events);
+    assert_eq!(short_events.last().unwrap()["data"]["reason"], "completed");
+    let rest = http_long.rest().await;
+    let n = rest.len();
+    assert_eq!(rest[n - 2]["data"]["status"], "shutdown");
+    assert_eq!(rest[n - 1]["data"]["reason"], "shutdown");
+    let (lines, code) = sock.finish().await;
+    assert_eq!(code, 0, "{lines:?}");
+    assert!(events_of(&lines).iter().any(|(n, _)| n == "chat_complete"), "the legacy client hears the end through its completion event");
+
+    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.expect("exits in time").unwrap();
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[tokio::test]
+async fn in_process_shutdown_ends_session_followers() {
+    let mut s = Server::default().await;
+    let mut follower = LineReader::open(http().get(s.url("/api/sessions/z/events"))).await;
+    let mut live = LineReader::open(http().post(s.url(CHAT)).json(&json!({"session_id": "z", "options": {"chunks": 100000, "interval_ms": 20}}))).await;
+    live.until(|v| v["event"] == "chunk").await;
+    follower.until(|v| v["event"] == "chunk").await;
+    s.begin_shutdown();
+    let rest = live.rest().await;
+    assert_eq!(rest.last().unwrap()["data"]["reason"], "shutdown");
+    let rest = follower.rest().await;
+    assert_eq!(rest.last().unwrap()["data"]["reason"], "shutdown");
+    s.shutdown().await;
+}
+
+#[test]
+fn check_validates_the_shipped_files_and_lists_every_problem() {
+    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("check")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("routes.toml"),
+        "[[route]]\nname = \"a\"\nhttp = \"/a\"\nengine = { kind = \"magic\" }\n[[route]]\nname = \"b\"\nhttp = \"/a\"\nengine = { kind = \"script\" }\nsocketio = { request_event = \"go\", emit = { chunk = { event = \"c\", payload = \"$.nope\" } } }\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("flags")).unwrap();
+    std::fs::write(dir.path().join("flags/flags.toml"), "version = 1\n").unwrap();
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("check")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("route \"a\", field `engine.kind`"), "{err}");
+    assert!(err.contains("route \"b\", field `socketio.emit.chunk.payload"), "{err}");
+    let serve = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("SWITCHYARD_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!serve.status.success(), "serve refuses a bad routes file");
+    assert!(String::from_utf8_lossy(&serve.stderr).contains("engine.kind"));
+}

@@ -1,0 +1,9 @@
+//! Black-box tests: the real server on an ephemeral port, driven over the network by a
+//! real HTTP client and the real Socket.IO clients (Node socket.io-client 4.x and 2.x,
+//! python-socketio 5.x). One binary, so the suite links once.
+
+mod common;
+mod fanout;
+mod http;
+mod lifecycle;
+mod socketio;
