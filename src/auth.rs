@@ -118,7 +118,10 @@ mod tests {
 
     #[test]
     fn valid_token_gives_user_and_tenant() {
-        let t = token(json!({"sub": "alice", "tenant": "acme", "exp": now() + 60}), "s3cret");
+        let t = token(
+            json!({"sub": "alice", "tenant": "acme", "exp": now() + 60}),
+            "s3cret",
+        );
         let s = auth().identify(Some(&t), Subject::default()).unwrap();
         assert_eq!(s.user.as_deref(), Some("alice"));
         assert_eq!(s.tenant.as_deref(), Some("acme"));

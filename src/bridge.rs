@@ -109,7 +109,8 @@ impl Bridge {
             self.inner
                 .hub
                 .create(id, req.route.clone(), req.session_id.clone(), req.transport)?;
-        let span = tracing::info_span!("stream", request_id = %stream.id, route = %stream.route.name);
+        let span =
+            tracing::info_span!("stream", request_id = %stream.id, route = %stream.route.name);
         let producer = produce(
             self.inner.hub.clone(),
             stream.clone(),
@@ -171,11 +172,18 @@ impl Bridge {
         self.inner.draining.store(true, Ordering::Release);
         let hub = &self.inner.hub;
         let grace = Duration::from_secs(self.inner.config.shutdown.grace_secs);
-        tracing::info!(running = hub.running(), grace_secs = grace.as_secs(), "draining");
+        tracing::info!(
+            running = hub.running(),
+            grace_secs = grace.as_secs(),
+            "draining"
+        );
         wait_until(grace, || hub.running() == 0).await;
         let rest = hub.live_streams();
         if !rest.is_empty() {
-            tracing::info!(streams = rest.len(), "ending the remaining streams with `shutdown`");
+            tracing::info!(
+                streams = rest.len(),
+                "ending the remaining streams with `shutdown`"
+            );
         }
         for s in &rest {
             s.stop(EndReason::Shutdown);
@@ -236,7 +244,11 @@ async fn produce(
         }
         _ = watchdog => Finish::Stopped(EndReason::Cancelled),
     };
-    if let Finish::Failed { error_type, message } = &finish {
+    if let Finish::Failed {
+        error_type,
+        message,
+    } = &finish
+    {
         tracing::warn!(error_type, message, "stream failed");
     }
     stream.finish(finish);

@@ -187,16 +187,12 @@ impl Config {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment = figment.merge(
-            Env::prefixed("SWITCHYARD_")
-                .split("__")
-                .filter(|k| {
-                    let first = k.as_str().split("__").next().unwrap_or_default();
-                    TOP_LEVEL_KEYS
-                        .iter()
-                        .any(|t| t.eq_ignore_ascii_case(first))
-                }),
-        );
+        figment = figment.merge(Env::prefixed("SWITCHYARD_").split("__").filter(|k| {
+            // The key may arrive before or after `__` became `.`.
+            let key = k.as_str().replace("__", ".");
+            let first = key.split('.').next().unwrap_or_default();
+            TOP_LEVEL_KEYS.iter().any(|t| t.eq_ignore_ascii_case(first))
+        }));
         let config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(Box::new(e)))?;

@@ -402,7 +402,12 @@ mod tests {
     #[test]
     fn every_finish_has_its_terminal_event() {
         let cases = [
-            (Finish::Completed, EventKind::Completion, "completed", "complete"),
+            (
+                Finish::Completed,
+                EventKind::Completion,
+                "completed",
+                "complete",
+            ),
             (
                 Finish::Failed {
                     error_type: "upstream_error".into(),

@@ -11,7 +11,11 @@ use switchyard::routes::Routes;
 use switchyard::{Bridge, server};
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "A migration bridge from Socket.IO to HTTP streaming (NDJSON and SSE)")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A migration bridge from Socket.IO to HTTP streaming (NDJSON and SSE)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,7 +61,10 @@ fn load(config: Option<PathBuf>) -> anyhow::Result<(Config, Routes)> {
     Ok((config, routes))
 }
 
-fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> anyhow::Result<ExitCode> {
+fn serve(
+    config: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -72,11 +79,25 @@ fn serve(config: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> anyho
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .with_context(|| format!("cannot listen on {} (set `listen` or SWITCHYARD_LISTEN)", config.listen))?;
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (set `listen` or SWITCHYARD_LISTEN)",
+                    config.listen
+                )
+            })?;
         let addr = listener.local_addr()?;
         for r in routes.iter() {
-            let sio = r.socketio.as_ref().map(|s| format!(", Socket.IO `{}` on {}", s.request_event, s.namespace)).unwrap_or_default();
-            tracing::info!("route {}: POST {}{sio} ({} engine)", r.name, r.http.path, r.engine.build().kind());
+            let sio = r
+                .socketio
+                .as_ref()
+                .map(|s| format!(", Socket.IO `{}` on {}", s.request_event, s.namespace))
+                .unwrap_or_default();
+            tracing::info!(
+                "route {}: POST {}{sio} ({} engine)",
+                r.name,
+                r.http.path,
+                r.engine.build().kind()
+            );
         }
         tracing::info!("switchyard listening on http://{addr} (Socket.IO at /socket.io/)");
         let bridge = Bridge::new(config, routes);
@@ -134,14 +155,25 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 problems.push(format!("{}: not valid TOML: {e}", flags.display()));
             }
         }
-        Err(e) => problems.push(format!("{}: cannot read the flags file: {e}", flags.display())),
+        Err(e) => problems.push(format!(
+            "{}: cannot read the flags file: {e}",
+            flags.display()
+        )),
     }
     if problems.is_empty() {
         let n = routes.map(|r| r.len()).unwrap_or(0);
-        println!("ok: config, {n} routes ({}) and flags ({}) are valid", config.routes_file.display(), flags.display());
+        println!(
+            "ok: config, {n} routes ({}) and flags ({}) are valid",
+            config.routes_file.display(),
+            flags.display()
+        );
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("{} problem{} found:", problems.len(), if problems.len() == 1 { "" } else { "s" });
+        eprintln!(
+            "{} problem{} found:",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        );
         for p in &problems {
             eprintln!("  - {p}");
         }

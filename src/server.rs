@@ -10,7 +10,7 @@ use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 
 use crate::bridge::Bridge;
-use crate::transport::{http, socketio};
+use crate::transport::{http, polling, socketio};
 
 /// After the streams are drained, how long open connections get to close by themselves.
 const CLOSE_LIMIT: Duration = Duration::from_secs(5);
@@ -23,7 +23,13 @@ pub fn app(bridge: Bridge) -> (Router, SocketIo) {
         .max_buffer_size(limits.socketio_buffer)
         .build_layer();
     socketio::attach(&io, bridge.clone());
-    let router = http::router(bridge).layer(layer);
+    // Outermost: the polling pacer sees the Socket.IO service's responses.
+    let router = http::router(bridge)
+        .layer(layer)
+        .layer(axum::middleware::from_fn_with_state(
+            polling::Pacer::default(),
+            polling::pace,
+        ));
     (router, io)
 }
 

@@ -222,7 +222,9 @@ async fn run(plan: ScriptPlan, out: Emitter) -> Result<(), EngineError> {
         if plan.fail_after == Some(i) {
             return Err(EngineError::Failed {
                 error_type: "engine_error".into(),
-                message: format!("the script engine failed after {i} chunks, as options.fail_after asked"),
+                message: format!(
+                    "the script engine failed after {i} chunks, as options.fail_after asked"
+                ),
             });
         }
         if i > 0 {
@@ -243,7 +245,9 @@ async fn run(plan: ScriptPlan, out: Emitter) -> Result<(), EngineError> {
     if plan.fail_after == Some(total) {
         return Err(EngineError::Failed {
             error_type: "engine_error".into(),
-            message: format!("the script engine failed after {total} chunks, as options.fail_after asked"),
+            message: format!(
+                "the script engine failed after {total} chunks, as options.fail_after asked"
+            ),
         });
     }
     Ok(())
@@ -286,20 +290,27 @@ mod tests {
             {"role": "user", "content": "hello   brave\nnew world"}]});
         let (events, r) = collect(input).await;
         assert!(r.is_ok());
-        let texts: Vec<&str> = events.iter().map(|(_, d)| d["text"].as_str().unwrap()).collect();
+        let texts: Vec<&str> = events
+            .iter()
+            .map(|(_, d)| d["text"].as_str().unwrap())
+            .collect();
         assert_eq!(texts, ["hello ", "brave ", "new ", "world"]);
     }
 
     #[tokio::test]
     async fn fixed_text_without_a_message() {
         let (events, _) = collect(json!({})).await;
-        let joined: String = events.iter().map(|(_, d)| d["text"].as_str().unwrap()).collect();
+        let joined: String = events
+            .iter()
+            .map(|(_, d)| d["text"].as_str().unwrap())
+            .collect();
         assert_eq!(joined, FIXED_TEXT);
     }
 
     #[tokio::test]
     async fn n_chunks_of_exact_size_tools_first_then_failure() {
-        let input = json!({"options": {"chunks": 5, "chunk_bytes": 3, "tool_calls": 2, "fail_after": 4}});
+        let input =
+            json!({"options": {"chunks": 5, "chunk_bytes": 3, "tool_calls": 2, "fail_after": 4}});
         let (events, r) = collect(input).await;
         assert_eq!(events.len(), 4 + 4);
         assert!(events[..4].iter().all(|(k, _)| *k == EventKind::ToolEvent));
@@ -313,7 +324,12 @@ mod tests {
     #[test]
     fn options_over_their_maximum_are_refused_by_name() {
         let e = engine();
-        for (opt, v) in [("chunks", json!(11)), ("interval_ms", json!(60_001)), ("tool_calls", json!(101)), ("chunk_bytes", json!(70_000))] {
+        for (opt, v) in [
+            ("chunks", json!(11)),
+            ("interval_ms", json!(60_001)),
+            ("tool_calls", json!(101)),
+            ("chunk_bytes", json!(70_000)),
+        ] {
             let err = e.plan(&json!({"options": {opt: v}})).unwrap_err();
             assert!(err.to_string().contains(opt), "{err}");
         }

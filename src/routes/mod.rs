@@ -166,7 +166,10 @@ impl Routes {
     pub fn load(path: &Path) -> Result<Routes, RoutesError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| RoutesError {
-            problems: vec![Problem::file(&file, format!("cannot read the routes file: {e}"))],
+            problems: vec![Problem::file(
+                &file,
+                format!("cannot read the routes file: {e}"),
+            )],
         })?;
         Routes::parse(&text, &file)
     }
@@ -405,7 +408,10 @@ fn parse_http(v: Option<&toml::Value>, p: &mut RouteProblems<'_>) -> Option<Http
             .iter()
             .find(|r| path == *r || path.starts_with(&format!("{r}/")))
         {
-            p.add("http", format!("`{path}` is taken by the bridge itself ({r})"));
+            p.add(
+                "http",
+                format!("`{path}` is taken by the bridge itself ({r})"),
+            );
             ok = false;
         }
     }
@@ -446,8 +452,14 @@ fn parse_socketio(v: &toml::Value, p: &mut RouteProblems<'_>) -> Option<SocketIo
     };
     let mut ok = true;
     for key in t.keys() {
-        if !["namespace", "request_event", "request", "emit", "emit_unmapped"]
-            .contains(&key.as_str())
+        if ![
+            "namespace",
+            "request_event",
+            "request",
+            "emit",
+            "emit_unmapped",
+        ]
+        .contains(&key.as_str())
         {
             p.add(
                 format!("socketio.{key}"),
@@ -500,13 +512,7 @@ fn parse_socketio(v: &toml::Value, p: &mut RouteProblems<'_>) -> Option<SocketIo
             }
         },
     };
-    let emit = parse_emit_map(
-        t.get("emit"),
-        t.get("emit_unmapped"),
-        "socketio",
-        true,
-        p,
-    );
+    let emit = parse_emit_map(t.get("emit"), t.get("emit_unmapped"), "socketio", true, p);
     match (request_event, request, emit, ok) {
         (Some(request_event), Some(request), Some(emit), true) => Some(SocketIoSide {
             namespace,
@@ -568,7 +574,10 @@ fn parse_emit_map(
             continue;
         };
         let Some(rt) = rule.as_table() else {
-            p.add(field, "must be a table { event = \"...\", payload = {...} }");
+            p.add(
+                field,
+                "must be a table { event = \"...\", payload = {...} }",
+            );
             ok = false;
             continue;
         };
@@ -696,7 +705,9 @@ chunk = { event = "chat_chunk", payload = { chunk = "$.data.text" } }
         assert_eq!(chat.http.path, "/api/ai/chat/unified");
         let sio = chat.socketio.as_ref().unwrap();
         assert_eq!(sio.namespace, "/");
-        assert!(matches!(sio.emit.rule(EventKind::Chunk), Emit::Mapped(r) if &*r.event == "chat_chunk"));
+        assert!(
+            matches!(sio.emit.rule(EventKind::Chunk), Emit::Mapped(r) if &*r.event == "chat_chunk")
+        );
         assert!(matches!(sio.emit.rule(EventKind::End), Emit::Dropped));
         assert!(matches!(chat.http.emit.rule(EventKind::End), Emit::Neutral));
         assert_eq!(routes.namespaces(), vec!["/"]);
@@ -717,7 +728,9 @@ emit = { chunk = { payload = { delta = "$.data.text" } } }
         let routes = Routes::parse(text, "r.toml").unwrap();
         let r = routes.get("old").unwrap();
         assert_eq!(r.http.sse_framing, SseFraming::DataOnly);
-        assert!(matches!(r.http.emit.rule(EventKind::Chunk), Emit::Mapped(rule) if &*rule.event == "chunk"));
+        assert!(
+            matches!(r.http.emit.rule(EventKind::Chunk), Emit::Mapped(rule) if &*rule.event == "chunk")
+        );
         assert!(matches!(r.http.emit.rule(EventKind::End), Emit::Neutral));
         assert!(r.socketio.is_none());
     }
@@ -758,13 +771,18 @@ engine = { kind = "script" }
         ];
         for (route, field) in expect {
             assert!(
-                err.problems.iter().any(|p| p.route.as_deref() == Some(route)
-                    && p.field.as_deref().is_some_and(|f| f.starts_with(field))
-                    && p.file == "routes.toml"),
+                err.problems
+                    .iter()
+                    .any(|p| p.route.as_deref() == Some(route)
+                        && p.field.as_deref().is_some_and(|f| f.starts_with(field))
+                        && p.file == "routes.toml"),
                 "missing {route}/{field} in:\n{all}"
             );
         }
-        assert!(all.contains("routes.toml: route \"a\", field `engine.kind`"), "{all}");
+        assert!(
+            all.contains("routes.toml: route \"a\", field `engine.kind`"),
+            "{all}"
+        );
     }
 
     #[test]
@@ -784,7 +802,10 @@ socketio = { request_event = "go" }
         let err = Routes::parse(text, "f").unwrap_err();
         assert_eq!(err.problems.len(), 2, "{err}");
         assert!(err.to_string().contains("also the path of route \"a\""));
-        assert!(err.to_string().contains("also the request event of route \"a\""));
+        assert!(
+            err.to_string()
+                .contains("also the request event of route \"a\"")
+        );
     }
 
     #[test]

@@ -444,9 +444,11 @@ engine = { kind = "script" }
             encode_http(&chunk(), &s, Wire::SessionNdjson).unwrap(),
             "{\"request_id\":\"r1\",\"route\":\"chat\",\"event\":\"chunk\",\"seq\":3,\"data\":{\"text\":\"Hel\"}}\n"
         );
-        assert!(encode_http(&chunk(), &s, Wire::SessionSse)
-            .unwrap()
-            .starts_with(b"id: r1:3\nevent: chunk\ndata: {\"request_id\""));
+        assert!(
+            encode_http(&chunk(), &s, Wire::SessionSse)
+                .unwrap()
+                .starts_with(b"id: r1:3\nevent: chunk\ndata: {\"request_id\"")
+        );
     }
 
     #[test]
@@ -464,8 +466,15 @@ engine = { kind = "script" }
             encode_http(&Event::heartbeat(1), &s, Wire::Sse).unwrap(),
             ": heartbeat\n\n"
         );
-        let end = Event { event: EventKind::End, seq: Some(4), data: json!({"reason": "completed"}) };
-        assert!(encode_http(&end, &s, Wire::Ndjson).is_none(), "unmapped types are dropped");
+        let end = Event {
+            event: EventKind::End,
+            seq: Some(4),
+            data: json!({"reason": "completed"}),
+        };
+        assert!(
+            encode_http(&end, &s, Wire::Ndjson).is_none(),
+            "unmapped types are dropped"
+        );
     }
 
     #[test]
@@ -474,11 +483,18 @@ engine = { kind = "script" }
         let f = encode_legacy(&chunk(), &s).unwrap();
         assert_eq!(&*f.event, "chat_chunk");
         assert_eq!(f.payload.get(), r#"{"chunk":"Hel","n":3,"sid":"s1"}"#);
-        let end = Event { event: EventKind::End, seq: Some(4), data: json!({"reason": "completed"}) };
+        let end = Event {
+            event: EventKind::End,
+            seq: Some(4),
+            data: json!({"reason": "completed"}),
+        };
         assert!(encode_legacy(&end, &s).is_none());
         let a = stream("agent");
         let f = encode_legacy(&chunk(), &a).unwrap();
         assert_eq!(&*f.event, "chunk");
-        assert_eq!(f.payload.get(), r#"{"request_id":"r1","seq":3,"data":{"text":"Hel"}}"#);
+        assert_eq!(
+            f.payload.get(),
+            r#"{"request_id":"r1","seq":3,"data":{"text":"Hel"}}"#
+        );
     }
 }

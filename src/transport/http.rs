@@ -190,7 +190,10 @@ fn cursor_frames(cursor: Cursor, wire: Wire, max_lag: u64) -> impl Stream<Item =
             match cursor.next_batch(MAX_BATCH).await {
                 Batch::Events(entries) => {
                     if cursor.lag_bytes() > max_lag {
-                        return Some((slow_consumer(&cursor, wire), None));
+                        // This batch is not sent: the subscriber's own end takes its place.
+                        let first = entries.first().and_then(|e| e.event.seq);
+                        let seq = first.unwrap_or(cursor.next_seq());
+                        return Some((slow_consumer(&cursor, seq, wire), None));
                     }
                     let mut out = BytesMut::new();
                     let mut ended = false;
@@ -212,17 +215,22 @@ fn cursor_frames(cursor: Cursor, wire: Wire, max_lag: u64) -> impl Stream<Item =
                     }
                     return Some((out.freeze(), next));
                 }
-                Batch::Lagged => return Some((slow_consumer(&cursor, wire), None)),
+                Batch::Lagged => {
+                    let seq = cursor.next_seq();
+                    return Some((slow_consumer(&cursor, seq, wire), None));
+                }
                 Batch::End => return None,
             }
         }
     })
 }
 
-fn slow_consumer(cursor: &Cursor, wire: Wire) -> Bytes {
+/// The `error` + `end` of a subscriber cut off for lagging, numbered from `seq` (the first
+/// event it did not get).
+fn slow_consumer(cursor: &Cursor, seq: u64, wire: Wire) -> Bytes {
     tracing::info!(request_id = %cursor.stream().id, lag_bytes = cursor.lag_bytes(), "ending a slow HTTP subscriber");
     let mut out = BytesMut::new();
-    for ev in slow_consumer_events(cursor.next_seq()) {
+    for ev in slow_consumer_events(seq) {
         if let Some(f) = encode::encode_http(&ev, cursor.stream(), wire) {
             out.extend_from_slice(&f);
         }
@@ -231,7 +239,11 @@ fn slow_consumer(cursor: &Cursor, wire: Wire) -> Bytes {
 }
 
 /// Adds a heartbeat whenever `inner` has been silent for `period`.
-fn with_heartbeat<S, H>(inner: S, period: Duration, heartbeat: H) -> impl Stream<Item = Bytes> + Send
+fn with_heartbeat<S, H>(
+    inner: S,
+    period: Duration,
+    heartbeat: H,
+) -> impl Stream<Item = Bytes> + Send
 where
     S: Stream<Item = Bytes> + Send + 'static,
     H: Fn() -> Option<Bytes> + Send + 'static,
@@ -267,9 +279,9 @@ struct ResumeQuery {
 }
 
 fn parse_seq(v: &str, what: &str) -> Result<i64, ApiError> {
-    v.trim().parse::<i64>().map_err(|_| {
-        ApiError::InvalidRequest(format!("{what} must be an integer seq, not `{v}`"))
-    })
+    v.trim()
+        .parse::<i64>()
+        .map_err(|_| ApiError::InvalidRequest(format!("{what} must be an integer seq, not `{v}`")))
 }
 
 async fn resume(

@@ -3,4 +3,5 @@
 
 pub mod encode;
 pub mod http;
+pub mod polling;
 pub mod socketio;

@@ -112,7 +112,9 @@ fn handshake(b: &Bridge, socket: &SocketRef, auth: Option<Value>) -> Result<(), 
         .identify(token.as_deref(), dev)
         .map_err(|e| format!("{}: {e}", e.error_type()))?;
     let handshake_session = match auth.get("session_id").and_then(Value::as_str) {
-        Some(s) => Some(b.follow_session(parse_session_id(s).map_err(|e| format!("{}: {e}", e.error_type()))?)),
+        Some(s) => Some(
+            b.follow_session(parse_session_id(s).map_err(|e| format!("{}: {e}", e.error_type()))?),
+        ),
         None => None,
     };
     socket.extensions.insert(Arc::new(SocketCtx {
@@ -208,7 +210,13 @@ fn string_field(v: &Value, key: &str) -> Option<String> {
     v.get(key).and_then(Value::as_str).map(str::to_string)
 }
 
-fn on_request(b: &Bridge, route: &Arc<Route>, socket: SocketRef, payload: Option<Value>, ack: AckSender) {
+fn on_request(
+    b: &Bridge,
+    route: &Arc<Route>,
+    socket: SocketRef,
+    payload: Option<Value>,
+    ack: AckSender,
+) {
     let Some(ctx) = ctx_of(&socket) else { return };
     let payload = payload.unwrap_or(Value::Null);
     match start(b, route, &ctx, &payload) {
@@ -236,8 +244,16 @@ fn on_request(b: &Bridge, route: &Arc<Route>, socket: SocketRef, payload: Option
     }
 }
 
-fn start(b: &Bridge, route: &Arc<Route>, ctx: &SocketCtx, payload: &Value) -> Result<Cursor, ApiError> {
-    let sio = route.socketio.as_ref().ok_or_else(|| ApiError::UnknownRoute(route.name.to_string()))?;
+fn start(
+    b: &Bridge,
+    route: &Arc<Route>,
+    ctx: &SocketCtx,
+    payload: &Value,
+) -> Result<Cursor, ApiError> {
+    let sio = route
+        .socketio
+        .as_ref()
+        .ok_or_else(|| ApiError::UnknownRoute(route.name.to_string()))?;
     if !payload.is_object() {
         return Err(ApiError::InvalidRequest(format!(
             "the `{}` payload must be a JSON object",
@@ -251,7 +267,12 @@ fn start(b: &Bridge, route: &Arc<Route>, ctx: &SocketCtx, payload: &Value) -> Re
         }),
         None => payload.clone(),
     };
-    let req = StreamRequest::from_input(route.clone(), input, ctx.subject.clone(), Transport::Socketio)?;
+    let req = StreamRequest::from_input(
+        route.clone(),
+        input,
+        ctx.subject.clone(),
+        Transport::Socketio,
+    )?;
     Ok(b.start(req)?.cursor)
 }
 
@@ -279,12 +300,16 @@ fn on_resume(b: &Bridge, socket: SocketRef, payload: Option<Value>, ack: AckSend
     let Some(ctx) = ctx_of(&socket) else { return };
     let p = payload.unwrap_or(Value::Null);
     let result = match string_field(&p, "request_id") {
-        None => Err(ApiError::InvalidRequest("`resume` needs {request_id, after}".into())),
+        None => Err(ApiError::InvalidRequest(
+            "`resume` needs {request_id, after}".into(),
+        )),
         Some(id) => match p.get("after") {
             None | Some(Value::Null) => b.resume(&id, None),
             Some(v) => match v.as_i64() {
                 Some(after) => b.resume(&id, Some(after)),
-                None => Err(ApiError::InvalidRequest("`after` must be an integer seq".into())),
+                None => Err(ApiError::InvalidRequest(
+                    "`after` must be an integer seq".into(),
+                )),
             },
         },
     };
@@ -356,7 +381,10 @@ async fn pump(socket: &SocketRef, mut cursor: Cursor, max_lag: u64) {
                         match emit(socket, frame, || cursor.lag_bytes() > max_lag, None).await {
                             Ok(()) => {}
                             Err(Stop::Gone) => return,
-                            Err(Stop::Lagging) => return farewell(socket, &cursor).await,
+                            Err(Stop::Lagging) => {
+                                let seq = e.event.seq.unwrap_or(cursor.next_seq());
+                                return farewell(socket, &cursor, seq).await;
+                            }
                         }
                     }
                     if e.event.event == EventKind::End {
@@ -364,23 +392,27 @@ async fn pump(socket: &SocketRef, mut cursor: Cursor, max_lag: u64) {
                     }
                 }
                 if cursor.lag_bytes() > max_lag {
-                    return farewell(socket, &cursor).await;
+                    return farewell(socket, &cursor, cursor.next_seq()).await;
                 }
             }
-            Batch::Lagged => return farewell(socket, &cursor).await,
+            Batch::Lagged => return farewell(socket, &cursor, cursor.next_seq()).await,
             Batch::End => return,
         }
     }
 }
 
 /// The last two events of a lagging socket's subscription: `error` + `end` with
-/// `slow_consumer`, given a bounded time to find queue room.
-async fn farewell(socket: &SocketRef, cursor: &Cursor) {
+/// `slow_consumer`, numbered from `seq` (the first event it did not get), given a bounded
+/// time to find queue room.
+async fn farewell(socket: &SocketRef, cursor: &Cursor, seq: u64) {
     tracing::info!(request_id = %cursor.stream().id, lag_bytes = cursor.lag_bytes(), "ending a slow Socket.IO subscriber");
     let deadline = tokio::time::Instant::now() + FAREWELL_LIMIT;
-    for ev in slow_consumer_events(cursor.next_seq()) {
+    for ev in slow_consumer_events(seq) {
         if let Some(frame) = encode::encode_legacy(&ev, cursor.stream()) {
-            if emit(socket, &frame, || false, Some(deadline)).await.is_err() {
+            if emit(socket, &frame, || false, Some(deadline))
+                .await
+                .is_err()
+            {
                 return;
             }
         }

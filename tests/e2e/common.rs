@@ -25,7 +25,10 @@ pub fn repo() -> PathBuf {
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -111,7 +114,12 @@ pub fn chat_body(text: &str) -> Value {
 /// POSTs and reads the whole NDJSON answer.
 pub async fn post_ndjson(url: &str, body: &Value) -> Vec<Value> {
     let resp = http().post(url).json(body).send().await.unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap_or_default());
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
     parse_ndjson(&resp.text().await.unwrap())
 }
 
@@ -185,7 +193,11 @@ impl LineReader {
                 }
             }
         });
-        LineReader { status, headers, rx }
+        LineReader {
+            status,
+            headers,
+            rx,
+        }
     }
 
     /// The next JSON line, or `None` at the end of the body.
@@ -237,7 +249,10 @@ pub fn check_rules(events: &[Value]) -> Vec<String> {
     assert_eq!(last["event"], "end");
     assert_eq!(events.iter().filter(|e| e["event"] == "end").count(), 1);
     let before = &events[events.len() - 2];
-    assert!(before["event"] == "completion" || before["event"] == "error", "{before}");
+    assert!(
+        before["event"] == "completion" || before["event"] == "error",
+        "{before}"
+    );
     let chunks: Vec<String> = events
         .iter()
         .filter(|e| e["event"] == "chunk")
@@ -301,9 +316,9 @@ impl Sio {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run the {client:?} Socket.IO client: {e} (is it installed?)"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot run the {client:?} Socket.IO client: {e} (is it installed?)")
+        });
         let stdout = child.stdout.take().unwrap();
         let stdin = child.stdin.take();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -350,13 +365,17 @@ impl Sio {
     }
 
     pub async fn expect_event(&mut self, name: &str) -> Value {
-        self.expect(name, |v| v["type"] == "event" && v["event"] == name).await
+        self.expect(name, |v| v["type"] == "event" && v["event"] == name)
+            .await
     }
 
     /// Sends one line to a client waiting in a `wait_stdin` step.
     pub async fn send(&mut self, line: Value) {
         let stdin = self.stdin.as_mut().unwrap();
-        stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
         stdin.flush().await.unwrap();
     }
 

@@ -6,35 +6,52 @@ use serde_json::{Value, json};
 use crate::common::*;
 
 fn chat_events_by_kind(events: &[(String, Value)], name: &str) -> Vec<Value> {
-    events.iter().filter(|(n, _)| n == name).map(|(_, d)| d.clone()).collect()
+    events
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, d)| d.clone())
+        .collect()
 }
 
 #[tokio::test]
 async fn one_stream_reaches_requester_room_and_followers_on_every_transport() {
     let s = Server::default().await;
     let session = "room-1";
-    let mut follower = LineReader::open(http().get(s.url(&format!("/api/sessions/{session}/events")))).await;
+    let mut follower =
+        LineReader::open(http().get(s.url(&format!("/api/sessions/{session}/events")))).await;
     assert_eq!(follower.status, 200);
     assert_eq!(follower.headers["content-type"], "application/x-ndjson");
     // A: joins with `join`. B: joins through its handshake auth. C: joins, then requests.
     let mut a = Sio::spawn(
         Client::Node,
-        sio_spec(&s, &["websocket"], json!([
-            {"emit": "join", "data": {"session_id": session}, "ack": true},
-            {"wait_for": "chat_complete", "count": 2}
-        ])),
+        sio_spec(
+            &s,
+            &["websocket"],
+            json!([
+                {"emit": "join", "data": {"session_id": session}, "ack": true},
+                {"wait_for": "chat_complete", "count": 2}
+            ]),
+        ),
     );
-    let mut spec_b = sio_spec(&s, &["polling"], json!([{"wait_for": "chat_complete", "count": 2}]));
+    let mut spec_b = sio_spec(
+        &s,
+        &["polling"],
+        json!([{"wait_for": "chat_complete", "count": 2}]),
+    );
     spec_b["auth"] = json!({"session_id": session});
     let mut b = Sio::spawn(Client::Python, spec_b);
     let mut c = Sio::spawn(
         Client::Node,
-        sio_spec(&s, &["polling"], json!([
-            {"emit": "join", "data": {"session_id": session}, "ack": true},
-            {"wait_stdin": true},
-            {"wait_for": "chat_complete", "count": 2},
-            {"sleep_ms": 300}
-        ])),
+        sio_spec(
+            &s,
+            &["polling"],
+            json!([
+                {"emit": "join", "data": {"session_id": session}, "ack": true},
+                {"wait_stdin": true},
+                {"wait_for": "chat_complete", "count": 2},
+                {"sleep_ms": 300}
+            ]),
+        ),
     );
     let ack = a.expect_type("ack").await;
     assert_eq!(ack["data"], json!({"session_id": session}));
@@ -42,7 +59,11 @@ async fn one_stream_reaches_requester_room_and_followers_on_every_transport() {
     c.expect_type("waiting").await;
 
     // Stream 1, started over HTTP.
-    let http_events = post_ndjson(&s.url(CHAT), &json!({"session_id": session, "messages": [{"role": "user", "content": "from http"}]})).await;
+    let http_events = post_ndjson(
+        &s.url(CHAT),
+        &json!({"session_id": session, "messages": [{"role": "user", "content": "from http"}]}),
+    )
+    .await;
     check_rules(&http_events);
     // Stream 2, started by C over Socket.IO, which is also in the room.
     c.send(json!({"emit": "chat_message", "data": {"message": "from socket", "session_id": session}, "ack": true})).await;
@@ -56,10 +77,16 @@ async fn one_stream_reaches_requester_room_and_followers_on_every_transport() {
         }
         assert_eq!(v["route"], "chat");
         ended += usize::from(v["event"] == "end");
-        by_stream.entry(v["request_id"].as_str().unwrap().to_string()).or_default().push(v);
+        by_stream
+            .entry(v["request_id"].as_str().unwrap().to_string())
+            .or_default()
+            .push(v);
     }
     assert_eq!(by_stream.len(), 2);
-    let mut outputs: Vec<String> = by_stream.values().map(|evs| check_rules(evs).concat()).collect();
+    let mut outputs: Vec<String> = by_stream
+        .values()
+        .map(|evs| check_rules(evs).concat())
+        .collect();
     outputs.sort();
     assert_eq!(outputs, ["from http", "from socket"]);
 
@@ -72,7 +99,11 @@ async fn one_stream_reaches_requester_room_and_followers_on_every_transport() {
             .map(|d| d["full_response"].as_str().unwrap().to_string())
             .collect();
         completes.sort();
-        assert_eq!(completes, ["from http", "from socket"], "{name} gets each stream once");
+        assert_eq!(
+            completes,
+            ["from http", "from socket"],
+            "{name} gets each stream once"
+        );
         let chunks = chat_events_by_kind(&events, "chat_chunk");
         assert_eq!(chunks.len(), 4, "{name}: each chunk once: {chunks:?}");
     }
@@ -85,47 +116,88 @@ async fn cancel_crosses_transports() {
     // Started over Socket.IO, cancelled over HTTP.
     let mut sock = Sio::spawn(
         Client::Node,
-        sio_spec(&s, &["websocket"], json!([
-            {"emit": "chat_message", "data": {"message": "x", "session_id": "c1", "options": {"chunks": 500, "interval_ms": 20}}, "ack": true},
-            {"wait_for": "chat_chunk", "count": 3},
-            {"wait_for": "chat_complete", "count": 1}
-        ])),
+        sio_spec(
+            &s,
+            &["websocket"],
+            json!([
+                {"emit": "chat_message", "data": {"message": "x", "session_id": "c1", "options": {"chunks": 500, "interval_ms": 20}}, "ack": true},
+                {"wait_for": "chat_chunk", "count": 3},
+                {"wait_for": "chat_complete", "count": 1}
+            ]),
+        ),
     );
     let ack = sock.expect_type("ack").await;
     let id = ack["data"]["request_id"].as_str().unwrap().to_string();
     sock.expect_event("chat_chunk").await;
-    let r = http().post(s.url(&format!("/api/ai/cancel/{id}"))).send().await.unwrap();
+    let r = http()
+        .post(s.url(&format!("/api/ai/cancel/{id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"cancelled": true}));
     let (lines, code) = sock.finish().await;
     assert_eq!(code, 0);
     let events = events_of(&lines);
-    let chunks: String = chat_events_by_kind(&events, "chat_chunk").iter().map(|d| d["chunk"].as_str().unwrap().to_string()).collect();
+    let chunks: String = chat_events_by_kind(&events, "chat_chunk")
+        .iter()
+        .map(|d| d["chunk"].as_str().unwrap().to_string())
+        .collect();
     let complete = &chat_events_by_kind(&events, "chat_complete")[0];
-    assert_eq!(complete["full_response"].as_str().unwrap(), chunks, "the completion carries the text so far");
+    assert_eq!(
+        complete["full_response"].as_str().unwrap(),
+        chunks,
+        "the completion carries the text so far"
+    );
     assert!(chunks.len() < 500 * 16);
     // The replay shows the neutral end.
-    let replay = parse_ndjson(&http().get(s.url(&format!("/api/streams/{id}"))).send().await.unwrap().text().await.unwrap());
+    let replay = parse_ndjson(
+        &http()
+            .get(s.url(&format!("/api/streams/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
     check_rules(&replay);
     assert_eq!(replay[replay.len() - 2]["data"]["status"], "cancelled");
     assert_eq!(replay.last().unwrap()["data"]["reason"], "cancelled");
     // Cancelling again: it has ended.
-    let r = http().post(s.url(&format!("/api/ai/cancel/{id}"))).send().await.unwrap();
-    assert_eq!(r.json::<Value>().await.unwrap(), json!({"cancelled": false}));
+    let r = http()
+        .post(s.url(&format!("/api/ai/cancel/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"cancelled": false})
+    );
 
     // Started over HTTP, cancelled over Socket.IO.
     let mut stream = LineReader::open(
-        http().post(s.url(CHAT)).header("accept", "application/x-ndjson").json(&json!({"request_id": "h1", "options": {"chunks": 500, "interval_ms": 20}})),
+        http()
+            .post(s.url(CHAT))
+            .header("accept", "application/x-ndjson")
+            .json(&json!({"request_id": "h1", "options": {"chunks": 500, "interval_ms": 20}})),
     )
     .await;
     stream.until(|v| v["seq"] == 2).await;
     let canceller = Sio::spawn(
         Client::Python,
-        sio_spec(&s, &["websocket"], json!([{"emit": "cancel", "data": {"request_id": "h1"}, "ack": true}])),
+        sio_spec(
+            &s,
+            &["websocket"],
+            json!([{"emit": "cancel", "data": {"request_id": "h1"}, "ack": true}]),
+        ),
     );
     let (lines, code) = canceller.finish().await;
     assert_eq!(code, 0);
-    assert_eq!(lines.iter().find(|l| l["type"] == "ack").unwrap()["data"], json!({"cancelled": true}));
+    assert_eq!(
+        lines.iter().find(|l| l["type"] == "ack").unwrap()["data"],
+        json!({"cancelled": true})
+    );
     let rest = stream.rest().await;
     let n = rest.len();
     assert_eq!(rest[n - 2]["data"]["status"], "cancelled");
@@ -136,18 +208,33 @@ async fn cancel_crosses_transports() {
 #[tokio::test]
 async fn socketio_resume_replays_the_missing_events() {
     let s = Server::default().await;
-    let all = post_ndjson(&s.url("/api/ai/agent/execute"), &json!({"request_id": "ag-1", "messages": [{"role": "user", "content": "a b c d"}]})).await;
+    let all = post_ndjson(
+        &s.url("/api/ai/agent/execute"),
+        &json!({"request_id": "ag-1", "messages": [{"role": "user", "content": "a b c d"}]}),
+    )
+    .await;
     let steps = json!([
         {"emit": "resume", "data": {"request_id": "ag-1", "after": 2}, "ack": true},
         {"wait_for": "end", "count": 1}
     ]);
-    let (lines, code) = Sio::spawn(Client::Node, sio_spec(&s, &["websocket"], steps)).finish().await;
+    let (lines, code) = Sio::spawn(Client::Node, sio_spec(&s, &["websocket"], steps))
+        .finish()
+        .await;
     assert_eq!(code, 0);
-    let got: Vec<Value> = events_of(&lines).into_iter().map(|(n, p)| json!({"event": n, "seq": p["seq"], "data": p["data"]})).collect();
+    let got: Vec<Value> = events_of(&lines)
+        .into_iter()
+        .map(|(n, p)| json!({"event": n, "seq": p["seq"], "data": p["data"]}))
+        .collect();
     assert_eq!(got, all[3..].to_vec());
     // A gap is refused through the ack.
-    let steps = json!([{"emit": "resume", "data": {"request_id": "nope", "after": 0}, "ack": true}]);
-    let (lines, _) = Sio::spawn(Client::Node, sio_spec(&s, &["websocket"], steps)).finish().await;
-    assert_eq!(lines.iter().find(|l| l["type"] == "ack").unwrap()["data"]["error"]["error_type"], "unknown_stream");
+    let steps =
+        json!([{"emit": "resume", "data": {"request_id": "nope", "after": 0}, "ack": true}]);
+    let (lines, _) = Sio::spawn(Client::Node, sio_spec(&s, &["websocket"], steps))
+        .finish()
+        .await;
+    assert_eq!(
+        lines.iter().find(|l| l["type"] == "ack").unwrap()["data"]["error"]["error_type"],
+        "unknown_stream"
+    );
     s.shutdown().await;
 }

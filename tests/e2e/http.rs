@@ -45,9 +45,18 @@ async fn sse_frames_with_ids_and_heartbeats_without() {
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     assert_eq!(resp.headers()["x-request-id"], "sse-1");
     let frames = parse_sse(&resp.text().await.unwrap());
-    let hb: Vec<&SseFrame> = frames.iter().filter(|f| f.event.as_deref() == Some("heartbeat")).collect();
-    assert!(!hb.is_empty(), "a 1.5 s gap with heartbeat_secs = 1 has a heartbeat: {frames:?}");
-    assert!(hb.iter().all(|f| f.id.is_none() && f.data.as_ref().unwrap()["timestamp"].is_u64()));
+    let hb: Vec<&SseFrame> = frames
+        .iter()
+        .filter(|f| f.event.as_deref() == Some("heartbeat"))
+        .collect();
+    assert!(
+        !hb.is_empty(),
+        "a 1.5 s gap with heartbeat_secs = 1 has a heartbeat: {frames:?}"
+    );
+    assert!(
+        hb.iter()
+            .all(|f| f.id.is_none() && f.data.as_ref().unwrap()["timestamp"].is_u64())
+    );
     let events: Vec<Value> = frames
         .iter()
         .filter(|f| f.event.as_deref() != Some("heartbeat"))
@@ -56,7 +65,10 @@ async fn sse_frames_with_ids_and_heartbeats_without() {
             json!({"event": f.event, "seq": f.id.as_ref().unwrap().parse::<u64>().unwrap(), "data": f.data})
         })
         .collect();
-    assert_eq!(check_rules(&events), ["abcdefghijklmnop", "bcdefghijklmnopq"]);
+    assert_eq!(
+        check_rules(&events),
+        ["abcdefghijklmnop", "bcdefghijklmnopq"]
+    );
     s.shutdown().await;
 }
 
@@ -64,7 +76,11 @@ async fn error_of(resp: reqwest::Response) -> (u16, String) {
     let status = resp.status().as_u16();
     let body: Value = resp.json().await.unwrap();
     let t = body["error"]["error_type"].as_str().unwrap().to_string();
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
     (status, t)
 }
 
@@ -79,14 +95,42 @@ async fn every_pre_stream_error_has_its_status_and_type() {
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
         (post(CHAT).body("{not json"), 400, "invalid_request"),
         (post(CHAT).body("[1, 2]"), 400, "invalid_request"),
-        (post(CHAT).json(&json!({"request_id": 7})), 400, "invalid_request"),
-        (post(CHAT).json(&json!({"session_id": ["x"]})), 400, "invalid_request"),
-        (post(CHAT).json(&json!({"options": "fast"})), 400, "invalid_request"),
-        (post(CHAT).json(&json!({"options": {"chunks": 100001}})), 400, "invalid_request"),
-        (post(CHAT).json(&json!({"options": {"interval_ms": 60001}})), 400, "invalid_request"),
-        (post(CHAT).json(&json!({"pad": "x".repeat(2000)})), 413, "payload_too_large"),
+        (
+            post(CHAT).json(&json!({"request_id": 7})),
+            400,
+            "invalid_request",
+        ),
+        (
+            post(CHAT).json(&json!({"session_id": ["x"]})),
+            400,
+            "invalid_request",
+        ),
+        (
+            post(CHAT).json(&json!({"options": "fast"})),
+            400,
+            "invalid_request",
+        ),
+        (
+            post(CHAT).json(&json!({"options": {"chunks": 100001}})),
+            400,
+            "invalid_request",
+        ),
+        (
+            post(CHAT).json(&json!({"options": {"interval_ms": 60001}})),
+            400,
+            "invalid_request",
+        ),
+        (
+            post(CHAT).json(&json!({"pad": "x".repeat(2000)})),
+            413,
+            "payload_too_large",
+        ),
         (post("/api/nowhere").json(&json!({})), 404, "unknown_route"),
-        (http().get(s.url("/api/streams/nope")), 404, "unknown_stream"),
+        (
+            http().get(s.url("/api/streams/nope")),
+            404,
+            "unknown_stream",
+        ),
         (post("/api/ai/cancel/nope"), 404, "unknown_stream"),
     ];
     for (req, status, ty) in cases {
@@ -94,7 +138,11 @@ async fn every_pre_stream_error_has_its_status_and_type() {
         assert_eq!((got_status, got_ty.as_str()), (status, ty));
     }
     // The option error names the option.
-    let r = post(CHAT).json(&json!({"options": {"tool_calls": 101}})).send().await.unwrap();
+    let r = post(CHAT)
+        .json(&json!({"options": {"tool_calls": 101}}))
+        .send()
+        .await
+        .unwrap();
     assert!(r.text().await.unwrap().contains("tool_calls"));
 
     // 409 duplicate: a live stream's request id.
@@ -105,7 +153,9 @@ async fn every_pre_stream_error_has_its_status_and_type() {
     assert_eq!((st, ty.as_str()), (409, "duplicate_request"));
 
     // 429: max_streams = 2.
-    let mut other = LineReader::open(post(CHAT).json(&json!({"options": {"chunks": 50, "interval_ms": 100}}))).await;
+    let mut other =
+        LineReader::open(post(CHAT).json(&json!({"options": {"chunks": 50, "interval_ms": 100}})))
+            .await;
     other.next().await.unwrap();
     let (st, ty) = error_of(post(CHAT).json(&chat_body("x")).send().await.unwrap()).await;
     assert_eq!((st, ty.as_str()), (429, "over_capacity"));
@@ -117,8 +167,19 @@ async fn every_pre_stream_error_has_its_status_and_type() {
     other.rest().await;
 
     // 410: replay.max_bytes = 2000 cannot hold 100 events.
-    post_ndjson(&s.url(CHAT), &json!({"request_id": "big", "options": {"chunks": 100}})).await;
-    let (st, ty) = error_of(http().get(s.url("/api/streams/big?after=0")).send().await.unwrap()).await;
+    post_ndjson(
+        &s.url(CHAT),
+        &json!({"request_id": "big", "options": {"chunks": 100}}),
+    )
+    .await;
+    let (st, ty) = error_of(
+        http()
+            .get(s.url("/api/streams/big?after=0"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((st, ty.as_str()), (410, "resume_gap"));
     s.shutdown().await;
 }
@@ -128,10 +189,24 @@ async fn auth_on_needs_a_valid_bearer_token() {
     let mut c = config();
     c.auth.jwt_secret = Some("test-secret".into());
     let s = Server::start(c).await;
-    let (st, ty) = error_of(http().post(s.url(CHAT)).json(&chat_body("hi")).send().await.unwrap()).await;
+    let (st, ty) = error_of(
+        http()
+            .post(s.url(CHAT))
+            .json(&chat_body("hi"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((st, ty.as_str()), (401, "unauthorized"));
     let (st, _) = error_of(
-        http().post(s.url(CHAT)).bearer_auth(jwt("other-secret", "alice")).json(&chat_body("hi")).send().await.unwrap(),
+        http()
+            .post(s.url(CHAT))
+            .bearer_auth(jwt("other-secret", "alice"))
+            .json(&chat_body("hi"))
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
     assert_eq!(st, 401);
@@ -143,12 +218,19 @@ async fn auth_on_needs_a_valid_bearer_token() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(check_rules(&parse_ndjson(&resp.text().await.unwrap())), ["hi ", "there"]);
+    assert_eq!(
+        check_rules(&parse_ndjson(&resp.text().await.unwrap())),
+        ["hi ", "there"]
+    );
     s.shutdown().await;
 }
 
 pub fn jwt(secret: &str, sub: &str) -> String {
-    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &json!({"sub": sub, "tenant": "acme", "exp": exp}),
@@ -161,11 +243,33 @@ pub fn jwt(secret: &str, sub: &str) -> String {
 async fn resume_replays_exactly_the_missing_events_then_follows() {
     let s = Server::default().await;
     // Finished stream: after=2 gives seq 3.. end.
-    let all = post_ndjson(&s.url(CHAT), &json!({"request_id": "r-done", "messages": [{"role": "user", "content": "a b c d e"}]})).await;
-    let replay = parse_ndjson(&http().get(s.url("/api/streams/r-done?after=2")).send().await.unwrap().text().await.unwrap());
+    let all = post_ndjson(
+        &s.url(CHAT),
+        &json!({"request_id": "r-done", "messages": [{"role": "user", "content": "a b c d e"}]}),
+    )
+    .await;
+    let replay = parse_ndjson(
+        &http()
+            .get(s.url("/api/streams/r-done?after=2"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
     assert_eq!(replay, all[3..].to_vec());
     // No position: from the start.
-    let replay = parse_ndjson(&http().get(s.url("/api/streams/r-done")).send().await.unwrap().text().await.unwrap());
+    let replay = parse_ndjson(
+        &http()
+            .get(s.url("/api/streams/r-done"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
     assert_eq!(replay, all);
     // SSE: Last-Event-ID wins over after.
     let text = http()
@@ -178,7 +282,10 @@ async fn resume_replays_exactly_the_missing_events_then_follows() {
         .text()
         .await
         .unwrap();
-    let ids: Vec<u64> = parse_sse(&text).iter().map(|f| f.id.as_ref().unwrap().parse().unwrap()).collect();
+    let ids: Vec<u64> = parse_sse(&text)
+        .iter()
+        .map(|f| f.id.as_ref().unwrap().parse().unwrap())
+        .collect();
     assert_eq!(ids, (5..all.len() as u64).collect::<Vec<_>>());
     // SSE at the end: 204, so EventSource stops.
     let last = all.len() - 1;
@@ -190,7 +297,11 @@ async fn resume_replays_exactly_the_missing_events_then_follows() {
         .unwrap();
     assert_eq!(r.status(), 204);
     // Garbage position.
-    let r = http().get(s.url("/api/streams/r-done?after=abc")).send().await.unwrap();
+    let r = http()
+        .get(s.url("/api/streams/r-done?after=abc"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
 
     // Live stream: a client that dropped after seq 2 resumes and follows to the end.
@@ -203,14 +314,23 @@ async fn resume_replays_exactly_the_missing_events_then_follows() {
     let mut whole = head.clone();
     whole.extend(tail);
     check_rules(&whole);
-    assert_eq!(first.rest().await, whole[3..].to_vec(), "both subscribers see the same events");
+    assert_eq!(
+        first.rest().await,
+        whole[3..].to_vec(),
+        "both subscribers see the same events"
+    );
     s.shutdown().await;
 }
 
 #[tokio::test]
 async fn client_gone_cancels_the_engine_work() {
     let s = Server::default().await;
-    let mut r = LineReader::open(http().post(s.url(CHAT)).json(&json!({"options": {"chunks": 1000, "interval_ms": 20}}))).await;
+    let mut r = LineReader::open(
+        http()
+            .post(s.url(CHAT))
+            .json(&json!({"options": {"chunks": 1000, "interval_ms": 20}})),
+    )
+    .await;
     r.until(|v| v["seq"] == 2).await;
     assert_eq!(s.bridge.hub().running(), 1);
     drop(r);

@@ -48,7 +48,13 @@ async fn sigterm_drains_live_streams_on_both_transports_and_exits_zero() {
     let long = json!({"options": {"chunks": 100000, "interval_ms": 50}});
     let short = json!({"options": {"chunks": 10, "interval_ms": 50}});
     let mut http_long = LineReader::open(http().post(format!("{base}{CHAT}")).json(&long)).await;
-    let mut http_short = LineReader::open(http().post(format!("{base}{CHAT}")).header("accept", "application/x-ndjson").json(&short)).await;
+    let mut http_short = LineReader::open(
+        http()
+            .post(format!("{base}{CHAT}"))
+            .header("accept", "application/x-ndjson")
+            .json(&short),
+    )
+    .await;
     http_long.until(|v| v["event"] == "chunk").await;
     let spec = json!({"url": base, "transports": ["websocket"], "steps": [
         {"emit": "chat_message", "data": {"message": "x", "session_id": "s", "options": {"chunks": 100000, "interval_ms": 50}}, "ack": true},
@@ -58,12 +64,20 @@ async fn sigterm_drains_live_streams_on_both_transports_and_exits_zero() {
     sock.expect_event("chat_chunk").await;
 
     let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(status.success());
     // New work is refused while draining.
     let mut refused = false;
     for _ in 0..100 {
-        match http().post(format!("{base}{CHAT}")).json(&chat_body("late")).send().await {
+        match http()
+            .post(format!("{base}{CHAT}"))
+            .json(&chat_body("late"))
+            .send()
+            .await
+        {
             Ok(r) if r.status() == 503 => {
                 let body: serde_json::Value = r.json().await.unwrap();
                 assert_eq!(body["error"]["error_type"], "draining");
@@ -86,9 +100,15 @@ async fn sigterm_drains_live_streams_on_both_transports_and_exits_zero() {
     assert_eq!(rest[n - 1]["data"]["reason"], "shutdown");
     let (lines, code) = sock.finish().await;
     assert_eq!(code, 0, "{lines:?}");
-    assert!(events_of(&lines).iter().any(|(n, _)| n == "chat_complete"), "the legacy client hears the end through its completion event");
+    assert!(
+        events_of(&lines).iter().any(|(n, _)| n == "chat_complete"),
+        "the legacy client hears the end through its completion event"
+    );
 
-    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.expect("exits in time").unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits in time")
+        .unwrap();
     assert_eq!(exit.code(), Some(0));
 }
 
@@ -96,7 +116,12 @@ async fn sigterm_drains_live_streams_on_both_transports_and_exits_zero() {
 async fn in_process_shutdown_ends_session_followers() {
     let mut s = Server::default().await;
     let mut follower = LineReader::open(http().get(s.url("/api/sessions/z/events"))).await;
-    let mut live = LineReader::open(http().post(s.url(CHAT)).json(&json!({"session_id": "z", "options": {"chunks": 100000, "interval_ms": 20}}))).await;
+    let mut live = LineReader::open(
+        http()
+            .post(s.url(CHAT))
+            .json(&json!({"session_id": "z", "options": {"chunks": 100000, "interval_ms": 20}})),
+    )
+    .await;
     live.until(|v| v["event"] == "chunk").await;
     follower.until(|v| v["event"] == "chunk").await;
     s.begin_shutdown();
@@ -114,7 +139,11 @@ fn check_validates_the_shipped_files_and_lists_every_problem() {
         .current_dir(repo())
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("routes.toml"),
@@ -131,7 +160,10 @@ fn check_validates_the_shipped_files_and_lists_every_problem() {
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("route \"a\", field `engine.kind`"), "{err}");
-    assert!(err.contains("route \"b\", field `socketio.emit.chunk.payload"), "{err}");
+    assert!(
+        err.contains("route \"b\", field `socketio.emit.chunk.payload"),
+        "{err}"
+    );
     let serve = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .arg("serve")
         .current_dir(dir.path())

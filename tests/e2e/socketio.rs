@@ -14,8 +14,16 @@ fn chat_steps(message: &str, session: &str) -> Value {
 
 /// Runs one chat request on `client` over `transports`; returns the chunks and the
 /// completion payload, checking the legacy vocabulary on the way.
-async fn legacy_chat(s: &Server, client: Client, transports: &[&str], message: &str) -> (Vec<String>, Value) {
-    let mut c = Sio::spawn(client, sio_spec(s, transports, chat_steps(message, "sess-1")));
+async fn legacy_chat(
+    s: &Server,
+    client: Client,
+    transports: &[&str],
+    message: &str,
+) -> (Vec<String>, Value) {
+    let mut c = Sio::spawn(
+        client,
+        sio_spec(s, transports, chat_steps(message, "sess-1")),
+    );
     c.expect_type("connect").await;
     let ack = c.expect_type("ack").await;
     assert!(ack["data"]["request_id"].is_string(), "{ack}");
@@ -28,7 +36,12 @@ async fn legacy_chat(s: &Server, client: Client, transports: &[&str], message: &
         match name.as_str() {
             "chat_chunk" => {
                 assert_eq!(data["session_id"], "sess-1");
-                assert!(data["timestamp"].as_str().is_some_and(|t| t.ends_with('Z') && t.contains('T')), "{data}");
+                assert!(
+                    data["timestamp"]
+                        .as_str()
+                        .is_some_and(|t| t.ends_with('Z') && t.contains('T')),
+                    "{data}"
+                );
                 assert!(complete.is_none(), "no chunk after the completion");
                 chunks.push(data["chunk"].as_str().unwrap().to_string());
             }
@@ -45,8 +58,13 @@ async fn legacy_chat(s: &Server, client: Client, transports: &[&str], message: &
 async fn node_client_gets_the_legacy_vocabulary_over_websocket_and_polling() {
     let s = Server::default().await;
     for transports in [&["websocket"][..], &["polling"][..]] {
-        let (chunks, complete) = legacy_chat(&s, Client::Node, transports, "hello brave new world").await;
-        assert_eq!(chunks, ["hello ", "brave ", "new ", "world"], "{transports:?}");
+        let (chunks, complete) =
+            legacy_chat(&s, Client::Node, transports, "hello brave new world").await;
+        assert_eq!(
+            chunks,
+            ["hello ", "brave ", "new ", "world"],
+            "{transports:?}"
+        );
         assert_eq!(complete["full_response"], "hello brave new world");
     }
     s.shutdown().await;
@@ -89,7 +107,8 @@ async fn python_polling_survives_a_long_stream_of_small_chunks() {
 async fn protocol_v4_client_is_served_too() {
     let s = Server::default().await;
     for transports in [&["websocket"][..], &["polling"][..]] {
-        let (chunks, complete) = legacy_chat(&s, Client::NodeV2, transports, "old client here").await;
+        let (chunks, complete) =
+            legacy_chat(&s, Client::NodeV2, transports, "old client here").await;
         assert_eq!(chunks, ["old ", "client ", "here"]);
         assert_eq!(complete["full_response"], "old client here");
     }
@@ -100,9 +119,19 @@ async fn protocol_v4_client_is_served_too() {
 async fn parity_across_ndjson_sse_and_socketio() {
     let s = Server::default().await;
     let text = "the same words on every transport";
-    let body = json!({"messages": [{"role": "user", "content": text}], "options": {"tool_calls": 1}});
+    let body =
+        json!({"messages": [{"role": "user", "content": text}], "options": {"tool_calls": 1}});
     let ndjson = post_ndjson(&s.url(CHAT), &body).await;
-    let sse_text = http().post(s.url(CHAT)).header("accept", "text/event-stream").json(&body).send().await.unwrap().text().await.unwrap();
+    let sse_text = http()
+        .post(s.url(CHAT))
+        .header("accept", "text/event-stream")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let sse: Vec<Value> = parse_sse(&sse_text)
         .into_iter()
         .map(|f| json!({"event": f.event, "seq": f.id.unwrap().parse::<u64>().unwrap(), "data": f.data}))
@@ -116,7 +145,11 @@ async fn parity_across_ndjson_sse_and_socketio() {
             })
             .collect()
     };
-    assert_eq!(strip(&ndjson), strip(&sse), "NDJSON and SSE carry the same events");
+    assert_eq!(
+        strip(&ndjson),
+        strip(&sse),
+        "NDJSON and SSE carry the same events"
+    );
     // The neutral-vocabulary route over Socket.IO gives the same events again.
     let steps = json!([
         {"emit": "tool_execute", "data": body, "ack": true},
@@ -142,7 +175,10 @@ async fn parity_across_ndjson_sse_and_socketio() {
     // And the chat vocabulary carries the same chunks and output.
     let (chunks, complete) = legacy_chat(&s, Client::Node, &["websocket"], text).await;
     assert_eq!(chunks, check_rules(&ndjson));
-    assert_eq!(complete["full_response"], ndjson[ndjson.len() - 2]["data"]["output"]);
+    assert_eq!(
+        complete["full_response"],
+        ndjson[ndjson.len() - 2]["data"]["output"]
+    );
     s.shutdown().await;
 }
 
@@ -160,7 +196,12 @@ async fn refusals_answer_the_ack_and_the_legacy_error_event() {
     assert_eq!(code, 0, "{lines:?}");
     let acks: Vec<&Value> = lines.iter().filter(|l| l["type"] == "ack").collect();
     assert_eq!(acks[0]["data"]["error"]["error_type"], "invalid_request");
-    assert!(acks[0]["data"]["error"]["message"].as_str().unwrap().contains("chunks"));
+    assert!(
+        acks[0]["data"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("chunks")
+    );
     assert_eq!(acks[1]["data"]["error"]["error_type"], "invalid_request");
     let errors: Vec<(String, Value)> = events_of(&lines);
     assert_eq!(errors[0].0, "error");
@@ -179,7 +220,13 @@ async fn jwt_handshake_on_socketio() {
     let (lines, code) = Sio::spawn(Client::Node, spec.clone()).finish().await;
     assert_eq!(code, 3, "{lines:?}");
     let refused = lines.iter().find(|l| l["type"] == "connect_error").unwrap();
-    assert!(refused["message"].as_str().unwrap().starts_with("unauthorized"), "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("unauthorized"),
+        "{refused}"
+    );
     spec["auth"] = json!({"token": crate::http::jwt("test-secret", "alice")});
     for client in [Client::Node, Client::Python] {
         let (lines, code) = Sio::spawn(client, spec.clone()).finish().await;
@@ -229,13 +276,29 @@ status_update = { event = "assist:status", payload = ["$.data.status", "$.seq"] 
     assert_eq!(code, 0, "{lines:?}");
     let events = events_of(&lines);
     let rid = lines.iter().find(|l| l["type"] == "ack").unwrap()["data"]["request_id"].clone();
-    assert_eq!(events[0], ("assist:status".to_string(), json!(["started", 0])));
-    let tokens: Vec<&Value> = events.iter().filter(|(n, _)| n == "assist:token").map(|(_, d)| d).collect();
+    assert_eq!(
+        events[0],
+        ("assist:status".to_string(), json!(["started", 0]))
+    );
+    let tokens: Vec<&Value> = events
+        .iter()
+        .filter(|(n, _)| n == "assist:token")
+        .map(|(_, d)| d)
+        .collect();
     assert_eq!(tokens.len(), 3);
-    assert_eq!(tokens[0], &json!({"t": "made ", "n": 1, "conv": "c-9", "who": "assist"}));
+    assert_eq!(
+        tokens[0],
+        &json!({"t": "made ", "n": 1, "conv": "c-9", "who": "assist"})
+    );
     let done = &events.iter().find(|(n, _)| n == "assist:done").unwrap().1;
-    assert_eq!(done, &json!({"answer": {"text": "made up words", "state": "complete"}, "id": rid}));
-    assert!(events.iter().all(|(n, _)| n.starts_with("assist:")), "unmapped events are dropped");
+    assert_eq!(
+        done,
+        &json!({"answer": {"text": "made up words", "state": "complete"}, "id": rid})
+    );
+    assert!(
+        events.iter().all(|(n, _)| n.starts_with("assist:")),
+        "unmapped events are dropped"
+    );
     // The HTTP side of the same route is neutral.
     let ev = post_ndjson(&s.url("/v2/assist"), &chat_body("x y")).await;
     assert_eq!(check_rules(&ev), ["x ", "y"]);
