@@ -408,13 +408,14 @@ async fn farewell(socket: &SocketRef, cursor: &Cursor, seq: u64) {
     tracing::info!(request_id = %cursor.stream().id, lag_bytes = cursor.lag_bytes(), "ending a slow Socket.IO subscriber");
     let deadline = tokio::time::Instant::now() + FAREWELL_LIMIT;
     for ev in slow_consumer_events(seq) {
-        if let Some(frame) = encode::encode_legacy(&ev, cursor.stream()) {
-            if emit(socket, &frame, || false, Some(deadline))
-                .await
-                .is_err()
-            {
-                return;
-            }
+        let Some(frame) = encode::encode_legacy(&ev, cursor.stream()) else {
+            continue;
+        };
+        if emit(socket, &frame, || false, Some(deadline))
+            .await
+            .is_err()
+        {
+            return;
         }
     }
 }

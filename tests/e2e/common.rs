@@ -35,9 +35,11 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// A test config: the shipped routes, tight timings.
 pub fn config() -> Config {
-    let mut c = Config::default();
-    c.routes_file = repo().join("routes.toml");
-    c.flags_dir = repo().join("flags");
+    let mut c = Config {
+        routes_file: repo().join("routes.toml"),
+        flags_dir: repo().join("flags"),
+        ..Config::default()
+    };
     c.replay.orphan_grace_secs = 0;
     c.shutdown.grace_secs = 1;
     c
@@ -230,20 +232,18 @@ impl LineReader {
     }
 }
 
-pub fn is_end(v: &Value) -> bool {
-    v["event"] == "end"
-}
-
 /// Checks the SPEC section 1 rules on a whole neutral stream and returns its chunk texts.
 pub fn check_rules(events: &[Value]) -> Vec<String> {
     assert!(!events.is_empty());
     assert_eq!(events[0]["event"], "status_update", "{events:?}");
     assert_eq!(events[0]["data"]["status"], "started");
     assert!(events[0]["data"]["metadata"]["request_id"].is_string());
-    let mut expected = 0;
-    for e in events.iter().filter(|e| e["event"] != "heartbeat") {
+    for (expected, e) in events
+        .iter()
+        .filter(|e| e["event"] != "heartbeat")
+        .enumerate()
+    {
         assert_eq!(e["seq"], expected, "seq must be contiguous: {events:?}");
-        expected += 1;
     }
     let last = events.last().unwrap();
     assert_eq!(last["event"], "end");
@@ -389,11 +389,6 @@ impl Sio {
             .expect("client exits")
             .unwrap();
         (self.seen, status.code().unwrap_or(-1))
-    }
-
-    /// The events (name, first argument) received, in order.
-    pub fn events(&self) -> Vec<(String, Value)> {
-        events_of(&self.seen)
     }
 }
 

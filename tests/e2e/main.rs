@@ -2,6 +2,8 @@
 //! real HTTP client and the real Socket.IO clients (Node socket.io-client 4.x and 2.x,
 //! python-socketio 5.x). One binary, so the suite links once.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 mod fanout;
 mod http;
