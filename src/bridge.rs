@@ -17,8 +17,10 @@ use crate::config::Config;
 use crate::engine::{Emitter, Engine, EngineError};
 use crate::error::ApiError;
 use crate::event::{EndReason, Finish, Seq};
+use crate::flags::store::FlagStore;
+use crate::flags::{Enforcement, FlagsError};
 use crate::hub::{Cursor, Hub, HubConfig, SessionFollow, Stream};
-use crate::request::{RequestId, StreamRequest};
+use crate::request::{RequestId, StreamRequest, Transport};
 use crate::routes::{RouteName, Routes};
 
 /// How often shutdown re-checks whether streams have finished.
@@ -42,12 +44,16 @@ struct Inner {
     routes: Routes,
     engines: HashMap<RouteName, Arc<dyn Engine>>,
     hub: Arc<Hub>,
+    flags: Arc<FlagStore>,
     auth: Auth,
     draining: AtomicBool,
 }
 
 impl Bridge {
-    pub fn new(config: Config, routes: Routes) -> Bridge {
+    /// Builds the bridge; fails when the flags file cannot be loaded.
+    pub fn new(config: Config, routes: Routes) -> Result<Bridge, FlagsError> {
+        let names = routes.iter().map(|r| r.name.to_string()).collect();
+        let flags = FlagStore::open(&config.flags_dir, names)?;
         let engines = routes
             .iter()
             .map(|r| (r.name.clone(), r.engine.build()))
@@ -57,16 +63,21 @@ impl Bridge {
             replay_max_bytes: config.replay.max_bytes,
             retention: Duration::from_secs(config.replay.retention_secs),
         });
-        Bridge {
+        Ok(Bridge {
             inner: Arc::new(Inner {
                 auth: Auth::new(&config.auth),
                 config,
                 routes,
                 engines,
                 hub,
+                flags,
                 draining: AtomicBool::new(false),
             }),
-        }
+        })
+    }
+
+    pub fn flags(&self) -> &Arc<FlagStore> {
+        &self.inner.flags
     }
 
     pub fn config(&self) -> &Config {
@@ -95,6 +106,7 @@ impl Bridge {
         if self.is_draining() {
             return Err(ApiError::Draining);
         }
+        self.enforce(&req)?;
         let engine = self
             .inner
             .engines
@@ -121,6 +133,36 @@ impl Bridge {
         tokio::spawn(producer.instrument(span));
         tracing::debug!(request_id = %stream.id, route = %stream.route.name, transport = req.transport.as_str(), "stream started");
         Ok(Started { stream, cursor })
+    }
+
+    /// Applies the route's flag to a new request (SPEC section 5): refused on the
+    /// transport its subject is not served on; served but counted when misrouted.
+    fn enforce(&self, req: &StreamRequest) -> Result<(), ApiError> {
+        let flags = self.inner.flags.current();
+        let route = &req.route;
+        let flag = flags.route(&route.name);
+        match flag.enforce(&route.name, &req.subject, req.transport) {
+            Enforcement::Allowed { misrouted } => {
+                if misrouted {
+                    tracing::debug!(route = %route.name, transport = req.transport.as_str(), "misrouted request served");
+                }
+                Ok(())
+            }
+            Enforcement::Refused => Err(match req.transport {
+                Transport::Socketio => ApiError::RouteMigrated {
+                    route: route.name.to_string(),
+                    http_path: route.http.path.clone(),
+                },
+                Transport::Ndjson | Transport::Sse => ApiError::RouteNotMigrated {
+                    route: route.name.to_string(),
+                    request_event: route
+                        .socketio
+                        .as_ref()
+                        .map(|s| s.request_event.clone())
+                        .unwrap_or_default(),
+                },
+            }),
+        }
     }
 
     /// A cursor on a known stream from the event after `after` (`None`: from the start).

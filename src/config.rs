@@ -37,8 +37,24 @@ pub struct Config {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Bearer token of the admin API; unset means the admin API answers 403.
+    /// Bearer token of the admin API (its actor in the audit log: `admin`). With neither
+    /// this nor `tokens`, the admin API answers 403.
     pub token: Option<String>,
+    /// More admin tokens, by name: `tokens = { alice = "…", deploy-bot = "…" }`; the name
+    /// is the actor recorded in the audit log.
+    pub tokens: std::collections::BTreeMap<String, String>,
+}
+
+impl AdminConfig {
+    /// Every configured (actor name, token) pair; empty tokens are ignored.
+    pub fn named_tokens(&self) -> Vec<(&str, &str)> {
+        self.token
+            .iter()
+            .map(|t| ("admin", t.as_str()))
+            .chain(self.tokens.iter().map(|(n, t)| (n.as_str(), t.as_str())))
+            .filter(|(_, t)| !t.is_empty())
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

@@ -41,6 +41,12 @@ pub enum ApiError {
     OverCapacity { limit: usize },
     #[error("the bridge is shutting down; retry on another instance")]
     Draining,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("flags are at version {current}, not {expected}: read them again and retry")]
+    VersionConflict { current: u64, expected: u64 },
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -57,6 +63,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::OverCapacity { .. } => "over_capacity",
             ApiError::Draining => "draining",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::VersionConflict { .. } => "version_conflict",
+            ApiError::Internal(_) => "internal",
         }
     }
 
@@ -65,13 +74,16 @@ impl ApiError {
             ApiError::InvalidRequest(_) => 400,
             ApiError::Unauthorized(_) => 401,
             ApiError::UnknownRoute(_) | ApiError::UnknownStream(_) => 404,
+            ApiError::Forbidden(_) => 403,
             ApiError::RouteNotMigrated { .. }
             | ApiError::RouteMigrated { .. }
-            | ApiError::DuplicateRequest(_) => 409,
+            | ApiError::DuplicateRequest(_)
+            | ApiError::VersionConflict { .. } => 409,
             ApiError::ResumeGap { .. } => 410,
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::OverCapacity { .. } => 429,
             ApiError::Draining => 503,
+            ApiError::Internal(_) => 500,
         }
     }
 

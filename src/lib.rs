@@ -7,12 +7,14 @@
 //!
 //! This file is the module map and nothing else.
 
+pub mod admin;
 pub mod auth;
 pub mod bridge;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod flags;
 pub mod hub;
 pub mod request;
 pub mod routes;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchyard::config::Config;
+use switchyard::flags::{Flags, client};
 use switchyard::routes::Routes;
 use switchyard::{Bridge, server};
 
@@ -37,6 +38,114 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Show or change per-route transport flags through the bridge's admin API.
+    Flags {
+        #[command(flatten)]
+        conn: FlagsConn,
+        #[command(subcommand)]
+        command: FlagsCmd,
+    },
+}
+
+#[derive(clap::Args)]
+#[command(next_help_heading = "Admin API")]
+struct FlagsConn {
+    /// Base URL of the bridge.
+    #[arg(long, global = true, env = "SWITCHYARD_URL", default_value = client::DEFAULT_URL)]
+    url: String,
+    /// Admin bearer token (prefer the environment variable).
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// Name recorded in the audit log (sent as x-actor).
+    #[arg(long, global = true, env = "SWITCHYARD_ACTOR")]
+    actor: Option<String>,
+    /// Print the raw JSON answer, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum FlagsCmd {
+    /// Every route's flag table, the flags version and the last reload result.
+    List,
+    /// Replace a route's whole flag table (absent options take their defaults).
+    Set {
+        /// Route name, as in routes.toml.
+        route: String,
+        /// legacy | dual | rollout | new
+        #[arg(long)]
+        mode: String,
+        /// rollout: share of subjects sent to HTTP, 0 to 100, at most two decimals [default: 0]
+        #[arg(long)]
+        percent: Option<String>,
+        /// user | session | tenant [default: user]
+        #[arg(long)]
+        sticky: Option<String>,
+        /// Always HTTP for this subject (repeatable), e.g. user:alice
+        #[arg(long, value_name = "KIND:VALUE")]
+        allow: Vec<String>,
+        /// Always Socket.IO for this subject (repeatable), e.g. tenant:acme
+        #[arg(long, value_name = "KIND:VALUE")]
+        deny: Vec<String>,
+        /// Refuse requests on the transport their subject was not given
+        #[arg(long)]
+        strict: bool,
+        /// Only apply if the flags are still at this version (409 otherwise)
+        #[arg(long, value_name = "VERSION")]
+        if_match: Option<String>,
+    },
+    /// Kill switch: put a route back to legacy (Socket.IO) at once.
+    Rollback {
+        /// Route name, as in routes.toml.
+        route: String,
+    },
+    /// Recent flag changes, newest first.
+    History {
+        /// How many entries to show (server default when absent)
+        #[arg(long, value_name = "N")]
+        limit: Option<String>,
+    },
+}
+
+fn flags(conn: FlagsConn, command: FlagsCmd) -> anyhow::Result<ExitCode> {
+    use client::{FlagsCommand, SetArgs};
+    let cmd = match command {
+        FlagsCmd::List => FlagsCommand::List,
+        FlagsCmd::Set {
+            route,
+            mode,
+            percent,
+            sticky,
+            allow,
+            deny,
+            strict,
+            if_match,
+        } => FlagsCommand::Set(SetArgs {
+            route,
+            mode,
+            percent,
+            sticky,
+            allow,
+            deny,
+            strict,
+            if_match,
+        }),
+        FlagsCmd::Rollback { route } => FlagsCommand::Rollback { route },
+        FlagsCmd::History { limit } => FlagsCommand::History { limit },
+    };
+    let opts = client::ClientOptions {
+        url: conn.url,
+        token: conn.token,
+        actor: conn.actor,
+        json: conn.json,
+    };
+    println!("{}", client::run_blocking(&opts, &cmd)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -44,6 +153,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, listen } => serve(config, listen),
         Command::Check { config } => check(config),
+        Command::Flags { conn, command } => flags(conn, command),
     };
     match result {
         Ok(code) => code,
@@ -100,7 +210,8 @@ fn serve(
             );
         }
         tracing::info!("switchyard listening on http://{addr} (Socket.IO at /socket.io/)");
-        let bridge = Bridge::new(config, routes);
+        let bridge = Bridge::new(config, routes)
+            .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
         server::run(listener, bridge, shutdown_signal()).await?;
         tracing::info!("switchyard stopped");
         Ok(ExitCode::SUCCESS)
@@ -151,8 +262,13 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let flags = config.flags_file();
     match std::fs::read_to_string(&flags) {
         Ok(text) => {
-            if let Err(e) = text.parse::<toml::Table>() {
-                problems.push(format!("{}: not valid TOML: {e}", flags.display()));
+            let names: Vec<&str> = routes
+                .as_ref()
+                .map(|r| r.iter().map(|r| &*r.name).collect())
+                .unwrap_or_default();
+            if let Err(e) = Flags::parse_toml(&text, &names) {
+                let file = flags.display();
+                problems.extend(e.problems.iter().map(|p| format!("{file}: {p}")));
             }
         }
         Err(e) => problems.push(format!(

@@ -41,6 +41,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (router, io) = app(bridge.clone());
+    tokio::spawn(bridge.flags().clone().watch());
     let drained = std::sync::Arc::new(tokio::sync::Notify::new());
     let notify = drained.clone();
     let graceful = async move {

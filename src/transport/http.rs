@@ -56,6 +56,9 @@ pub fn router(bridge: Bridge) -> Router {
         .route("/api/sessions/{session_id}/events", get(follow_session))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/api/flags", get(flags_all))
+        .route("/api/flags/{route}", get(flags_one))
+        .merge(crate::admin::router())
         .fallback(unknown_route)
         .with_state(bridge)
 }
@@ -72,8 +75,72 @@ async fn readyz(State(b): State<Bridge>) -> Response {
     if b.is_draining() {
         return ApiError::Draining.into_response();
     }
-    axum::Json(json!({"status": "ready", "routes": b.routes().len(), "streams": b.hub().running()}))
-        .into_response()
+    axum::Json(json!({
+        "status": "ready",
+        "routes": b.routes().len(),
+        "streams": b.hub().running(),
+        "flags_version": b.flags().current().version,
+        "flags_reload": b.flags().status(),
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct SubjectQuery {
+    user: Option<String>,
+    session: Option<String>,
+    tenant: Option<String>,
+}
+
+impl From<SubjectQuery> for Subject {
+    fn from(q: SubjectQuery) -> Subject {
+        let keep = |v: Option<String>| v.filter(|s| !s.is_empty());
+        Subject {
+            user: keep(q.user),
+            session: keep(q.session),
+            tenant: keep(q.tenant),
+        }
+    }
+}
+
+/// One route's evaluation as the evaluation API shows it.
+fn evaluation(flags: &crate::flags::Flags, route: &str, subject: &Subject) -> Value {
+    let flag = flags.route(route);
+    let ev = flag.evaluate(route, subject);
+    json!({
+        "transport": ev.transport.as_str(),
+        "mode": flag.mode.as_str(),
+        "reason": ev.reason.as_str(),
+        "bucket": ev.bucket,
+    })
+}
+
+async fn flags_all(State(b): State<Bridge>, Query(q): Query<SubjectQuery>) -> axum::Json<Value> {
+    let subject = Subject::from(q);
+    let flags = b.flags().current();
+    let routes: serde_json::Map<String, Value> = b
+        .routes()
+        .iter()
+        .map(|r| (r.name.to_string(), evaluation(&flags, &r.name, &subject)))
+        .collect();
+    axum::Json(json!({"flags_version": flags.version, "routes": routes}))
+}
+
+async fn flags_one(
+    State(b): State<Bridge>,
+    Path(route): Path<String>,
+    Query(q): Query<SubjectQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let route = b
+        .routes()
+        .get(&route)
+        .ok_or_else(|| ApiError::UnknownRoute(format!("route {route}")))?;
+    let flags = b.flags().current();
+    Ok(axum::Json(evaluation(
+        &flags,
+        &route.name,
+        &Subject::from(q),
+    )))
 }
 
 /// The wire a request asks for with `Accept`.

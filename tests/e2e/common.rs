@@ -33,11 +33,19 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// A test config: the shipped routes, tight timings.
+/// A fresh flags directory holding `flags_toml`.
+pub fn flags_dir(flags_toml: &str) -> PathBuf {
+    let dir = tempfile::tempdir().unwrap().keep();
+    std::fs::write(dir.join("flags.toml"), flags_toml).unwrap();
+    dir
+}
+
+/// A test config: the shipped routes, a copy of the shipped flags, tight timings.
 pub fn config() -> Config {
+    let shipped = std::fs::read_to_string(repo().join("flags/flags.toml")).unwrap();
     let mut c = Config {
         routes_file: repo().join("routes.toml"),
-        flags_dir: repo().join("flags"),
+        flags_dir: flags_dir(&shipped),
         ..Config::default()
     };
     c.replay.orphan_grace_secs = 0;
@@ -61,7 +69,7 @@ impl Server {
     pub async fn start_with(config: Config, routes: Routes) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let bridge = Bridge::new(config, routes);
+        let bridge = Bridge::new(config, routes).expect("flags load");
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server::run(listener, bridge.clone(), async move {
             let _ = rx.await;

@@ -6,6 +6,7 @@
 
 mod common;
 mod fanout;
+mod flags;
 mod http;
 mod lifecycle;
 mod socketio;

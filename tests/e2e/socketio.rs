@@ -261,6 +261,7 @@ status_update = { event = "assist:status", payload = ["$.data.status", "$.seq"] 
     .unwrap();
     let mut c = config();
     c.routes_file = routes;
+    c.flags_dir = flags_dir("version = 1\n[route.assist]\nmode = \"dual\"\n");
     let s = Server::start(c).await;
     let mut spec = sio_spec(
         &s,

@@ -1,0 +1,168 @@
+//! The admin API (SPEC section 5): read, change and roll back flags, read the audit log.
+//!
+//! Owns bearer-token checks for ops (named tokens, constant-time comparison) and the
+//! mapping of the flags store's results to HTTP. It must not touch the flags file itself
+//! (the store does) nor serve anything cross-origin.
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::bridge::Bridge;
+use crate::error::ApiError;
+use crate::flags::RouteFlag;
+use crate::flags::store::{ChangeError, Changed};
+
+/// Most audit entries one call returns.
+const MAX_AUDIT: usize = 1000;
+
+pub fn router() -> Router<Bridge> {
+    Router::new()
+        .route("/admin/flags", get(list))
+        .route("/admin/flags/{route}", axum::routing::put(put))
+        .route("/admin/flags/{route}/rollback", post(rollback))
+        .route("/admin/audit", get(audit))
+}
+
+/// Checks the bearer token; returns the actor (the header `x-actor`, else the token's
+/// configured name).
+fn authorize(b: &Bridge, headers: &HeaderMap) -> Result<String, ApiError> {
+    let tokens = b.config().admin.named_tokens();
+    if tokens.is_empty() {
+        return Err(ApiError::Forbidden(
+            "the admin API is off: set admin.token (or admin.tokens) to turn it on".into(),
+        ));
+    }
+    let header = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let Some(given) = crate::auth::bearer(header) else {
+        return Err(ApiError::Unauthorized(
+            "the admin API needs Authorization: Bearer <admin token>".into(),
+        ));
+    };
+    let name = tokens
+        .iter()
+        .fold(None, |found, (name, token)| {
+            // Compare against every token, in constant time, whatever matched before.
+            let eq = constant_time_eq(given.as_bytes(), token.as_bytes());
+            found.or(eq.then_some(name))
+        })
+        .ok_or_else(|| ApiError::Forbidden("the admin token was refused".into()))?;
+    let actor = headers
+        .get("x-actor")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && a.len() <= 128)
+        .map(|a| format!("{a} ({name})"))
+        .unwrap_or_else(|| name.to_string());
+    Ok(actor)
+}
+
+/// Equal-length inputs take the same time whatever their content.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn list(State(b): State<Bridge>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&b, &headers)?;
+    let flags = b.flags().current();
+    Ok(axum::Json(json!({
+        "version": flags.version,
+        "routes": flags.routes,
+        "reload": b.flags().status(),
+    }))
+    .into_response())
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get("if-match") else {
+        return Ok(None);
+    };
+    let s = v.to_str().unwrap_or_default().trim();
+    let s = s.strip_prefix("W/").unwrap_or(s).trim_matches('"');
+    s.parse::<u64>().map(Some).map_err(|_| {
+        ApiError::InvalidRequest(format!(
+            "If-Match must be a flags version such as 7 or \"7\", not `{s}`"
+        ))
+    })
+}
+
+fn changed(c: Changed) -> Response {
+    axum::Json(json!({"version": c.version, "route": c.route, "flag": c.flag})).into_response()
+}
+
+fn change_error(e: ChangeError) -> ApiError {
+    match e {
+        ChangeError::UnknownRoute(r) => ApiError::UnknownRoute(format!("route {r}")),
+        ChangeError::StaleVersion { current, expected } => {
+            ApiError::VersionConflict { current, expected }
+        }
+        ChangeError::Invalid(e) => ApiError::InvalidRequest(e.to_string()),
+        ChangeError::Io(e) => ApiError::Internal(format!("cannot write the flags file: {e}")),
+    }
+}
+
+async fn put(
+    State(b): State<Bridge>,
+    Path(route): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let actor = authorize(&b, &headers)?;
+    let expected = if_match(&headers)?;
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::InvalidRequest(format!("the body is not valid JSON: {e}")))?;
+    let flag = RouteFlag::from_json(&value).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    b.flags()
+        .put(&route, flag, expected, &actor)
+        .await
+        .map(changed)
+        .map_err(change_error)
+}
+
+async fn rollback(
+    State(b): State<Bridge>,
+    Path(route): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let actor = authorize(&b, &headers)?;
+    b.flags()
+        .rollback(&route, &actor)
+        .await
+        .map(changed)
+        .map_err(change_error)
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<usize>,
+}
+
+async fn audit(
+    State(b): State<Bridge>,
+    Query(q): Query<AuditQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&b, &headers)?;
+    let limit = q.limit.unwrap_or(100).min(MAX_AUDIT);
+    Ok(axum::Json(json!({"entries": b.flags().audit(limit)})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,31 @@
+//! Per-route transport flags (SPEC section 5): the model, its parsing and validation, and
+//! the pure evaluation of a flag for a subject.
+//!
+//! Owns:
+//! - [`model`]: [`Flags`] (the content of `flags/flags.toml`), [`RouteFlag`] (one route's
+//!   table, also the JSON body of `PUT /admin/flags/{route}`), [`Percent`] (basis points,
+//!   converted exactly once from the decimal in the file), and their validation, which
+//!   reports every problem, each naming its route and field.
+//! - [`eval`]: MurmurHash3 bucketing, [`evaluate`] (deny, then allow, then the mode) and
+//!   [`Enforcement`] (what a request on a given transport gets).
+//! - [`store`]: the flags in force, `flags.toml` (watched, written atomically) and the
+//!   audit log; the only part that does file I/O.
+//! - [`client`]: the `switchyard flags` ops command's calls to the admin API.
+//!
+//! [`model`] and [`eval`] must not touch: no I/O, no file watching, no HTTP, no metrics,
+//! no locks, no clock. Reading and writing `flags.toml` and `audit.jsonl`, reloading and
+//! the admin API live in [`store`], [`client`] and the admin routes, and call in here;
+//! everything in [`model`] and [`eval`] is a pure function of its arguments, and
+//! evaluation does not allocate.
+
+pub mod client;
+pub mod eval;
+pub mod model;
+pub mod store;
+
+pub use eval::{
+    Enforcement, Evaluation, Reason, Target, bucket, evaluate, misrouted, murmur3_x86_32,
+};
+pub use model::{
+    Flags, FlagsError, Mode, Percent, PercentError, RouteFlag, Sticky, SubjectRef, SubjectRefError,
+};

@@ -1,0 +1,329 @@
+//! The flags store: the flags in force, the file they come from, and every change to it.
+//!
+//! Owns `flags_dir/flags.toml` (loaded at start, watched for hand edits, written
+//! atomically by the admin API) and `flags_dir/audit.jsonl` (one line per change). The
+//! flags in force are read lock-free through a `watch` channel; an invalid edit keeps the
+//! last good flags and is reported, never applied. Knows nothing of HTTP.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::{Flags, FlagsError, Mode, RouteFlag};
+use crate::routes::template::iso8601;
+
+/// How often the flags file is checked for hand edits (a valid edit applies within 2 s).
+pub const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// The result of the last (re)load of the flags file.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReloadStatus {
+    pub ok: bool,
+    pub error: Option<String>,
+    pub at: String,
+}
+
+/// Why a change through the admin API was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("unknown route {0}")]
+    UnknownRoute(String),
+    #[error("flags are at version {current}, not {expected}; read them again and retry")]
+    StaleVersion { current: u64, expected: u64 },
+    #[error("{0}")]
+    Invalid(FlagsError),
+    #[error("cannot write the flags file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A change the admin API made (or found unnecessary).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Changed {
+    pub version: u64,
+    pub route: String,
+    pub flag: RouteFlag,
+}
+
+pub struct FlagStore {
+    file: PathBuf,
+    audit: PathBuf,
+    routes: Vec<String>,
+    current: watch::Sender<Arc<Flags>>,
+    status: Mutex<ReloadStatus>,
+    /// The file content the flags in force came from (to tell hand edits from our writes).
+    seen: Mutex<Option<String>>,
+    /// Serialises admin writes, so no update is lost.
+    writes: tokio::sync::Mutex<()>,
+}
+
+impl FlagStore {
+    /// Loads `dir/flags.toml`; a missing or invalid file is an error at start-up.
+    pub fn open(dir: &Path, routes: Vec<String>) -> Result<Arc<FlagStore>, FlagsError> {
+        let file = dir.join("flags.toml");
+        let text = std::fs::read_to_string(&file).map_err(|e| FlagsError {
+            problems: vec![format!(
+                "{}: cannot read the flags file: {e}",
+                file.display()
+            )],
+        })?;
+        let names: Vec<&str> = routes.iter().map(String::as_str).collect();
+        let flags = Flags::parse_toml(&text, &names).map_err(|e| FlagsError {
+            problems: e
+                .problems
+                .into_iter()
+                .map(|p| format!("{}: {p}", file.display()))
+                .collect(),
+        })?;
+        Ok(Arc::new(FlagStore {
+            audit: dir.join("audit.jsonl"),
+            file,
+            routes,
+            current: watch::channel(Arc::new(flags)).0,
+            status: Mutex::new(ReloadStatus {
+                ok: true,
+                error: None,
+                at: now(),
+            }),
+            seen: Mutex::new(Some(text)),
+            writes: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The flags in force.
+    pub fn current(&self) -> Arc<Flags> {
+        self.current.borrow().clone()
+    }
+
+    /// Notified on every change of the flags in force.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Flags>> {
+        self.current.subscribe()
+    }
+
+    pub fn status(&self) -> ReloadStatus {
+        lock(&self.status).clone()
+    }
+
+    /// Re-reads the file; applies a valid hand edit (audited as `file`), keeps the last
+    /// good flags on an invalid one. Returns the status after the check.
+    pub async fn reload(&self) -> ReloadStatus {
+        let _write = self.writes.lock().await;
+        let text = match tokio::fs::read_to_string(&self.file).await {
+            Ok(t) => t,
+            Err(e) => {
+                return self.fail(format!(
+                    "cannot read {}: {e}; the last good flags stay in force",
+                    self.file.display()
+                ));
+            }
+        };
+        if lock(&self.seen).as_deref() == Some(text.as_str()) {
+            // Unchanged since last applied (possibly restored after a bad edit).
+            return if self.status().ok {
+                self.status()
+            } else {
+                self.succeed()
+            };
+        }
+        let names: Vec<&str> = self.routes.iter().map(String::as_str).collect();
+        match Flags::parse_toml(&text, &names) {
+            Err(e) => self.fail(format!(
+                "{}: {}; the last good flags stay in force",
+                self.file.display(),
+                e.problems.join("; ")
+            )),
+            Ok(mut next) => {
+                let before = self.current();
+                // Versions only go up, so If-Match stays meaningful after a hand edit.
+                if next != *before && next.version <= before.version {
+                    next.version = before.version + 1;
+                }
+                *lock(&self.seen) = Some(text);
+                if next != *before {
+                    tracing::info!(
+                        version = next.version,
+                        "flags file changed by hand; applied"
+                    );
+                    for (route, b, a) in changes(&before, &next) {
+                        self.append_audit("file", &route, b, a, next.version);
+                    }
+                    self.current.send_replace(Arc::new(next));
+                }
+                self.succeed()
+            }
+        }
+    }
+
+    fn fail(&self, error: String) -> ReloadStatus {
+        let repeated = lock(&self.status).error.as_deref() == Some(error.as_str());
+        if !repeated {
+            tracing::warn!(%error, "flags reload failed");
+        }
+        let mut s = lock(&self.status);
+        *s = ReloadStatus {
+            ok: false,
+            error: Some(error),
+            at: now(),
+        };
+        s.clone()
+    }
+
+    fn succeed(&self) -> ReloadStatus {
+        let mut s = lock(&self.status);
+        *s = ReloadStatus {
+            ok: true,
+            error: None,
+            at: now(),
+        };
+        s.clone()
+    }
+
+    /// Watches the file until the store is dropped by everyone else.
+    pub async fn watch(self: Arc<Self>) {
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        loop {
+            tokio::time::sleep(WATCH_EVERY).await;
+            let Some(store) = weak.upgrade() else { return };
+            store.reload().await;
+        }
+    }
+
+    /// Replaces a route's table (the admin API's PUT). A table identical to the current
+    /// one changes nothing.
+    pub async fn put(
+        &self,
+        route: &str,
+        flag: RouteFlag,
+        if_match: Option<u64>,
+        actor: &str,
+    ) -> Result<Changed, ChangeError> {
+        let _write = self.writes.lock().await;
+        if !self.routes.iter().any(|r| r == route) {
+            return Err(ChangeError::UnknownRoute(route.to_string()));
+        }
+        let before = self.current();
+        if let Some(expected) = if_match
+            && expected != before.version
+        {
+            return Err(ChangeError::StaleVersion {
+                current: before.version,
+                expected,
+            });
+        }
+        let old = before.routes.get(route).cloned();
+        if old.as_ref() == Some(&flag) {
+            return Ok(Changed {
+                version: before.version,
+                route: route.to_string(),
+                flag,
+            });
+        }
+        let mut next = (*before).clone();
+        next.version += 1;
+        next.routes.insert(route.to_string(), flag.clone());
+        let text = next.to_toml();
+        write_atomically(&self.file, &text)?;
+        *lock(&self.seen) = Some(text);
+        self.append_audit(actor, route, old, Some(flag.clone()), next.version);
+        let version = next.version;
+        self.current.send_replace(Arc::new(next));
+        tracing::info!(route, version, actor, "flag changed");
+        Ok(Changed {
+            version,
+            route: route.to_string(),
+            flag,
+        })
+    }
+
+    /// The kill switch: the route's mode becomes `legacy` at once (other fields kept).
+    pub async fn rollback(&self, route: &str, actor: &str) -> Result<Changed, ChangeError> {
+        let mut flag = self
+            .current()
+            .routes
+            .get(route)
+            .cloned()
+            .unwrap_or_default();
+        flag.mode = Mode::Legacy;
+        self.put(route, flag, None, actor).await
+    }
+
+    fn append_audit(
+        &self,
+        actor: &str,
+        route: &str,
+        before: Option<RouteFlag>,
+        after: Option<RouteFlag>,
+        version: u64,
+    ) {
+        let line = json!({"ts": now(), "actor": actor, "route": route, "before": before, "after": after, "version": version});
+        let result = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.audit)
+            .and_then(|mut f| {
+                writeln!(f, "{line}")?;
+                f.sync_data()
+            });
+        if let Err(e) = result {
+            tracing::error!(error = %e, file = %self.audit.display(), "cannot append to the audit log");
+        }
+    }
+
+    /// The newest `limit` audit entries, newest first.
+    pub fn audit(&self, limit: usize) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.audit).unwrap_or_default();
+        text.lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .take(limit)
+            .collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now() -> String {
+    iso8601(SystemTime::now())
+}
+
+/// Routes whose table differs between two flag sets: (route, before, after).
+fn changes(before: &Flags, after: &Flags) -> Vec<(String, Option<RouteFlag>, Option<RouteFlag>)> {
+    let mut names: Vec<&String> = before.routes.keys().chain(after.routes.keys()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let (b, a) = (before.routes.get(name), after.routes.get(name));
+            (b != a).then(|| (name.clone(), b.cloned(), a.cloned()))
+        })
+        .collect()
+}
+
+/// Writes a file so that a crash leaves either the old or the new content, never a mix:
+/// a temporary file in the same directory, fsync, rename over, fsync the directory.
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("flags"),
+        std::process::id()
+    ));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
