@@ -327,3 +327,69 @@ pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(text: &str) -> (tempfile::TempDir, Arc<FlagStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("flags.toml"), text).unwrap();
+        let s = FlagStore::open(dir.path(), vec!["chat".into(), "agent".into()]).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn a_crash_before_the_rename_leaves_the_old_file_whole() {
+        let (dir, _s) = store("version = 1\n[route.chat]\nmode = \"dual\"\n");
+        let file = dir.path().join("flags.toml");
+        // What a crash between write and rename leaves behind: a stray temp file.
+        std::fs::write(dir.path().join(".flags.toml.tmp-999"), "version = 2\n[route.chat]\nmo").unwrap();
+        let reopened = FlagStore::open(dir.path(), vec!["chat".into()]).unwrap();
+        assert_eq!(reopened.current().version, 1);
+        // A completed write replaces the whole file at once.
+        write_atomically(&file, "version = 3\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "version = 3\n");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(&format!("tmp-{}", std::process::id())))
+            .collect();
+        assert!(leftovers.is_empty(), "no temp file of ours stays behind");
+    }
+
+    #[tokio::test]
+    async fn changes_bump_the_version_write_the_file_and_are_audited() {
+        let (dir, s) = store("version = 4\n");
+        let flag = RouteFlag::from_json(&json!({"mode": "rollout", "percent": 12.5})).unwrap();
+        let c = s.put("chat", flag.clone(), Some(4), "alice").await.unwrap();
+        assert_eq!(c.version, 5);
+        let same = s.put("chat", flag.clone(), None, "alice").await.unwrap();
+        assert_eq!(same.version, 5, "an identical table changes nothing");
+        assert!(matches!(
+            s.put("chat", flag, Some(4), "bob").await,
+            Err(ChangeError::StaleVersion { current: 5, expected: 4 })
+        ));
+        let r = s.rollback("agent", "pager").await.unwrap();
+        assert_eq!((r.version, r.flag.mode), (6, Mode::Legacy));
+        let on_disk = std::fs::read_to_string(dir.path().join("flags.toml")).unwrap();
+        let parsed = Flags::parse_toml(&on_disk, &["chat", "agent"]).unwrap();
+        assert_eq!(parsed, *s.current());
+        let audit = s.audit(10);
+        assert_eq!(audit.len(), 2);
+        assert_eq!(audit[0]["actor"], "pager");
+        assert_eq!(audit[0]["before"], Value::Null, "agent had no table");
+        assert_eq!(audit[1]["after"]["percent"], 12.5);
+    }
+
+    #[tokio::test]
+    async fn a_hand_edit_that_keeps_the_version_still_moves_it_forward() {
+        let (dir, s) = store("version = 4\n[route.chat]\nmode = \"dual\"\n");
+        std::fs::write(dir.path().join("flags.toml"), "version = 4\n[route.chat]\nmode = \"new\"\n").unwrap();
+        let status = s.reload().await;
+        assert!(status.ok);
+        assert_eq!(s.current().version, 5);
+        assert_eq!(s.current().route("chat").mode, Mode::New);
+        assert_eq!(s.audit(1)[0]["actor"], "file");
+    }
+}
