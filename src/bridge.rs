@@ -20,6 +20,7 @@ use crate::event::{EndReason, Finish, Seq};
 use crate::flags::store::FlagStore;
 use crate::flags::{Enforcement, FlagsError};
 use crate::hub::{Cursor, Hub, HubConfig, SessionFollow, Stream};
+use crate::metrics::Metrics;
 use crate::request::{RequestId, StreamRequest, Transport};
 use crate::routes::{RouteName, Routes};
 
@@ -45,6 +46,7 @@ struct Inner {
     engines: HashMap<RouteName, Arc<dyn Engine>>,
     hub: Arc<Hub>,
     flags: Arc<FlagStore>,
+    metrics: Arc<Metrics>,
     auth: Auth,
     draining: AtomicBool,
 }
@@ -53,7 +55,8 @@ impl Bridge {
     /// Builds the bridge; fails when the flags file cannot be loaded.
     pub fn new(config: Config, routes: Routes) -> Result<Bridge, FlagsError> {
         let names = routes.iter().map(|r| r.name.to_string()).collect();
-        let flags = FlagStore::open(&config.flags_dir, names)?;
+        let metrics = Metrics::new(&routes);
+        let flags = FlagStore::open(&config.flags_dir, names, metrics.clone())?;
         let engines = routes
             .iter()
             .map(|r| (r.name.clone(), r.engine.build()))
@@ -71,6 +74,7 @@ impl Bridge {
                 engines,
                 hub,
                 flags,
+                metrics,
                 draining: AtomicBool::new(false),
             }),
         })
@@ -78,6 +82,10 @@ impl Bridge {
 
     pub fn flags(&self) -> &Arc<FlagStore> {
         &self.inner.flags
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     pub fn config(&self) -> &Config {
@@ -117,13 +125,18 @@ impl Bridge {
             EngineError::Failed { message, .. } => ApiError::InvalidRequest(message),
         })?;
         let id = req.request_id.clone().unwrap_or_else(RequestId::generate);
-        let (stream, cursor) =
-            self.inner
-                .hub
-                .create(id, req.route.clone(), req.session_id.clone(), req.transport)?;
+        let (stream, cursor) = self.inner.hub.create(
+            id,
+            req.route.clone(),
+            req.session_id.clone(),
+            req.transport,
+            self.inner.metrics.stream(&req.route.name, req.transport),
+        )?;
         let span =
             tracing::info_span!("stream", request_id = %stream.id, route = %stream.route.name);
         let producer = produce(
+            self.inner.metrics.clone(),
+            engine.kind(),
             self.inner.hub.clone(),
             stream.clone(),
             job,
@@ -141,9 +154,14 @@ impl Bridge {
         let flags = self.inner.flags.current();
         let route = &req.route;
         let flag = flags.route(&route.name);
-        match flag.enforce(&route.name, &req.subject, req.transport) {
+        let evaluation = flag.evaluate(&route.name, &req.subject);
+        self.inner
+            .metrics
+            .flag_evaluated(&route.name, evaluation.transport);
+        match Enforcement::decide(evaluation, flag.mode, flag.strict, req.transport) {
             Enforcement::Allowed { misrouted } => {
                 if misrouted {
+                    self.inner.metrics.misrouted(&route.name, req.transport);
                     tracing::debug!(route = %route.name, transport = req.transport.as_str(), "misrouted request served");
                 }
                 Ok(())
@@ -248,6 +266,8 @@ async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
 
 /// The producer task of one stream.
 async fn produce(
+    metrics: Arc<Metrics>,
+    engine_kind: &'static str,
     hub: Arc<Hub>,
     stream: Arc<Stream>,
     job: crate::engine::Job,
@@ -292,6 +312,7 @@ async fn produce(
     } = &finish
     {
         tracing::warn!(error_type, message, "stream failed");
+        metrics.engine_error(&stream.route.name, engine_kind);
     }
     stream.finish(finish);
     hub.finished(&stream);

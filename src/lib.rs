@@ -16,6 +16,7 @@ pub mod error;
 pub mod event;
 pub mod flags;
 pub mod hub;
+pub mod metrics;
 pub mod request;
 pub mod routes;
 pub mod server;

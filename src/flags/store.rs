@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{Flags, FlagsError, Mode, RouteFlag};
+use crate::metrics::Metrics;
 use crate::routes::template::iso8601;
 
 /// How often the flags file is checked for hand edits (a valid edit applies within 2 s).
@@ -59,11 +60,16 @@ pub struct FlagStore {
     seen: Mutex<Option<String>>,
     /// Serialises admin writes, so no update is lost.
     writes: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
 }
 
 impl FlagStore {
     /// Loads `dir/flags.toml`; a missing or invalid file is an error at start-up.
-    pub fn open(dir: &Path, routes: Vec<String>) -> Result<Arc<FlagStore>, FlagsError> {
+    pub fn open(
+        dir: &Path,
+        routes: Vec<String>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<FlagStore>, FlagsError> {
         let file = dir.join("flags.toml");
         let text = std::fs::read_to_string(&file).map_err(|e| FlagsError {
             problems: vec![format!(
@@ -79,6 +85,7 @@ impl FlagStore {
                 .map(|p| format!("{}: {p}", file.display()))
                 .collect(),
         })?;
+        metrics.flags_in_force(&flags, &routes);
         Ok(Arc::new(FlagStore {
             audit: dir.join("audit.jsonl"),
             file,
@@ -91,6 +98,7 @@ impl FlagStore {
             }),
             seen: Mutex::new(Some(text)),
             writes: tokio::sync::Mutex::new(()),
+            metrics,
         }))
     }
 
@@ -151,7 +159,7 @@ impl FlagStore {
                     for (route, b, a) in changes(&before, &next) {
                         self.append_audit("file", &route, b, a, next.version);
                     }
-                    self.current.send_replace(Arc::new(next));
+                    self.publish(next);
                 }
                 self.succeed()
             }
@@ -162,6 +170,7 @@ impl FlagStore {
         let repeated = lock(&self.status).error.as_deref() == Some(error.as_str());
         if !repeated {
             tracing::warn!(%error, "flags reload failed");
+            self.metrics.flag_reload_failed();
         }
         let mut s = lock(&self.status);
         *s = ReloadStatus {
@@ -231,7 +240,7 @@ impl FlagStore {
         *lock(&self.seen) = Some(text);
         self.append_audit(actor, route, old, Some(flag.clone()), next.version);
         let version = next.version;
-        self.current.send_replace(Arc::new(next));
+        self.publish(next);
         tracing::info!(route, version, actor, "flag changed");
         Ok(Changed {
             version,
@@ -250,6 +259,11 @@ impl FlagStore {
             .unwrap_or_default();
         flag.mode = Mode::Legacy;
         self.put(route, flag, None, actor).await
+    }
+
+    fn publish(&self, flags: Flags) {
+        self.metrics.flags_in_force(&flags, &self.routes);
+        self.current.send_replace(Arc::new(flags));
     }
 
     fn append_audit(
@@ -272,6 +286,7 @@ impl FlagStore {
         if let Err(e) = result {
             tracing::error!(error = %e, file = %self.audit.display(), "cannot append to the audit log");
         }
+        self.metrics.flag_changed(route);
     }
 
     /// The newest `limit` audit entries, newest first.
@@ -335,7 +350,8 @@ mod tests {
     fn store(text: &str) -> (tempfile::TempDir, Arc<FlagStore>) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("flags.toml"), text).unwrap();
-        let s = FlagStore::open(dir.path(), vec!["chat".into(), "agent".into()]).unwrap();
+        let metrics = Metrics::new(&crate::routes::Routes::default());
+        let s = FlagStore::open(dir.path(), vec!["chat".into(), "agent".into()], metrics).unwrap();
         (dir, s)
     }
 
@@ -344,8 +360,13 @@ mod tests {
         let (dir, _s) = store("version = 1\n[route.chat]\nmode = \"dual\"\n");
         let file = dir.path().join("flags.toml");
         // What a crash between write and rename leaves behind: a stray temp file.
-        std::fs::write(dir.path().join(".flags.toml.tmp-999"), "version = 2\n[route.chat]\nmo").unwrap();
-        let reopened = FlagStore::open(dir.path(), vec!["chat".into()]).unwrap();
+        std::fs::write(
+            dir.path().join(".flags.toml.tmp-999"),
+            "version = 2\n[route.chat]\nmo",
+        )
+        .unwrap();
+        let metrics = Metrics::new(&crate::routes::Routes::default());
+        let reopened = FlagStore::open(dir.path(), vec!["chat".into()], metrics).unwrap();
         assert_eq!(reopened.current().version, 1);
         // A completed write replaces the whole file at once.
         write_atomically(&file, "version = 3\n").unwrap();
@@ -353,7 +374,11 @@ mod tests {
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().contains(&format!("tmp-{}", std::process::id())))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .contains(&format!("tmp-{}", std::process::id()))
+            })
             .collect();
         assert!(leftovers.is_empty(), "no temp file of ours stays behind");
     }
@@ -368,7 +393,10 @@ mod tests {
         assert_eq!(same.version, 5, "an identical table changes nothing");
         assert!(matches!(
             s.put("chat", flag, Some(4), "bob").await,
-            Err(ChangeError::StaleVersion { current: 5, expected: 4 })
+            Err(ChangeError::StaleVersion {
+                current: 5,
+                expected: 4
+            })
         ));
         let r = s.rollback("agent", "pager").await.unwrap();
         assert_eq!((r.version, r.flag.mode), (6, Mode::Legacy));
@@ -385,7 +413,11 @@ mod tests {
     #[tokio::test]
     async fn a_hand_edit_that_keeps_the_version_still_moves_it_forward() {
         let (dir, s) = store("version = 4\n[route.chat]\nmode = \"dual\"\n");
-        std::fs::write(dir.path().join("flags.toml"), "version = 4\n[route.chat]\nmode = \"new\"\n").unwrap();
+        std::fs::write(
+            dir.path().join("flags.toml"),
+            "version = 4\n[route.chat]\nmode = \"new\"\n",
+        )
+        .unwrap();
         let status = s.reload().await;
         assert!(status.ok);
         assert_eq!(s.current().version, 5);

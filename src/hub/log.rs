@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::Sink;
 use crate::event::{EndReason, Event, EventKind, Finish, Pushed, Seq, StreamRules};
+use crate::metrics::StreamMetrics;
 use crate::request::{RequestId, Transport};
 use crate::routes::Route;
 use crate::transport::encode::Frames;
@@ -47,6 +48,8 @@ struct Log {
     first_seq: Seq,
     retained: u64,
     total: u64,
+    /// Whether a chunk was written yet (first-event latency).
+    chunked: bool,
 }
 
 /// A stream: identity, log, subscribers, stop signal.
@@ -65,6 +68,7 @@ pub struct Stream {
     stop_reason: Mutex<Option<EndReason>>,
     /// Milliseconds since `created` of the last engine event (idle detection).
     last_event_ms: AtomicU64,
+    metrics: StreamMetrics,
 }
 
 impl Stream {
@@ -74,6 +78,7 @@ impl Stream {
         session_id: Option<Arc<str>>,
         origin: Transport,
         max_bytes: usize,
+        metrics: StreamMetrics,
     ) -> Stream {
         Stream {
             id,
@@ -87,6 +92,7 @@ impl Stream {
                 first_seq: 0,
                 retained: 0,
                 total: 0,
+                chunked: false,
             }),
             max_bytes: max_bytes as u64,
             head: watch::channel(0).0,
@@ -95,6 +101,7 @@ impl Stream {
             stop: CancellationToken::new(),
             stop_reason: Mutex::new(None),
             last_event_ms: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -117,11 +124,20 @@ impl Stream {
     /// Writes the terminal event (if the engine did not) and `end`.
     pub fn finish(&self, how: Finish) {
         let mut log = self.log();
-        for ev in log.rules.finish(how) {
+        let events = log.rules.finish(how);
+        let reason = events
+            .last()
+            .and_then(Event::end_reason)
+            .map(str::to_string);
+        for ev in events {
             self.append(&mut log, ev);
         }
         drop(log);
         self.publish();
+        if let Some(reason) = reason {
+            self.metrics
+                .finished(&reason, self.created.elapsed().as_secs_f64());
+        }
     }
 
     fn append(&self, log: &mut Log, event: Event) {
@@ -247,6 +263,11 @@ impl Sink for Stream {
         let mut log = self.log();
         let accepted = match log.rules.push(kind, data) {
             Pushed::Accepted(ev) => {
+                if kind == EventKind::Chunk && !log.chunked {
+                    log.chunked = true;
+                    self.metrics
+                        .first_chunk(self.created.elapsed().as_secs_f64());
+                }
                 self.append(&mut log, ev);
                 true
             }

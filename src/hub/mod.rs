@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 pub use log::{Batch, Cursor, Entry, Stream};
 
 use crate::error::ApiError;
+use crate::metrics::StreamMetrics;
 use crate::request::{RequestId, Transport};
 use crate::routes::Route;
 
@@ -66,6 +67,7 @@ impl Hub {
         route: Arc<Route>,
         session_id: Option<Arc<str>>,
         origin: Transport,
+        metrics: StreamMetrics,
     ) -> Result<(Arc<Stream>, Cursor), ApiError> {
         let max = self.config.max_streams;
         if self.running.fetch_add(1, Ordering::AcqRel) >= max {
@@ -78,6 +80,7 @@ impl Hub {
             session_id.clone(),
             origin,
             self.config.replay_max_bytes,
+            metrics.clone(),
         ));
         match self.streams.entry(id.clone()) {
             dashmap::Entry::Occupied(e) if !e.get().is_ended() => {
@@ -91,6 +94,7 @@ impl Hub {
                 e.insert(stream.clone());
             }
         }
+        metrics.started();
         let cursor = stream.subscribe_from(0);
         if let Some(session) = &session_id {
             self.offer_to_taps(session, &stream);

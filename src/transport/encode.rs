@@ -43,6 +43,15 @@ impl Wire {
         matches!(self, Wire::Sse | Wire::SessionSse)
     }
 
+    /// The transport label of a subscriber on this wire.
+    pub fn transport(self) -> crate::request::Transport {
+        if self.is_sse() {
+            crate::request::Transport::Sse
+        } else {
+            crate::request::Transport::Ndjson
+        }
+    }
+
     fn slot(self) -> usize {
         match self {
             Wire::Ndjson => 0,

@@ -24,7 +24,8 @@ use crate::bridge::Bridge;
 use crate::error::ApiError;
 use crate::event::{Event, EventKind, slow_consumer_events};
 use crate::hub::{Batch, Cursor, SessionFollow};
-use crate::request::{StreamRequest, Subject, Transport, parse_session_id};
+use crate::metrics::{EventCounters, Metrics};
+use crate::request::{StreamRequest, Subject, parse_session_id};
 use crate::routes::Route;
 
 /// Most logged events written in one body chunk (a burst already queued goes out in one
@@ -56,6 +57,7 @@ pub fn router(bridge: Bridge) -> Router {
         .route("/api/sessions/{session_id}/events", get(follow_session))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/api/flags", get(flags_all))
         .route("/api/flags/{route}", get(flags_one))
         .merge(crate::admin::router())
@@ -65,6 +67,15 @@ pub fn router(bridge: Bridge) -> Router {
 
 async fn unknown_route(req: Request) -> ApiError {
     ApiError::UnknownRoute(format!("{} {}", req.method(), req.uri().path()))
+}
+
+async fn metrics(State(b): State<Bridge>) -> Response {
+    let mut resp = b.metrics().render().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
 }
 
 async fn healthz() -> axum::Json<Value> {
@@ -196,31 +207,65 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
 }
 
 async fn start_stream(b: Bridge, route: Arc<Route>, req: Request) -> Result<Response, ApiError> {
+    let wire = wire_for(req.headers(), Wire::Sse, Wire::Ndjson);
+    let name = route.name.clone();
+    let result = start_stream_on(&b, route, req, wire).await;
+    if let Err(e) = &result {
+        b.metrics().refused(&name, wire.transport(), e);
+    }
+    result
+}
+
+async fn start_stream_on(
+    b: &Bridge,
+    route: Arc<Route>,
+    req: Request,
+    wire: Wire,
+) -> Result<Response, ApiError> {
     if b.is_draining() {
         return Err(ApiError::Draining);
     }
     let (parts, body) = req.into_parts();
-    let subject = identify(&b, &parts.headers)?;
+    let subject = identify(b, &parts.headers)?;
     let bytes = read_body(body, &parts.headers, b.config().limits.max_body_bytes).await?;
     let input: Value = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::InvalidRequest(format!("the request body is not valid JSON: {e}"))
     })?;
-    let wire = wire_for(&parts.headers, Wire::Sse, Wire::Ndjson);
-    let transport = if wire.is_sse() {
-        Transport::Sse
-    } else {
-        Transport::Ndjson
-    };
-    let request = StreamRequest::from_input(route, input, subject, transport)?;
+    let request = StreamRequest::from_input(route, input, subject, wire.transport())?;
     let started = b.start(request)?;
-    Ok(stream_response(&b, started.cursor, wire, StatusCode::OK))
+    Ok(stream_response(b, started.cursor, wire, StatusCode::OK))
+}
+
+/// What every HTTP subscriber needs besides its cursor.
+#[derive(Clone)]
+struct Delivery {
+    wire: Wire,
+    max_lag: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl Delivery {
+    fn new(b: &Bridge, wire: Wire) -> Delivery {
+        Delivery {
+            wire,
+            max_lag: b.config().limits.max_lag_bytes,
+            metrics: b.metrics().clone(),
+        }
+    }
 }
 
 fn stream_response(b: &Bridge, cursor: Cursor, wire: Wire, status: StatusCode) -> Response {
     let id = HeaderValue::from_str(cursor.stream().id.as_str()).ok();
     let stream = cursor.stream().clone();
-    let heartbeat = move || encode::encode_http(&Event::heartbeat(now_ms()), &stream, wire);
-    let frames = cursor_frames(cursor, wire, b.config().limits.max_lag_bytes);
+    let counters = b.metrics().subscriber(&stream.route.name, wire.transport());
+    let heartbeat = move || {
+        let hb = encode::encode_http(&Event::heartbeat(now_ms()), &stream, wire);
+        if hb.is_some() {
+            counters.delivered(EventKind::Heartbeat);
+        }
+        hb
+    };
+    let frames = cursor_frames(cursor, Delivery::new(b, wire));
     let body = with_heartbeat(frames, b.config().heartbeat(), heartbeat);
     let mut resp = streaming(body, wire, status);
     if let Some(id) = id {
@@ -249,44 +294,50 @@ fn streaming(
 
 /// The frames of one cursor until its stream's `end` (or this subscriber's
 /// `slow_consumer` end), each read batch written as one chunk.
-fn cursor_frames(cursor: Cursor, wire: Wire, max_lag: u64) -> impl Stream<Item = Bytes> + Send {
-    stream::unfold(Some(cursor), move |state| async move {
-        let mut cursor = state?;
-        loop {
-            let stream = cursor.stream().clone();
-            match cursor.next_batch(MAX_BATCH).await {
-                Batch::Events(entries) => {
-                    if cursor.lag_bytes() > max_lag {
-                        // This batch is not sent: the subscriber's own end takes its place.
-                        let first = entries.first().and_then(|e| e.event.seq);
-                        let seq = first.unwrap_or(cursor.next_seq());
-                        return Some((slow_consumer(&cursor, seq, wire), None));
-                    }
-                    let mut out = BytesMut::new();
-                    let mut ended = false;
-                    for e in &entries {
-                        if let Some(frame) = encode::http_frame(e, &stream, wire) {
-                            out.extend_from_slice(&frame);
+fn cursor_frames(cursor: Cursor, d: Delivery) -> impl Stream<Item = Bytes> + Send {
+    let stream = cursor.stream().clone();
+    let counters = d.metrics.subscriber(&stream.route.name, d.wire.transport());
+    stream::unfold(Some(cursor), move |state| {
+        let (d, stream, counters) = (d.clone(), stream.clone(), counters.clone());
+        async move {
+            let mut cursor = state?;
+            let wire = d.wire;
+            loop {
+                match cursor.next_batch(MAX_BATCH).await {
+                    Batch::Events(entries) => {
+                        if cursor.lag_bytes() > d.max_lag {
+                            // This batch is not sent: the subscriber's own end takes its place.
+                            let first = entries.first().and_then(|e| e.event.seq);
+                            let seq = first.unwrap_or(cursor.next_seq());
+                            return Some((slow_consumer(&cursor, seq, &d, &counters), None));
                         }
-                        ended |= e.event.event == EventKind::End;
-                    }
-                    let next = (!ended).then_some(cursor);
-                    if out.is_empty() {
-                        match next {
-                            Some(c) => {
-                                cursor = c;
-                                continue;
+                        let mut out = BytesMut::new();
+                        let mut ended = false;
+                        for e in &entries {
+                            if let Some(frame) = encode::http_frame(e, &stream, wire) {
+                                out.extend_from_slice(&frame);
+                                counters.delivered(e.event.event);
                             }
-                            None => return None,
+                            ended |= e.event.event == EventKind::End;
                         }
+                        let next = (!ended).then_some(cursor);
+                        if out.is_empty() {
+                            match next {
+                                Some(c) => {
+                                    cursor = c;
+                                    continue;
+                                }
+                                None => return None,
+                            }
+                        }
+                        return Some((out.freeze(), next));
                     }
-                    return Some((out.freeze(), next));
+                    Batch::Lagged => {
+                        let seq = cursor.next_seq();
+                        return Some((slow_consumer(&cursor, seq, &d, &counters), None));
+                    }
+                    Batch::End => return None,
                 }
-                Batch::Lagged => {
-                    let seq = cursor.next_seq();
-                    return Some((slow_consumer(&cursor, seq, wire), None));
-                }
-                Batch::End => return None,
             }
         }
     })
@@ -294,12 +345,16 @@ fn cursor_frames(cursor: Cursor, wire: Wire, max_lag: u64) -> impl Stream<Item =
 
 /// The `error` + `end` of a subscriber cut off for lagging, numbered from `seq` (the first
 /// event it did not get).
-fn slow_consumer(cursor: &Cursor, seq: u64, wire: Wire) -> Bytes {
+fn slow_consumer(cursor: &Cursor, seq: u64, d: &Delivery, counters: &EventCounters) -> Bytes {
     tracing::info!(request_id = %cursor.stream().id, lag_bytes = cursor.lag_bytes(), "ending a slow HTTP subscriber");
+    let stream = cursor.stream();
+    d.metrics
+        .slow_consumer(&stream.route.name, d.wire.transport());
     let mut out = BytesMut::new();
     for ev in slow_consumer_events(seq) {
-        if let Some(f) = encode::encode_http(&ev, cursor.stream(), wire) {
+        if let Some(f) = encode::encode_http(&ev, stream, d.wire) {
             out.extend_from_slice(&f);
+            counters.delivered(ev.event);
         }
     }
     out.freeze()
@@ -396,18 +451,14 @@ async fn follow_session(
     let session = parse_session_id(&session_id)?;
     let wire = wire_for(&headers, Wire::SessionSse, Wire::SessionNdjson);
     let follow = b.follow_session(session);
-    let frames = session_frames(follow, wire, b.config().limits.max_lag_bytes);
+    let frames = session_frames(follow, Delivery::new(&b, wire));
     let heartbeat = move || Some(encode::session_heartbeat(&Event::heartbeat(now_ms()), wire));
     let body = with_heartbeat(frames, b.config().heartbeat(), heartbeat);
     Ok(streaming(body, wire, StatusCode::OK))
 }
 
 /// Every stream of a session, merged as their events come, until following ends.
-fn session_frames(
-    follow: SessionFollow,
-    wire: Wire,
-    max_lag: u64,
-) -> impl Stream<Item = Bytes> + Send {
+fn session_frames(follow: SessionFollow, d: Delivery) -> impl Stream<Item = Bytes> + Send {
     struct State {
         follow: SessionFollow,
         following: bool,
@@ -418,19 +469,22 @@ fn session_frames(
         following: true,
         streams: SelectAll::new(),
     };
-    stream::unfold(state, move |mut st| async move {
-        loop {
-            if !st.following && st.streams.is_empty() {
-                return None;
-            }
-            tokio::select! {
-                c = st.follow.next(), if st.following => match c {
-                    Some(cursor) => st.streams.push(cursor_frames(cursor, wire, max_lag).boxed()),
-                    None => st.following = false,
-                },
-                b = st.streams.next(), if !st.streams.is_empty() => {
-                    if let Some(bytes) = b {
-                        return Some((bytes, st));
+    stream::unfold(state, move |mut st| {
+        let d = d.clone();
+        async move {
+            loop {
+                if !st.following && st.streams.is_empty() {
+                    return None;
+                }
+                tokio::select! {
+                    c = st.follow.next(), if st.following => match c {
+                        Some(cursor) => st.streams.push(cursor_frames(cursor, d.clone()).boxed()),
+                        None => st.following = false,
+                    },
+                    b = st.streams.next(), if !st.streams.is_empty() => {
+                        if let Some(bytes) = b {
+                            return Some((bytes, st));
+                        }
                     }
                 }
             }

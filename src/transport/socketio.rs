@@ -21,6 +21,7 @@ use crate::bridge::Bridge;
 use crate::error::ApiError;
 use crate::event::{EventKind, slow_consumer_events};
 use crate::hub::{Batch, Cursor, SessionFollow};
+use crate::metrics::{EventCounters, Metrics};
 use crate::request::{RequestId, StreamRequest, Subject, Transport, parse_session_id};
 use crate::routes::{RequestContext, Route};
 
@@ -195,9 +196,15 @@ fn on_connect(b: Bridge, routes: Vec<Arc<Route>>, socket: SocketRef) {
             },
         );
     }
-    socket.on_disconnect(|s: SocketRef| async move {
-        if let Some(ctx) = ctx_of(&s) {
-            ctx.abort_all();
+    b.metrics().socket_connected(socket.ns());
+    let metrics = b.metrics().clone();
+    socket.on_disconnect(move |s: SocketRef| {
+        let metrics = metrics.clone();
+        async move {
+            metrics.socket_disconnected(s.ns());
+            if let Some(ctx) = ctx_of(&s) {
+                ctx.abort_all();
+            }
         }
     });
     let handshake_session = locked(&ctx.handshake_session).take();
@@ -226,6 +233,7 @@ fn on_request(
         }
         Err(e) => {
             tracing::debug!(route = %route.name, error_type = e.error_type(), "Socket.IO request refused");
+            b.metrics().refused(&route.name, Transport::Socketio, &e);
             let _ = ack.send(&json!({ "error": e.body() }));
             if let Some(sio) = &route.socketio {
                 let request_id = string_field(&payload, "request_id");
@@ -352,16 +360,29 @@ fn deliver(b: &Bridge, socket: &SocketRef, ctx: &Arc<SocketCtx>, cursor: Cursor)
     if streams.contains_key(&id) {
         return;
     }
-    let max_lag = b.config().limits.max_lag_bytes;
+    let delivery = Delivery {
+        max_lag: b.config().limits.max_lag_bytes,
+        counters: b
+            .metrics()
+            .subscriber(&cursor.stream().route.name, Transport::Socketio),
+        metrics: b.metrics().clone(),
+    };
     let weak: Weak<SocketCtx> = Arc::downgrade(ctx);
     let (socket, key) = (socket.clone(), id.clone());
     let task = tokio::spawn(async move {
-        pump(&socket, cursor, max_lag).await;
+        pump(&socket, cursor, &delivery).await;
         if let Some(ctx) = weak.upgrade() {
             locked(&ctx.streams).remove(&key);
         }
     });
     streams.insert(id, task.abort_handle());
+}
+
+/// What a delivery task needs besides its socket and cursor.
+struct Delivery {
+    max_lag: u64,
+    counters: EventCounters,
+    metrics: Arc<Metrics>,
 }
 
 enum Stop {
@@ -371,19 +392,19 @@ enum Stop {
 
 /// Emits a stream's events to one socket, in order, waiting for queue room rather than
 /// dropping; a socket that lags more than `max_lag` bytes is ended with `slow_consumer`.
-async fn pump(socket: &SocketRef, mut cursor: Cursor, max_lag: u64) {
+async fn pump(socket: &SocketRef, mut cursor: Cursor, d: &Delivery) {
     let stream = cursor.stream().clone();
     loop {
         match cursor.next_batch(MAX_BATCH).await {
             Batch::Events(entries) => {
                 for e in &entries {
                     if let Some(frame) = encode::legacy_frame(e, &stream) {
-                        match emit(socket, frame, || cursor.lag_bytes() > max_lag, None).await {
-                            Ok(()) => {}
+                        match emit(socket, frame, || cursor.lag_bytes() > d.max_lag, None).await {
+                            Ok(()) => d.counters.delivered(e.event.event),
                             Err(Stop::Gone) => return,
                             Err(Stop::Lagging) => {
                                 let seq = e.event.seq.unwrap_or(cursor.next_seq());
-                                return farewell(socket, &cursor, seq).await;
+                                return farewell(socket, &cursor, seq, d).await;
                             }
                         }
                     }
@@ -391,11 +412,11 @@ async fn pump(socket: &SocketRef, mut cursor: Cursor, max_lag: u64) {
                         return;
                     }
                 }
-                if cursor.lag_bytes() > max_lag {
-                    return farewell(socket, &cursor, cursor.next_seq()).await;
+                if cursor.lag_bytes() > d.max_lag {
+                    return farewell(socket, &cursor, cursor.next_seq(), d).await;
                 }
             }
-            Batch::Lagged => return farewell(socket, &cursor, cursor.next_seq()).await,
+            Batch::Lagged => return farewell(socket, &cursor, cursor.next_seq(), d).await,
             Batch::End => return,
         }
     }
@@ -404,8 +425,10 @@ async fn pump(socket: &SocketRef, mut cursor: Cursor, max_lag: u64) {
 /// The last two events of a lagging socket's subscription: `error` + `end` with
 /// `slow_consumer`, numbered from `seq` (the first event it did not get), given a bounded
 /// time to find queue room.
-async fn farewell(socket: &SocketRef, cursor: &Cursor, seq: u64) {
+async fn farewell(socket: &SocketRef, cursor: &Cursor, seq: u64, d: &Delivery) {
     tracing::info!(request_id = %cursor.stream().id, lag_bytes = cursor.lag_bytes(), "ending a slow Socket.IO subscriber");
+    d.metrics
+        .slow_consumer(&cursor.stream().route.name, Transport::Socketio);
     let deadline = tokio::time::Instant::now() + FAREWELL_LIMIT;
     for ev in slow_consumer_events(seq) {
         let Some(frame) = encode::encode_legacy(&ev, cursor.stream()) else {
@@ -417,6 +440,7 @@ async fn farewell(socket: &SocketRef, cursor: &Cursor, seq: u64) {
         {
             return;
         }
+        d.counters.delivered(ev.event);
     }
 }
 

@@ -1,0 +1,396 @@
+//! Prometheus metrics (SPEC section 6): the registry, every family, and typed handles.
+//!
+//! Owns metric names, labels and buckets, and nothing else: no business logic. Label
+//! values come from configuration only (route names, transports, event types, end
+//! reasons, modes), never from user input, so cardinality is bounded. Every family is
+//! created and every configured label set initialised at start-up, so dashboards read 0
+//! before anything happened. Hot paths use handles resolved once per stream or per
+//! subscriber; counting an event is one atomic add.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::error::ApiError;
+use crate::event::EventKind;
+use crate::flags::{Flags, Mode, Target};
+use crate::request::Transport;
+use crate::routes::Routes;
+
+const TRANSPORTS: [Transport; 3] = [Transport::Socketio, Transport::Ndjson, Transport::Sse];
+/// The `reason` values of `switchyard_streams_finished_total`.
+pub const FINISH_REASONS: [&str; 7] = [
+    "completed",
+    "error",
+    "cancelled",
+    "shutdown",
+    "timeout",
+    "slow_consumer",
+    "rejected",
+];
+const MODES: [Mode; 4] = [Mode::Legacy, Mode::Dual, Mode::Rollout, Mode::New];
+/// First-event latency buckets: 1 ms to 30 s.
+const FIRST_EVENT_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Stream duration buckets: 10 ms to 30 min.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    streams_started: IntCounterVec,
+    streams_finished: IntCounterVec,
+    events: IntCounterVec,
+    active: IntGaugeVec,
+    first_event: HistogramVec,
+    duration: HistogramVec,
+    socketio_connections: IntGaugeVec,
+    flag_mode: IntGaugeVec,
+    flag_percent: GaugeVec,
+    flag_evaluations: IntCounterVec,
+    misrouted: IntCounterVec,
+    flag_changes: IntCounterVec,
+    flag_reload_errors: IntCounter,
+    flags_version: IntGauge,
+    engine_errors: IntCounterVec,
+}
+
+/// Handles for one stream, resolved once when it starts.
+#[derive(Clone)]
+pub struct StreamMetrics {
+    started: IntCounter,
+    active: IntGauge,
+    first_event: Histogram,
+    duration: Histogram,
+    finished: IntCounterVec,
+    route: Arc<str>,
+    transport: Transport,
+}
+
+impl StreamMetrics {
+    /// The stream was accepted and registered.
+    pub fn started(&self) {
+        self.started.inc();
+        self.active.inc();
+    }
+
+    /// Request to first chunk.
+    pub fn first_chunk(&self, seconds: f64) {
+        self.first_event.observe(seconds);
+    }
+
+    /// The stream wrote `end` with `reason` after `seconds`.
+    pub fn finished(&self, reason: &str, seconds: f64) {
+        self.active.dec();
+        self.duration.observe(seconds);
+        self.finished
+            .with_label_values(&[&self.route, self.transport.as_str(), reason])
+            .inc();
+    }
+}
+
+/// Per-event-type delivery counters of one subscriber.
+#[derive(Clone)]
+pub struct EventCounters([IntCounter; EventKind::ALL.len()]);
+
+impl EventCounters {
+    #[inline]
+    pub fn delivered(&self, kind: EventKind) {
+        self.0[kind.index()].inc();
+    }
+}
+
+fn must<T>(r: prometheus::Result<T>, what: &str) -> T {
+    match r {
+        Ok(v) => v,
+        // Only reachable with a malformed name or a double registration: a bug here.
+        Err(e) => unreachable_metric(what, e),
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_metric(what: &str, e: prometheus::Error) -> ! {
+    panic!("metric {what} cannot be registered: {e}")
+}
+
+impl Metrics {
+    pub fn new(routes: &Routes) -> Arc<Metrics> {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr, $name:literal) => {{
+                let m = must($m, $name);
+                must(registry.register(Box::new(m.clone())), $name);
+                m
+            }};
+        }
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels)
+        };
+        let m = Metrics {
+            streams_started: reg!(
+                counter(
+                    "switchyard_streams_started_total",
+                    "Streams started, by route and the transport of the request.",
+                    &["route", "transport"]
+                ),
+                "streams_started"
+            ),
+            streams_finished: reg!(
+                counter(
+                    "switchyard_streams_finished_total",
+                    "Streams finished, by end reason; `rejected` counts refused requests (409, 413, 429, 503); `slow_consumer` counts subscribers cut off.",
+                    &["route", "transport", "reason"]
+                ),
+                "streams_finished"
+            ),
+            events: reg!(
+                counter(
+                    "switchyard_events_total",
+                    "Events delivered, per subscriber transport.",
+                    &["route", "transport", "event"]
+                ),
+                "events"
+            ),
+            active: reg!(
+                gauge(
+                    "switchyard_active_streams",
+                    "Streams running now.",
+                    &["route", "transport"]
+                ),
+                "active"
+            ),
+            first_event: reg!(
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "switchyard_first_event_seconds",
+                        "Time from the request to the first chunk."
+                    )
+                    .buckets(FIRST_EVENT_BUCKETS.to_vec()),
+                    &["route", "transport"]
+                ),
+                "first_event"
+            ),
+            duration: reg!(
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "switchyard_stream_duration_seconds",
+                        "Time from the request to the stream's end."
+                    )
+                    .buckets(DURATION_BUCKETS.to_vec()),
+                    &["route", "transport"]
+                ),
+                "duration"
+            ),
+            socketio_connections: reg!(
+                gauge(
+                    "switchyard_socketio_connections",
+                    "Socket.IO connections open now.",
+                    &["namespace"]
+                ),
+                "socketio_connections"
+            ),
+            flag_mode: reg!(
+                gauge(
+                    "switchyard_flag_mode",
+                    "1 for each route's mode in force, 0 for the others.",
+                    &["route", "mode"]
+                ),
+                "flag_mode"
+            ),
+            flag_percent: reg!(
+                GaugeVec::new(
+                    Opts::new(
+                        "switchyard_flag_percent",
+                        "Each route's rollout percent in force."
+                    ),
+                    &["route"]
+                ),
+                "flag_percent"
+            ),
+            flag_evaluations: reg!(
+                counter(
+                    "switchyard_flag_evaluations_total",
+                    "Flag evaluations of new requests, by evaluated transport (http or socketio).",
+                    &["route", "transport"]
+                ),
+                "flag_evaluations"
+            ),
+            misrouted: reg!(
+                counter(
+                    "switchyard_misrouted_total",
+                    "Requests served on the other transport than their subject's, by the transport used.",
+                    &["route", "transport"]
+                ),
+                "misrouted"
+            ),
+            flag_changes: reg!(
+                counter(
+                    "switchyard_flag_changes_total",
+                    "Flag changes applied (admin API or file).",
+                    &["route"]
+                ),
+                "flag_changes"
+            ),
+            flag_reload_errors: reg!(
+                IntCounter::new(
+                    "switchyard_flag_reload_errors_total",
+                    "Invalid edits of the flags file (the last good flags stayed)."
+                ),
+                "flag_reload_errors"
+            ),
+            flags_version: reg!(
+                IntGauge::new(
+                    "switchyard_flags_version",
+                    "The flags version in force on this node."
+                ),
+                "flags_version"
+            ),
+            engine_errors: reg!(
+                counter(
+                    "switchyard_engine_errors_total",
+                    "Engine failures (errors, panics, upstream failures).",
+                    &["route", "engine"]
+                ),
+                "engine_errors"
+            ),
+            registry,
+        };
+        for ns in routes.namespaces() {
+            m.socketio_connections.with_label_values(&[&ns]);
+        }
+        for r in routes.iter() {
+            let route = &*r.name;
+            for t in TRANSPORTS {
+                let t = t.as_str();
+                m.streams_started.with_label_values(&[route, t]);
+                m.active.with_label_values(&[route, t]);
+                m.first_event.with_label_values(&[route, t]);
+                m.duration.with_label_values(&[route, t]);
+                m.misrouted.with_label_values(&[route, t]);
+                for reason in FINISH_REASONS {
+                    m.streams_finished.with_label_values(&[route, t, reason]);
+                }
+                for kind in EventKind::ALL {
+                    m.events.with_label_values(&[route, t, kind.as_str()]);
+                }
+            }
+            for target in [Target::Http, Target::Socketio] {
+                m.flag_evaluations
+                    .with_label_values(&[route, target.as_str()]);
+            }
+            m.flag_changes.with_label_values(&[route]);
+            m.engine_errors
+                .with_label_values(&[route, r.engine.build().kind()]);
+        }
+        Arc::new(m)
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into memory only fails on a malformed family, which `new` rules out.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// The handles of a stream about to start (nothing is counted until
+    /// [`StreamMetrics::started`]).
+    pub fn stream(&self, route: &Arc<str>, transport: Transport) -> StreamMetrics {
+        let labels = [&**route, transport.as_str()];
+        StreamMetrics {
+            started: self.streams_started.with_label_values(&labels),
+            active: self.active.with_label_values(&labels),
+            first_event: self.first_event.with_label_values(&labels),
+            duration: self.duration.with_label_values(&labels),
+            finished: self.streams_finished.clone(),
+            route: route.clone(),
+            transport,
+        }
+    }
+
+    /// The delivery counters of one subscriber.
+    pub fn subscriber(&self, route: &str, transport: Transport) -> EventCounters {
+        EventCounters(EventKind::ALL.map(|k| {
+            self.events
+                .with_label_values(&[route, transport.as_str(), k.as_str()])
+        }))
+    }
+
+    /// A subscriber cut off for lagging.
+    pub fn slow_consumer(&self, route: &str, transport: Transport) {
+        self.streams_finished
+            .with_label_values(&[route, transport.as_str(), "slow_consumer"])
+            .inc();
+    }
+
+    /// Counts a refused request on a known route (409, 413, 429, 503); other errors are
+    /// not streams.
+    pub fn refused(&self, route: &str, transport: Transport, error: &ApiError) {
+        if matches!(error.http_status(), 409 | 413 | 429 | 503) {
+            self.streams_finished
+                .with_label_values(&[route, transport.as_str(), "rejected"])
+                .inc();
+        }
+    }
+
+    pub fn flag_evaluated(&self, route: &str, evaluated: Target) {
+        self.flag_evaluations
+            .with_label_values(&[route, evaluated.as_str()])
+            .inc();
+    }
+
+    pub fn misrouted(&self, route: &str, used: Transport) {
+        self.misrouted
+            .with_label_values(&[route, used.as_str()])
+            .inc();
+    }
+
+    pub fn flag_changed(&self, route: &str) {
+        self.flag_changes.with_label_values(&[route]).inc();
+    }
+
+    pub fn flag_reload_failed(&self) {
+        self.flag_reload_errors.inc();
+    }
+
+    /// Sets the flag gauges from the flags in force (every configured route).
+    pub fn flags_in_force(&self, flags: &Flags, routes: &[String]) {
+        self.flags_version
+            .set(i64::try_from(flags.version).unwrap_or(i64::MAX));
+        for route in routes {
+            let flag = flags.route(route);
+            for mode in MODES {
+                self.flag_mode
+                    .with_label_values(&[route, mode.as_str()])
+                    .set(i64::from(flag.mode == mode));
+            }
+            self.flag_percent
+                .with_label_values(&[route])
+                .set(flag.percent.as_f64());
+        }
+    }
+
+    pub fn engine_error(&self, route: &str, engine: &str) {
+        self.engine_errors.with_label_values(&[route, engine]).inc();
+    }
+
+    pub fn socket_connected(&self, namespace: &str) {
+        self.socketio_connections
+            .with_label_values(&[namespace])
+            .inc();
+    }
+
+    pub fn socket_disconnected(&self, namespace: &str) {
+        self.socketio_connections
+            .with_label_values(&[namespace])
+            .dec();
+    }
+}
