@@ -9,4 +9,5 @@ mod fanout;
 mod flags;
 mod http;
 mod lifecycle;
+mod metrics;
 mod socketio;

@@ -1,0 +1,280 @@
+//! Metrics: exact counter movements for a known mix of streams on every transport, and
+//! the real-Prometheus check of the dashboards (scripts/check-dashboards).
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use crate::common::*;
+
+/// `name{labels}` → value, from the text exposition.
+pub fn scrape(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn metrics(s: &Server) -> BTreeMap<String, f64> {
+    let text = http()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    scrape(&text)
+}
+
+fn get(m: &BTreeMap<String, f64>, key: &str) -> f64 {
+    *m.get(key).unwrap_or_else(|| panic!("no sample {key}"))
+}
+
+#[tokio::test]
+async fn counters_move_by_exactly_what_happened() {
+    let mut c = config();
+    c.limits.max_body_bytes = 10_000;
+    let s = Server::start(c).await;
+    let before = metrics(&s).await;
+    // Every family is there from start-up, at 0 for every configured route.
+    assert_eq!(
+        get(
+            &before,
+            r#"switchyard_streams_started_total{route="chat",transport="ndjson"}"#
+        ),
+        0.0
+    );
+    assert_eq!(
+        get(&before, r#"switchyard_flag_mode{mode="dual",route="chat"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &before,
+            r#"switchyard_flag_mode{mode="legacy",route="chat"}"#
+        ),
+        0.0
+    );
+
+    // 2 completed + 1 failed + 1 cancelled over NDJSON; 1 SSE; 1 Socket.IO; 1 rejected (413).
+    for _ in 0..2 {
+        post_ndjson(&s.url(CHAT), &chat_body("one two three")).await;
+    }
+    post_ndjson(
+        &s.url(CHAT),
+        &json!({"options": {"chunks": 5, "fail_after": 2}}),
+    )
+    .await;
+    let mut live = LineReader::open(
+        http()
+            .post(s.url(CHAT))
+            .json(&json!({"request_id": "m-c", "options": {"chunks": 1000, "interval_ms": 20}})),
+    )
+    .await;
+    live.until(|v| v["event"] == "chunk").await;
+    http()
+        .post(s.url("/api/ai/cancel/m-c"))
+        .send()
+        .await
+        .unwrap();
+    live.rest().await;
+    http()
+        .post(s.url(CHAT))
+        .header("accept", "text/event-stream")
+        .json(&chat_body("a b"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let r = http()
+        .post(s.url(CHAT))
+        .json(&json!({"pad": "x".repeat(20_000)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let (lines, code) = Sio::spawn(
+        Client::Node,
+        sio_spec(&s, &["websocket"], json!([
+            {"emit": "chat_message", "data": {"message": "x y z w", "session_id": "m"}, "ack": true},
+            {"wait_for": "chat_complete", "count": 1}
+        ])),
+    )
+    .finish()
+    .await;
+    assert_eq!(code, 0, "{lines:?}");
+    let hub = s.bridge.hub().clone();
+    eventually("all streams ended", || hub.running() == 0).await;
+
+    let after = metrics(&s).await;
+    let delta = |key: &str| get(&after, key) - before.get(key).copied().unwrap_or(0.0);
+    let k = |name: &str, labels: &str| format!("switchyard_{name}{{{labels}}}");
+    let expect = [
+        (
+            k(
+                "streams_started_total",
+                r#"route="chat",transport="ndjson""#,
+            ),
+            4.0,
+        ),
+        (
+            k("streams_started_total", r#"route="chat",transport="sse""#),
+            1.0,
+        ),
+        (
+            k(
+                "streams_started_total",
+                r#"route="chat",transport="socketio""#,
+            ),
+            1.0,
+        ),
+        (
+            k(
+                "streams_finished_total",
+                r#"reason="completed",route="chat",transport="ndjson""#,
+            ),
+            2.0,
+        ),
+        (
+            k(
+                "streams_finished_total",
+                r#"reason="error",route="chat",transport="ndjson""#,
+            ),
+            1.0,
+        ),
+        (
+            k(
+                "streams_finished_total",
+                r#"reason="cancelled",route="chat",transport="ndjson""#,
+            ),
+            1.0,
+        ),
+        (
+            k(
+                "streams_finished_total",
+                r#"reason="rejected",route="chat",transport="ndjson""#,
+            ),
+            1.0,
+        ),
+        (
+            k(
+                "streams_finished_total",
+                r#"reason="completed",route="chat",transport="sse""#,
+            ),
+            1.0,
+        ),
+        (
+            k(
+                "streams_finished_total",
+                r#"reason="completed",route="chat",transport="socketio""#,
+            ),
+            1.0,
+        ),
+        (
+            k("engine_errors_total", r#"engine="script",route="chat""#),
+            1.0,
+        ),
+        // Dual: every subject evaluates to Socket.IO, so HTTP requests are misrouted.
+        (
+            k(
+                "flag_evaluations_total",
+                r#"route="chat",transport="socketio""#,
+            ),
+            6.0,
+        ),
+        (
+            k("misrouted_total", r#"route="chat",transport="ndjson""#),
+            4.0,
+        ),
+        (k("misrouted_total", r#"route="chat",transport="sse""#), 1.0),
+        (
+            k("misrouted_total", r#"route="chat",transport="socketio""#),
+            0.0,
+        ),
+        // Events delivered: 2 × (started + 3 chunks + completion + end) + failed (started,
+        // 2 chunks, error, end) + the cancelled one's lines, over NDJSON.
+        (
+            k(
+                "events_total",
+                r#"event="chunk",route="chat",transport="sse""#,
+            ),
+            2.0,
+        ),
+        (
+            k(
+                "events_total",
+                r#"event="end",route="chat",transport="ndjson""#,
+            ),
+            4.0,
+        ),
+        (
+            k(
+                "events_total",
+                r#"event="error",route="chat",transport="ndjson""#,
+            ),
+            1.0,
+        ),
+        (
+            k(
+                "events_total",
+                r#"event="chunk",route="chat",transport="socketio""#,
+            ),
+            4.0,
+        ),
+        (
+            k(
+                "events_total",
+                r#"event="completion",route="chat",transport="socketio""#,
+            ),
+            1.0,
+        ),
+        (
+            k(
+                "events_total",
+                r#"event="status_update",route="chat",transport="socketio""#,
+            ),
+            0.0,
+        ),
+        (
+            k(
+                "first_event_seconds_count",
+                r#"route="chat",transport="ndjson""#,
+            ),
+            4.0,
+        ),
+        (
+            k(
+                "stream_duration_seconds_count",
+                r#"route="chat",transport="socketio""#,
+            ),
+            1.0,
+        ),
+        (
+            k("active_streams", r#"route="chat",transport="ndjson""#),
+            0.0,
+        ),
+    ];
+    for (key, want) in expect {
+        assert_eq!(delta(&key), want, "{key}");
+    }
+    let sockets = || async {
+        metrics(&s)
+            .await
+            .get(r#"switchyard_socketio_connections{namespace="/"}"#)
+            .copied()
+    };
+    for _ in 0..200 {
+        if sockets().await == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(sockets().await, Some(0.0));
+    s.shutdown().await;
+}
