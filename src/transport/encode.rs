@@ -409,12 +409,15 @@ engine = { kind = "script" }
             replay_max_bytes: 1 << 20,
             retention: Duration::from_secs(1),
         });
+        let route = routes.get(route).unwrap().clone();
+        let metrics = crate::metrics::Metrics::new(&routes);
         let (s, _c) = hub
             .create(
                 RequestId::parse("r1").unwrap(),
-                routes.get(route).unwrap().clone(),
+                route.clone(),
                 Some("s1".into()),
                 Transport::Ndjson,
+                metrics.stream(&route.name, Transport::Ndjson),
             )
             .unwrap();
         s
