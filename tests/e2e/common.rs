@@ -133,6 +133,11 @@ pub async fn post_ndjson(url: &str, body: &Value) -> Vec<Value> {
     parse_ndjson(&resp.text().await.unwrap())
 }
 
+/// GETs and reads the whole body as text.
+pub async fn get_text(url: &str) -> String {
+    http().get(url).send().await.unwrap().text().await.unwrap()
+}
+
 pub fn parse_ndjson(text: &str) -> Vec<Value> {
     text.lines()
         .filter(|l| !l.is_empty())

@@ -248,28 +248,10 @@ async fn resume_replays_exactly_the_missing_events_then_follows() {
         &json!({"request_id": "r-done", "messages": [{"role": "user", "content": "a b c d e"}]}),
     )
     .await;
-    let replay = parse_ndjson(
-        &http()
-            .get(s.url("/api/streams/r-done?after=2"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let replay = parse_ndjson(&get_text(&s.url("/api/streams/r-done?after=2")).await);
     assert_eq!(replay, all[3..].to_vec());
     // No position: from the start.
-    let replay = parse_ndjson(
-        &http()
-            .get(s.url("/api/streams/r-done"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let replay = parse_ndjson(&get_text(&s.url("/api/streams/r-done")).await);
     assert_eq!(replay, all);
     // SSE: Last-Event-ID wins over after.
     let text = http()

@@ -19,14 +19,7 @@ pub fn scrape(text: &str) -> BTreeMap<String, f64> {
 }
 
 async fn metrics(s: &Server) -> BTreeMap<String, f64> {
-    let text = http()
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&s.url("/metrics")).await;
     scrape(&text)
 }
 
