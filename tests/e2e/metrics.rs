@@ -271,3 +271,97 @@ async fn counters_move_by_exactly_what_happened() {
     assert_eq!(sockets().await, Some(0.0));
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
+    for tool in ["prometheus", "promtool"] {
+        let found = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .unwrap();
+        assert!(
+            found.status.success(),
+            "{tool} is not installed: scripts/test installs Debian's `prometheus` package (apt-get install prometheus)"
+        );
+    }
+    let mut c = config();
+    c.admin.token = Some("ops".into());
+    let s = Server::start(c).await;
+    // Traffic on all three transports, a flag change, a cancel and an engine error.
+    post_ndjson(&s.url(CHAT), &chat_body("one two")).await;
+    get_text_post_sse(&s).await;
+    post_ndjson(
+        &s.url(CHAT),
+        &json!({"options": {"chunks": 3, "fail_after": 1}}),
+    )
+    .await;
+    let mut live = LineReader::open(
+        http()
+            .post(s.url(CHAT))
+            .json(&json!({"request_id": "d-c", "options": {"chunks": 1000, "interval_ms": 20}})),
+    )
+    .await;
+    live.until(|v| v["event"] == "chunk").await;
+    http()
+        .post(s.url("/api/ai/cancel/d-c"))
+        .send()
+        .await
+        .unwrap();
+    live.rest().await;
+    let r = http()
+        .put(s.url("/admin/flags/chat"))
+        .bearer_auth("ops")
+        .json(&json!({"mode": "rollout", "percent": 50}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (lines, code) = Sio::spawn(
+        Client::Node,
+        sio_spec(&s, &["websocket"], json!([
+            {"emit": "chat_message", "data": {"message": "x y", "session_id": "d"}, "ack": true},
+            {"wait_for": "chat_complete", "count": 1}
+        ])),
+    )
+    .finish()
+    .await;
+    assert_eq!(code, 0, "{lines:?}");
+    // A stream that keeps running while Prometheus scrapes, so rates have data.
+    let _busy = LineReader::open(
+        http()
+            .post(s.url(CHAT))
+            .json(&json!({"options": {"chunks": 3000, "interval_ms": 20}})),
+    )
+    .await;
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        tokio::process::Command::new(repo().join("scripts/check-dashboards"))
+            .arg(s.base())
+            .output(),
+    )
+    .await
+    .expect("the dashboard check finishes")
+    .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "dashboard check failed:\n{report}");
+    s.shutdown().await;
+}
+
+async fn get_text_post_sse(s: &Server) {
+    let text = http()
+        .post(s.url(CHAT))
+        .header("accept", "text/event-stream")
+        .json(&chat_body("a b"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("event: end"));
+}
