@@ -120,10 +120,12 @@ impl Bridge {
             .engines
             .get(&req.route.name)
             .ok_or_else(|| ApiError::UnknownRoute(req.route.name.to_string()))?;
-        let job = engine.prepare(&req.input).map_err(|e| match e {
-            EngineError::InvalidOption { .. } => ApiError::InvalidRequest(e.to_string()),
-            EngineError::Failed { message, .. } => ApiError::InvalidRequest(message),
-        })?;
+        let job = engine
+            .prepare(&req.input, &req.caller)
+            .map_err(|e| match e {
+                EngineError::InvalidOption { .. } => ApiError::InvalidRequest(e.to_string()),
+                EngineError::Failed { message, .. } => ApiError::InvalidRequest(message),
+            })?;
         let id = req.request_id.clone().unwrap_or_else(RequestId::generate);
         let (stream, cursor) = self.inner.hub.create(
             id,

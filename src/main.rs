@@ -206,7 +206,7 @@ fn serve(
                 "route {}: POST {}{sio} ({} engine)",
                 r.name,
                 r.http.path,
-                r.engine.build().kind()
+                r.engine.kind()
             );
         }
         tracing::info!("switchyard listening on http://{addr} (Socket.IO at /socket.io/)");

@@ -287,8 +287,7 @@ impl Metrics {
                     .with_label_values(&[route, target.as_str()]);
             }
             m.flag_changes.with_label_values(&[route]);
-            m.engine_errors
-                .with_label_values(&[route, r.engine.build().kind()]);
+            m.engine_errors.with_label_values(&[route, r.engine.kind()]);
         }
         Arc::new(m)
     }

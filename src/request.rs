@@ -89,6 +89,8 @@ pub struct StreamRequest {
     pub session_id: Option<Arc<str>>,
     pub subject: Subject,
     pub transport: Transport,
+    /// What upstream engines may forward of the caller (never logged).
+    pub caller: crate::engine::Caller,
 }
 
 /// Longest accepted `session_id`.
@@ -144,6 +146,7 @@ impl StreamRequest {
             session_id,
             subject,
             transport,
+            caller: crate::engine::Caller::default(),
         })
     }
 

@@ -5,7 +5,10 @@
 //! ended; it never sees a transport, a subscriber, a `seq` or the stream rules (the core
 //! applies those to whatever an engine writes).
 
+pub mod ndjson;
+pub mod openai;
 pub mod script;
+pub mod upstream;
 
 use std::sync::Arc;
 
@@ -26,6 +29,24 @@ pub type Emitter = Arc<dyn Sink>;
 /// The engine's work for one request, ready to run.
 pub type Job = Box<dyn FnOnce(Emitter) -> BoxFuture<'static, Result<(), EngineError>> + Send>;
 
+/// What an engine may know of the caller beyond the neutral input.
+#[derive(Clone, Default)]
+pub struct Caller {
+    /// The caller's `Authorization` header (or `Bearer <handshake token>` on Socket.IO),
+    /// passed to an upstream only when its route says `forward_authorization = true`.
+    pub authorization: Option<String>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Credentials never reach a log line.
+        let auth = self.authorization.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Caller")
+            .field("authorization", &auth)
+            .finish()
+    }
+}
+
 /// An engine, one per route.
 pub trait Engine: Send + Sync {
     /// The engine kind, as in routes.toml (`script`, ...).
@@ -33,7 +54,7 @@ pub trait Engine: Send + Sync {
 
     /// Checks the neutral input (options over their maxima, ...) before the stream starts;
     /// an error here refuses the request with 400 and starts nothing.
-    fn prepare(&self, input: &Value) -> Result<Job, EngineError>;
+    fn prepare(&self, input: &Value, caller: &Caller) -> Result<Job, EngineError>;
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -50,11 +71,13 @@ pub enum EngineError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum EngineSpec {
     Script(script::ScriptLimits),
+    Ndjson(ndjson::NdjsonSpec),
+    Chat(openai::ChatSpec),
 }
 
 impl EngineSpec {
     /// Known engine kinds.
-    pub const KINDS: [&'static str; 1] = ["script"];
+    pub const KINDS: [&'static str; 4] = ["script", "ndjson", "openai", "ollama"];
 
     /// Parses the `engine` table of a route; errors name the field inside it.
     pub fn from_toml(v: &toml::Value) -> Result<EngineSpec, (String, String)> {
@@ -67,6 +90,15 @@ impl EngineSpec {
         match t.get("kind") {
             Some(toml::Value::String(k)) if k == "script" => {
                 script::ScriptLimits::from_table(t).map(EngineSpec::Script)
+            }
+            Some(toml::Value::String(k)) if k == "ndjson" => {
+                ndjson::NdjsonSpec::from_table(t).map(EngineSpec::Ndjson)
+            }
+            Some(toml::Value::String(k)) if k == "openai" => {
+                openai::ChatSpec::from_table(t, openai::Dialect::OpenAi).map(EngineSpec::Chat)
+            }
+            Some(toml::Value::String(k)) if k == "ollama" => {
+                openai::ChatSpec::from_table(t, openai::Dialect::Ollama).map(EngineSpec::Chat)
             }
             Some(toml::Value::String(k)) => Err((
                 "kind".into(),
@@ -86,6 +118,20 @@ impl EngineSpec {
     pub fn build(&self) -> Arc<dyn Engine> {
         match self {
             EngineSpec::Script(limits) => Arc::new(script::ScriptEngine::new(limits.clone())),
+            EngineSpec::Ndjson(spec) => Arc::new(ndjson::NdjsonEngine::new(spec.clone())),
+            EngineSpec::Chat(spec) => Arc::new(openai::ChatEngine::new(spec.clone())),
+        }
+    }
+
+    /// The engine kind, as in routes.toml.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EngineSpec::Script(_) => "script",
+            EngineSpec::Ndjson(_) => "ndjson",
+            EngineSpec::Chat(spec) => match spec.dialect {
+                openai::Dialect::OpenAi => "openai",
+                openai::Dialect::Ollama => "ollama",
+            },
         }
     }
 }

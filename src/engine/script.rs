@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use serde_json::{Map, Value, json};
 
-use super::{Emitter, Engine, EngineError, Job};
+use super::{Caller, Emitter, Engine, EngineError, Job};
 use crate::event::EventKind;
 
 /// The text streamed when the request has no user message.
@@ -126,7 +126,7 @@ impl Engine for ScriptEngine {
         "script"
     }
 
-    fn prepare(&self, input: &Value) -> Result<Job, EngineError> {
+    fn prepare(&self, input: &Value, _caller: &Caller) -> Result<Job, EngineError> {
         let plan = self.plan(input)?;
         Ok(Box::new(move |out| run(plan, out).boxed()))
     }
@@ -276,7 +276,7 @@ mod tests {
 
     async fn collect(input: Value) -> (Vec<(EventKind, Value)>, Result<(), EngineError>) {
         let sink = std::sync::Arc::new(Collect::default());
-        let job = engine().prepare(&input).unwrap();
+        let job = engine().prepare(&input, &Caller::default()).unwrap();
         let r = job(sink.clone()).await;
         let events = sink.0.lock().unwrap().clone();
         (events, r)

@@ -231,7 +231,8 @@ async fn start_stream_on(
     let input: Value = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::InvalidRequest(format!("the request body is not valid JSON: {e}"))
     })?;
-    let request = StreamRequest::from_input(route, input, subject, wire.transport())?;
+    let mut request = StreamRequest::from_input(route, input, subject, wire.transport())?;
+    request.caller.authorization = header_str(&parts.headers, "authorization").map(str::to_string);
     let started = b.start(request)?;
     Ok(stream_response(b, started.cursor, wire, StatusCode::OK))
 }

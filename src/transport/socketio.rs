@@ -18,6 +18,7 @@ use tokio::task::AbortHandle;
 
 use super::encode::{self, LegacyFrame};
 use crate::bridge::Bridge;
+use crate::engine::Caller;
 use crate::error::ApiError;
 use crate::event::{EventKind, slow_consumer_events};
 use crate::hub::{Batch, Cursor, SessionFollow};
@@ -39,6 +40,8 @@ const ENGINE_IO_QUERY: [&str; 4] = ["EIO", "transport", "t", "sid"];
 /// What the bridge keeps per socket.
 struct SocketCtx {
     subject: Subject,
+    /// `Bearer <handshake token>`, for upstreams that forward the caller's credential.
+    caller: Caller,
     /// The handshake auth object without its token (templates read `$.auth.x`).
     auth: Value,
     /// Streams this socket receives, each by its own delivery task.
@@ -120,6 +123,9 @@ fn handshake(b: &Bridge, socket: &SocketRef, auth: Option<Value>) -> Result<(), 
     };
     socket.extensions.insert(Arc::new(SocketCtx {
         subject,
+        caller: Caller {
+            authorization: token.map(|t| format!("Bearer {t}")),
+        },
         auth: Value::Object(auth),
         streams: Mutex::new(HashMap::new()),
         sessions: Mutex::new(HashMap::new()),
@@ -275,12 +281,13 @@ fn start(
         }),
         None => payload.clone(),
     };
-    let req = StreamRequest::from_input(
+    let mut req = StreamRequest::from_input(
         route.clone(),
         input,
         ctx.subject.clone(),
         Transport::Socketio,
     )?;
+    req.caller = ctx.caller.clone();
     Ok(b.start(req)?.cursor)
 }
 
