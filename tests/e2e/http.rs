@@ -344,3 +344,20 @@ async fn slow_http_reader_gets_every_event_or_a_slow_consumer_end() {
     }
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_silent_engine_ends_with_timeout() {
+    let mut c = config();
+    c.engine.idle_timeout_secs = 1;
+    let s = Server::start(c).await;
+    let events = post_ndjson(
+        &s.url(CHAT),
+        &json!({"options": {"chunks": 3, "interval_ms": 2500}}),
+    )
+    .await;
+    check_rules(&events);
+    let n = events.len();
+    assert_eq!(events[n - 2]["data"]["error_type"], "timeout");
+    assert_eq!(events[n - 1]["data"]["reason"], "timeout");
+    s.shutdown().await;
+}
