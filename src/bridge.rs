@@ -314,9 +314,12 @@ async fn produce(
     } = &finish
     {
         tracing::warn!(error_type, message, "stream failed");
+    }
+    // An engine failure is any stream ending in `error`: the engine's own error result,
+    // or an `error` event the upstream sent itself.
+    if stream.finish(finish).as_deref() == Some("error") {
         metrics.engine_error(&stream.route.name, engine_kind);
     }
-    stream.finish(finish);
     hub.finished(&stream);
     tracing::debug!(subscribers = stream.subscribers(), "stream ended");
 }

@@ -121,8 +121,9 @@ impl Stream {
         self.publish();
     }
 
-    /// Writes the terminal event (if the engine did not) and `end`.
-    pub fn finish(&self, how: Finish) {
+    /// Writes the terminal event (if the engine did not) and `end`; returns the end reason
+    /// (`None` if the stream had already ended).
+    pub fn finish(&self, how: Finish) -> Option<String> {
         let mut log = self.log();
         let events = log.rules.finish(how);
         let reason = events
@@ -134,10 +135,11 @@ impl Stream {
         }
         drop(log);
         self.publish();
-        if let Some(reason) = reason {
+        if let Some(reason) = &reason {
             self.metrics
-                .finished(&reason, self.created.elapsed().as_secs_f64());
+                .finished(reason, self.created.elapsed().as_secs_f64());
         }
+        reason
     }
 
     fn append(&self, log: &mut Log, event: Event) {
