@@ -54,37 +54,7 @@ async fn counters_move_by_exactly_what_happened() {
     );
 
     // 2 completed + 1 failed + 1 cancelled over NDJSON; 1 SSE; 1 Socket.IO; 1 rejected (413).
-    for _ in 0..2 {
-        post_ndjson(&s.url(CHAT), &chat_body("one two three")).await;
-    }
-    post_ndjson(
-        &s.url(CHAT),
-        &json!({"options": {"chunks": 5, "fail_after": 2}}),
-    )
-    .await;
-    let mut live = LineReader::open(
-        http()
-            .post(s.url(CHAT))
-            .json(&json!({"request_id": "m-c", "options": {"chunks": 1000, "interval_ms": 20}})),
-    )
-    .await;
-    live.until(|v| v["event"] == "chunk").await;
-    http()
-        .post(s.url("/api/ai/cancel/m-c"))
-        .send()
-        .await
-        .unwrap();
-    live.rest().await;
-    http()
-        .post(s.url(CHAT))
-        .header("accept", "text/event-stream")
-        .json(&chat_body("a b"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    known_mix(&s, "m").await;
     let r = http()
         .post(s.url(CHAT))
         .json(&json!({"pad": "x".repeat(20_000)}))
@@ -92,16 +62,6 @@ async fn counters_move_by_exactly_what_happened() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
-    let (lines, code) = Sio::spawn(
-        Client::Node,
-        sio_spec(&s, &["websocket"], json!([
-            {"emit": "chat_message", "data": {"message": "x y z w", "session_id": "m"}, "ack": true},
-            {"wait_for": "chat_complete", "count": 1}
-        ])),
-    )
-    .finish()
-    .await;
-    assert_eq!(code, 0, "{lines:?}");
     let hub = s.bridge.hub().clone();
     eventually("all streams ended", || hub.running() == 0).await;
 
@@ -289,26 +249,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     c.admin.token = Some("ops".into());
     let s = Server::start(c).await;
     // Traffic on all three transports, a flag change, a cancel and an engine error.
-    post_ndjson(&s.url(CHAT), &chat_body("one two")).await;
-    get_text_post_sse(&s).await;
-    post_ndjson(
-        &s.url(CHAT),
-        &json!({"options": {"chunks": 3, "fail_after": 1}}),
-    )
-    .await;
-    let mut live = LineReader::open(
-        http()
-            .post(s.url(CHAT))
-            .json(&json!({"request_id": "d-c", "options": {"chunks": 1000, "interval_ms": 20}})),
-    )
-    .await;
-    live.until(|v| v["event"] == "chunk").await;
-    http()
-        .post(s.url("/api/ai/cancel/d-c"))
-        .send()
-        .await
-        .unwrap();
-    live.rest().await;
+    known_mix(&s, "d").await;
     let r = http()
         .put(s.url("/admin/flags/chat"))
         .bearer_auth("ops")
@@ -317,16 +258,6 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let (lines, code) = Sio::spawn(
-        Client::Node,
-        sio_spec(&s, &["websocket"], json!([
-            {"emit": "chat_message", "data": {"message": "x y", "session_id": "d"}, "ack": true},
-            {"wait_for": "chat_complete", "count": 1}
-        ])),
-    )
-    .finish()
-    .await;
-    assert_eq!(code, 0, "{lines:?}");
     // A stream that keeps running while Prometheus scrapes, so rates have data.
     let _busy = LineReader::open(
         http()
@@ -352,8 +283,32 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     s.shutdown().await;
 }
 
-async fn get_text_post_sse(s: &Server) {
-    let text = http()
+/// A known mix on route `chat`: over NDJSON 2 completed, 1 failed (`fail_after`) and 1
+/// cancelled stream; 1 completed over SSE; 1 completed over Socket.IO (4 chunks).
+async fn known_mix(s: &Server, tag: &str) {
+    for _ in 0..2 {
+        post_ndjson(&s.url(CHAT), &chat_body("one two three")).await;
+    }
+    post_ndjson(
+        &s.url(CHAT),
+        &json!({"options": {"chunks": 5, "fail_after": 2}}),
+    )
+    .await;
+    let id = format!("{tag}-cancelled");
+    let mut live = LineReader::open(
+        http()
+            .post(s.url(CHAT))
+            .json(&json!({"request_id": id, "options": {"chunks": 1000, "interval_ms": 20}})),
+    )
+    .await;
+    live.until(|v| v["event"] == "chunk").await;
+    http()
+        .post(s.url(&format!("/api/ai/cancel/{id}")))
+        .send()
+        .await
+        .unwrap();
+    live.rest().await;
+    let sse = http()
         .post(s.url(CHAT))
         .header("accept", "text/event-stream")
         .json(&chat_body("a b"))
@@ -363,5 +318,15 @@ async fn get_text_post_sse(s: &Server) {
         .text()
         .await
         .unwrap();
-    assert!(text.contains("event: end"));
+    assert!(sse.contains("event: end"));
+    let (lines, code) = Sio::spawn(
+        Client::Node,
+        sio_spec(s, &["websocket"], json!([
+            {"emit": "chat_message", "data": {"message": "x y z w", "session_id": tag}, "ack": true},
+            {"wait_for": "chat_complete", "count": 1}
+        ])),
+    )
+    .finish()
+    .await;
+    assert_eq!(code, 0, "{lines:?}");
 }
