@@ -8,6 +8,7 @@ mod common;
 mod engines;
 mod fanout;
 mod flags;
+mod hardening;
 mod http;
 mod lifecycle;
 mod metrics;

@@ -1,0 +1,285 @@
+//! Bad input and hostile clients: resume edge cases, refused tokens on both transports,
+//! and no secret in the logs.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::common::*;
+
+#[tokio::test]
+async fn resume_edge_cases() {
+    let mut c = config();
+    c.replay.retention_secs = 1;
+    let s = Server::start(c).await;
+    let all = post_ndjson(
+        &s.url(CHAT),
+        &json!({"request_id": "edge", "messages": [{"role": "user", "content": "a b"}]}),
+    )
+    .await;
+    let last = all.len() as i64 - 1;
+    // `after` beyond the end: nothing left, the response just closes (SSE: 204).
+    let r = http()
+        .get(s.url(&format!("/api/streams/edge?after={}", last + 50)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "");
+    let r = http()
+        .get(s.url(&format!("/api/streams/edge?after={}", last + 50)))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    // -1 means from the start; anything lower or not a number is a 400.
+    assert_eq!(
+        parse_ndjson(&get_text(&s.url("/api/streams/edge?after=-1")).await),
+        all
+    );
+    for bad in ["-2", "abc", "1.5", "99999999999999999999999"] {
+        let r = http()
+            .get(s.url(&format!("/api/streams/edge?after={bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "after={bad}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["error_type"], "invalid_request");
+    }
+    let r = http()
+        .get(s.url("/api/streams/edge"))
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "garbage")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // After the retention time the stream is gone: 404.
+    let hub = s.bridge.hub().clone();
+    eventually("the finished stream is dropped after its retention", || {
+        hub.held() == 0
+    })
+    .await;
+    let r = http()
+        .get(s.url("/api/streams/edge?after=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["error_type"],
+        "unknown_stream"
+    );
+    s.shutdown().await;
+}
+
+fn token(secret: &str, claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn refused_tokens_on_both_transports() {
+    let mut c = config();
+    c.auth.jwt_secret = Some("s3cret".into());
+    c.auth.issuer = Some("https://id.example".into());
+    c.auth.audience = Some("switchyard".into());
+    let s = Server::start(c).await;
+    let good =
+        json!({"sub": "u", "iss": "https://id.example", "aud": "switchyard", "exp": now() + 600});
+    let with = |patch: Value| {
+        let mut claims = good.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        token("s3cret", claims)
+    };
+    let alg_none = {
+        use base64_url as b64;
+        format!(
+            "{}.{}.",
+            b64::encode(r#"{"alg":"none","typ":"JWT"}"#),
+            b64::encode(&good.to_string())
+        )
+    };
+    let refused = [
+        ("alg none", alg_none),
+        ("wrong signature", token("other", good.clone())),
+        ("expired", with(json!({"exp": now() - 600}))),
+        ("not yet valid", with(json!({"nbf": now() + 600}))),
+        ("wrong issuer", with(json!({"iss": "https://evil.example"}))),
+        ("wrong audience", with(json!({"aud": "someone-else"}))),
+        ("garbage", "not.a.jwt".to_string()),
+    ];
+    for (what, t) in &refused {
+        let r = http()
+            .post(s.url(CHAT))
+            .bearer_auth(t)
+            .json(&chat_body("x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "HTTP, {what}");
+        let mut spec = sio_spec(&s, &["websocket"], json!([]));
+        spec["auth"] = json!({"token": t});
+        let (lines, code) = Sio::spawn(Client::Node, spec).finish().await;
+        assert_eq!(code, 3, "Socket.IO, {what}: {lines:?}");
+        let refusal = lines.iter().find(|l| l["type"] == "connect_error").unwrap();
+        assert!(
+            refusal["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("unauthorized"),
+            "{what}: {refusal}"
+        );
+    }
+    let r = http()
+        .post(s.url(CHAT))
+        .bearer_auth(with(json!({})))
+        .json(&chat_body("x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    s.shutdown().await;
+}
+
+/// base64url without padding, enough for hand-made tokens.
+mod base64_url {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+    pub fn encode(input: &str) -> String {
+        let bytes = input.as_bytes();
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            let chars = chunk.len() + 1;
+            for i in 0..chars {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "jwt-secret-7f3a";
+    let admin = "admin-token-91c2";
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    let flags = flags_dir(&std::fs::read_to_string(repo().join("flags/flags.toml")).unwrap());
+    cmd.arg("serve")
+        .current_dir(dir.path())
+        .env("SWITCHYARD_LISTEN", "127.0.0.1:0")
+        .env("SWITCHYARD_ROUTES_FILE", repo().join("routes.toml"))
+        .env("SWITCHYARD_FLAGS_DIR", &flags)
+        .env("SWITCHYARD_AUTH__JWT_SECRET", secret)
+        .env("SWITCHYARD_ADMIN__TOKEN", admin)
+        .env("RUST_LOG", "trace")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = out.next_line().await.unwrap() {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_string();
+            }
+        }
+        panic!("the server exited before listening");
+    })
+    .await
+    .unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = log.clone();
+    let read_out = tokio::spawn(async move {
+        while let Ok(Some(l)) = out.next_line().await {
+            sink.lock().unwrap().push_str(&format!("{l}\n"));
+        }
+    });
+    let sink = log.clone();
+    let read_err = tokio::spawn(async move {
+        while let Ok(Some(l)) = err.next_line().await {
+            sink.lock().unwrap().push_str(&format!("{l}\n"));
+        }
+    });
+    let base = format!("http://{addr}");
+    let jwt = token(secret, json!({"sub": "alice", "exp": now() + 600}));
+    let r = http()
+        .post(format!("{base}{CHAT}"))
+        .bearer_auth(&jwt)
+        .json(&chat_body("hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap();
+    let r = http()
+        .post(format!("{base}{CHAT}"))
+        .bearer_auth("wrong-token-value")
+        .json(&chat_body("x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http()
+        .get(format!("{base}/admin/flags"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let spec = json!({"url": base, "transports": ["polling"], "auth": {"token": jwt}, "steps": [
+        {"emit": "chat_message", "data": {"message": "hi", "session_id": "s"}, "ack": true},
+        {"wait_for": "chat_complete", "count": 1}
+    ]});
+    let (lines, code) = Sio::spawn(Client::Node, spec).finish().await;
+    assert_eq!(code, 0, "{lines:?}");
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    for reader in [read_out, read_err] {
+        tokio::time::timeout(WAIT, reader).await.unwrap().unwrap();
+    }
+    let log = log.lock().unwrap().clone();
+    assert!(
+        log.contains("stream"),
+        "the trace log was captured: {} bytes",
+        log.len()
+    );
+    for secret in [secret, admin, jwt.as_str(), "wrong-token-value"] {
+        assert!(!log.contains(secret), "a secret reached the log: {secret}");
+    }
+    let signature = jwt.rsplit('.').next().unwrap();
+    assert!(!log.contains(signature));
+}
