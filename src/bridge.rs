@@ -29,12 +29,6 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// After the last stream ended at shutdown, how long subscribers get to write it out.
 const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
-/// A started stream: the stream and the requester's cursor (from seq 0).
-pub struct Started {
-    pub stream: Arc<Stream>,
-    pub cursor: Cursor,
-}
-
 #[derive(Clone)]
 pub struct Bridge {
     inner: Arc<Inner>,
@@ -109,8 +103,9 @@ impl Bridge {
     }
 
     /// Starts a stream: checks, registers, spawns the producer, returns the requester's
-    /// cursor. Nothing is started when this fails.
-    pub fn start(&self, req: StreamRequest) -> Result<Started, ApiError> {
+    /// cursor (from seq 0; its stream is `cursor.stream()`). Nothing is started when this
+    /// fails.
+    pub fn start(&self, req: StreamRequest) -> Result<Cursor, ApiError> {
         if self.is_draining() {
             return Err(ApiError::Draining);
         }
@@ -147,7 +142,7 @@ impl Bridge {
         );
         tokio::spawn(producer.instrument(span));
         tracing::debug!(request_id = %stream.id, route = %stream.route.name, transport = req.transport.as_str(), "stream started");
-        Ok(Started { stream, cursor })
+        Ok(cursor)
     }
 
     /// Applies the route's flag to a new request (SPEC section 5): refused on the

@@ -74,31 +74,7 @@ enum FlagsCmd {
     /// Every route's flag table, the flags version and the last reload result.
     List,
     /// Replace a route's whole flag table (absent options take their defaults).
-    Set {
-        /// Route name, as in routes.toml.
-        route: String,
-        /// legacy | dual | rollout | new
-        #[arg(long)]
-        mode: String,
-        /// rollout: share of subjects sent to HTTP, 0 to 100, at most two decimals [default: 0]
-        #[arg(long)]
-        percent: Option<String>,
-        /// user | session | tenant [default: user]
-        #[arg(long)]
-        sticky: Option<String>,
-        /// Always HTTP for this subject (repeatable), e.g. user:alice
-        #[arg(long, value_name = "KIND:VALUE")]
-        allow: Vec<String>,
-        /// Always Socket.IO for this subject (repeatable), e.g. tenant:acme
-        #[arg(long, value_name = "KIND:VALUE")]
-        deny: Vec<String>,
-        /// Refuse requests on the transport their subject was not given
-        #[arg(long)]
-        strict: bool,
-        /// Only apply if the flags are still at this version (409 otherwise)
-        #[arg(long, value_name = "VERSION")]
-        if_match: Option<String>,
-    },
+    Set(client::SetArgs),
     /// Kill switch: put a route back to legacy (Socket.IO) at once.
     Rollback {
         /// Route name, as in routes.toml.
@@ -113,28 +89,10 @@ enum FlagsCmd {
 }
 
 fn flags(conn: FlagsConn, command: FlagsCmd) -> anyhow::Result<ExitCode> {
-    use client::{FlagsCommand, SetArgs};
+    use client::FlagsCommand;
     let cmd = match command {
         FlagsCmd::List => FlagsCommand::List,
-        FlagsCmd::Set {
-            route,
-            mode,
-            percent,
-            sticky,
-            allow,
-            deny,
-            strict,
-            if_match,
-        } => FlagsCommand::Set(SetArgs {
-            route,
-            mode,
-            percent,
-            sticky,
-            allow,
-            deny,
-            strict,
-            if_match,
-        }),
+        FlagsCmd::Set(args) => FlagsCommand::Set(args),
         FlagsCmd::Rollback { route } => FlagsCommand::Rollback { route },
         FlagsCmd::History { limit } => FlagsCommand::History { limit },
     };

@@ -51,21 +51,32 @@ pub enum FlagsCommand {
     History { limit: Option<String> },
 }
 
-/// The arguments of `switchyard flags set`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The arguments of `switchyard flags set` (also its command-line definition; values
+/// stay strings so a bad one gets this module's one-line reason, not clap's usage error).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct SetArgs {
+    /// Route name, as in routes.toml.
     pub route: String,
-    /// `legacy` | `dual` | `rollout` | `new`.
+    /// legacy | dual | rollout | new
+    #[arg(long)]
     pub mode: String,
-    /// `0..=100`, at most two decimals; a trailing `%` is accepted. Absent means 0.
+    /// rollout: share of subjects sent to HTTP, 0 to 100, at most two decimals [default: 0]
+    #[arg(long)]
     pub percent: Option<String>,
-    /// `user` | `session` | `tenant`. Absent means `user`.
+    /// user | session | tenant [default: user]
+    #[arg(long)]
     pub sticky: Option<String>,
-    /// `kind:value` entries, kind `user` | `session` | `tenant`.
+    /// Always HTTP for this subject (repeatable), e.g. user:alice
+    #[arg(long, value_name = "KIND:VALUE")]
     pub allow: Vec<String>,
+    /// Always Socket.IO for this subject (repeatable), e.g. tenant:acme
+    #[arg(long, value_name = "KIND:VALUE")]
     pub deny: Vec<String>,
+    /// Refuse requests on the transport their subject was not given
+    #[arg(long)]
     pub strict: bool,
-    /// The flags version the change is based on (`If-Match`).
+    /// Only apply if the flags are still at this version (409 otherwise)
+    #[arg(long, value_name = "VERSION")]
     pub if_match: Option<String>,
 }
 

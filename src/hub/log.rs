@@ -172,11 +172,6 @@ impl Stream {
         self.log().rules.is_ended()
     }
 
-    /// The chunk text so far.
-    pub fn output(&self) -> String {
-        self.log().rules.output().to_string()
-    }
-
     /// Asks the producer to stop; the first reason given wins. Returns false if the
     /// stream had already ended.
     pub fn stop(&self, reason: EndReason) -> bool {

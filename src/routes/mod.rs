@@ -595,6 +595,13 @@ fn parse_emit_map(
                 p.add(format!("{field}.event"), format!("`{s}` is reserved"));
                 None
             }
+            Some(toml::Value::String(s)) if s.chars().any(char::is_control) => {
+                p.add(
+                    format!("{field}.event"),
+                    "must not contain line breaks or control characters",
+                );
+                None
+            }
             Some(toml::Value::String(s)) if !s.is_empty() => Some(s.as_str().into()),
             None if !event_required => Some(kind.as_str().into()),
             _ => {
@@ -806,6 +813,13 @@ socketio = { request_event = "go" }
             err.to_string()
                 .contains("also the request event of route \"a\"")
         );
+    }
+
+    #[test]
+    fn event_names_cannot_break_the_framing() {
+        let text = "[[route]]\nname = \"a\"\nengine = { kind = \"script\" }\n[route.http]\npath = \"/a\"\nemit = { chunk = { event = \"x\\ny\", payload = {} } }\n";
+        let err = Routes::parse(text, "f").unwrap_err();
+        assert!(err.to_string().contains("http.emit.chunk.event"), "{err}");
     }
 
     #[test]

@@ -233,8 +233,8 @@ async fn start_stream_on(
     })?;
     let mut request = StreamRequest::from_input(route, input, subject, wire.transport())?;
     request.caller.authorization = header_str(&parts.headers, "authorization").map(str::to_string);
-    let started = b.start(request)?;
-    Ok(stream_response(b, started.cursor, wire, StatusCode::OK))
+    let cursor = b.start(request)?;
+    Ok(stream_response(b, cursor, wire, StatusCode::OK))
 }
 
 /// What every HTTP subscriber needs besides its cursor.
@@ -296,49 +296,52 @@ fn streaming(
 /// The frames of one cursor until its stream's `end` (or this subscriber's
 /// `slow_consumer` end), each read batch written as one chunk.
 fn cursor_frames(cursor: Cursor, d: Delivery) -> impl Stream<Item = Bytes> + Send {
-    let stream = cursor.stream().clone();
-    let counters = d.metrics.subscriber(&stream.route.name, d.wire.transport());
-    stream::unfold(Some(cursor), move |state| {
-        let (d, stream, counters) = (d.clone(), stream.clone(), counters.clone());
-        async move {
-            let mut cursor = state?;
-            let wire = d.wire;
-            loop {
-                match cursor.next_batch(MAX_BATCH).await {
-                    Batch::Events(entries) => {
-                        if cursor.lag_bytes() > d.max_lag {
-                            // This batch is not sent: the subscriber's own end takes its place.
-                            let first = entries.first().and_then(|e| e.event.seq);
-                            let seq = first.unwrap_or(cursor.next_seq());
-                            return Some((slow_consumer(&cursor, seq, &d, &counters), None));
-                        }
-                        let mut out = BytesMut::new();
-                        let mut ended = false;
-                        for e in &entries {
-                            if let Some(frame) = encode::http_frame(e, &stream, wire) {
-                                out.extend_from_slice(&frame);
-                                counters.delivered(e.event.event);
-                            }
-                            ended |= e.event.event == EventKind::End;
-                        }
-                        let next = (!ended).then_some(cursor);
-                        if out.is_empty() {
-                            match next {
-                                Some(c) => {
-                                    cursor = c;
-                                    continue;
-                                }
-                                None => return None,
-                            }
-                        }
-                        return Some((out.freeze(), next));
+    /// One subscriber's reading state, moved from poll to poll (nothing cloned per batch).
+    struct Reader {
+        cursor: Cursor,
+        d: Delivery,
+        counters: EventCounters,
+    }
+    let counters = d
+        .metrics
+        .subscriber(&cursor.stream().route.name, d.wire.transport());
+    let reader = Reader {
+        cursor,
+        d,
+        counters,
+    };
+    stream::unfold(Some(reader), |state| async move {
+        let mut r = state?;
+        loop {
+            match r.cursor.next_batch(MAX_BATCH).await {
+                Batch::Events(entries) => {
+                    if r.cursor.lag_bytes() > r.d.max_lag {
+                        // This batch is not sent: the subscriber's own end takes its place.
+                        let first = entries.first().and_then(|e| e.event.seq);
+                        let seq = first.unwrap_or(r.cursor.next_seq());
+                        return Some((slow_consumer(&r.cursor, seq, &r.d, &r.counters), None));
                     }
-                    Batch::Lagged => {
-                        let seq = cursor.next_seq();
-                        return Some((slow_consumer(&cursor, seq, &d, &counters), None));
+                    let mut out = BytesMut::new();
+                    let mut ended = false;
+                    for e in &entries {
+                        if let Some(frame) = encode::http_frame(e, r.cursor.stream(), r.d.wire) {
+                            out.extend_from_slice(&frame);
+                            r.counters.delivered(e.event.event);
+                        }
+                        ended |= e.event.event == EventKind::End;
                     }
-                    Batch::End => return None,
+                    match (out.is_empty(), ended) {
+                        (true, true) => return None,
+                        (true, false) => continue,
+                        (false, true) => return Some((out.freeze(), None)),
+                        (false, false) => return Some((out.freeze(), Some(r))),
+                    }
                 }
+                Batch::Lagged => {
+                    let seq = r.cursor.next_seq();
+                    return Some((slow_consumer(&r.cursor, seq, &r.d, &r.counters), None));
+                }
+                Batch::End => return None,
             }
         }
     })
@@ -464,28 +467,27 @@ fn session_frames(follow: SessionFollow, d: Delivery) -> impl Stream<Item = Byte
         follow: SessionFollow,
         following: bool,
         streams: SelectAll<BoxStream<'static, Bytes>>,
+        d: Delivery,
     }
     let state = State {
         follow,
         following: true,
         streams: SelectAll::new(),
+        d,
     };
-    stream::unfold(state, move |mut st| {
-        let d = d.clone();
-        async move {
-            loop {
-                if !st.following && st.streams.is_empty() {
-                    return None;
-                }
-                tokio::select! {
-                    c = st.follow.next(), if st.following => match c {
-                        Some(cursor) => st.streams.push(cursor_frames(cursor, d.clone()).boxed()),
-                        None => st.following = false,
-                    },
-                    b = st.streams.next(), if !st.streams.is_empty() => {
-                        if let Some(bytes) = b {
-                            return Some((bytes, st));
-                        }
+    stream::unfold(state, |mut st| async move {
+        loop {
+            if !st.following && st.streams.is_empty() {
+                return None;
+            }
+            tokio::select! {
+                c = st.follow.next(), if st.following => match c {
+                    Some(cursor) => st.streams.push(cursor_frames(cursor, st.d.clone()).boxed()),
+                    None => st.following = false,
+                },
+                b = st.streams.next(), if !st.streams.is_empty() => {
+                    if let Some(bytes) = b {
+                        return Some((bytes, st));
                     }
                 }
             }

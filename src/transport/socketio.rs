@@ -288,7 +288,7 @@ fn start(
         Transport::Socketio,
     )?;
     req.caller = ctx.caller.clone();
-    Ok(b.start(req)?.cursor)
+    b.start(req)
 }
 
 fn on_join(b: &Bridge, socket: SocketRef, payload: Option<Value>, ack: AckSender) {
