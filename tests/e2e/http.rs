@@ -361,3 +361,42 @@ async fn a_silent_engine_ends_with_timeout() {
     assert_eq!(events[n - 1]["data"]["reason"], "timeout");
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn health_and_readiness_follow_the_lifecycle() {
+    let mut s = Server::default().await;
+    let (st, body) = {
+        let r = http().get(s.url("/healthz")).send().await.unwrap();
+        (r.status(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!((st.as_u16(), body["status"].as_str()), (200, Some("ok")));
+    let r = http().get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ready: Value = r.json().await.unwrap();
+    assert_eq!(ready["routes"], 3);
+    assert_eq!(ready["flags_version"], 1);
+    assert_eq!(ready["flags_reload"]["ok"], true);
+    // While draining (a live stream keeps the drain going), readiness is refused.
+    let mut live = LineReader::open(
+        http()
+            .post(s.url(CHAT))
+            .json(&json!({"options": {"chunks": 1000, "interval_ms": 20}})),
+    )
+    .await;
+    live.until(|v| v["event"] == "chunk").await;
+    s.begin_shutdown();
+    let bridge = s.bridge.clone();
+    eventually("the drain starts", || bridge.is_draining()).await;
+    let r = http().get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["error_type"],
+        "draining"
+    );
+    assert_eq!(
+        http().get(s.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    live.rest().await;
+    s.shutdown().await;
+}

@@ -305,3 +305,48 @@ status_update = { event = "assist:status", payload = ["$.data.status", "$.seq"] 
     assert_eq!(check_rules(&ev), ["x ", "y"]);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn request_templates_read_the_handshake_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(
+        &routes,
+        r#"
+[[route]]
+name = "whoami"
+http = "/whoami"
+engine = { kind = "script" }
+[route.socketio]
+request_event = "whoami"
+request = { messages = [{ role = "user", content = "$.auth.user_id" }], session_id = "$.auth.team" }
+"#,
+    )
+    .unwrap();
+    let mut c = config();
+    c.routes_file = routes;
+    c.flags_dir = flags_dir("version = 1\n[route.whoami]\nmode = \"dual\"\n");
+    let s = Server::start(c).await;
+    let mut spec = sio_spec(
+        &s,
+        &["websocket"],
+        json!([
+            {"emit": "whoami", "data": {}, "ack": true},
+            {"wait_for": "end", "count": 1}
+        ]),
+    );
+    spec["auth"] = json!({"user_id": "carol", "team": "blue"});
+    let (lines, code) = Sio::spawn(Client::Python, spec).finish().await;
+    assert_eq!(code, 0, "{lines:?}");
+    let events = events_of(&lines);
+    let chunks: Vec<&Value> = events
+        .iter()
+        .filter(|(n, _)| n == "chunk")
+        .map(|(_, p)| &p["data"]["text"])
+        .collect();
+    assert_eq!(chunks, [&json!("carol")]);
+    let rid = events[0].1["request_id"].as_str().unwrap().to_string();
+    let replay = parse_ndjson(&get_text(&s.url(&format!("/api/streams/{rid}"))).await);
+    assert_eq!(replay[replay.len() - 2]["data"]["output"], "carol");
+    s.shutdown().await;
+}
