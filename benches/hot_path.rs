@@ -28,6 +28,7 @@ fn hot_path(c: &mut Criterion) {
     let metrics = Metrics::new(&routes);
     let hub = Hub::new(HubConfig {
         max_streams: 10,
+        max_streams_per_subject: 0,
         replay_max_bytes: 1 << 20,
         retention: Duration::from_secs(60),
     });
@@ -39,6 +40,7 @@ fn hot_path(c: &mut Criterion) {
         let Ok((stream, mut cursor)) = hub.create(
             id,
             route.clone(),
+            None,
             None,
             Transport::Ndjson,
             metrics.stream(&route.name, Transport::Ndjson),

@@ -57,6 +57,7 @@ impl Bridge {
             .collect();
         let hub = Hub::new(HubConfig {
             max_streams: config.limits.max_streams,
+            max_streams_per_subject: config.limits.max_streams_per_subject,
             replay_max_bytes: config.replay.max_bytes,
             retention: Duration::from_secs(config.replay.retention_secs),
         });
@@ -126,6 +127,7 @@ impl Bridge {
             id,
             req.route.clone(),
             req.session_id.clone(),
+            req.subject.limit_key(),
             req.transport,
             self.inner.metrics.stream(&req.route.name, req.transport),
         )?;

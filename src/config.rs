@@ -32,6 +32,18 @@ pub struct Config {
     pub replay: ReplayConfig,
     pub shutdown: ShutdownConfig,
     pub engine: EngineConfig,
+    pub cors: CorsConfig,
+}
+
+/// Cross-origin access for browsers (the streaming endpoints and Socket.IO; the admin API
+/// is never cross-origin). Same-origin requests and clients that send no `Origin` (every
+/// non-browser client) are not affected.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins allowed cross-origin, exactly as browsers send them
+    /// (`"https://app.example.com"`), or `"*"` for any. Empty (the default): none.
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -77,6 +89,15 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most streams running at once (429 above).
     pub max_streams: usize,
+    /// Most streams running at once for one subject (the user, else the tenant; anonymous
+    /// requests only count against `max_streams`); 429 above. 0: no per-subject limit.
+    pub max_streams_per_subject: usize,
+    /// Largest accepted request head (request line and headers), in bytes; 431 above.
+    pub max_header_bytes: usize,
+    /// Seconds a connection may take to send a complete request head, counted from the
+    /// moment it opens or finished its previous request: a connection that sends nothing
+    /// (or idles on keep-alive) is closed after it.
+    pub header_timeout_secs: u64,
     /// How far (bytes of encoded events) a subscriber may lag behind its stream before it
     /// is ended with `slow_consumer`.
     pub max_lag_bytes: u64,
@@ -91,6 +112,9 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 1024 * 1024,
             max_streams: 10_000,
+            max_streams_per_subject: 100,
+            max_header_bytes: 16 * 1024,
+            header_timeout_secs: 30,
             max_lag_bytes: 1024 * 1024,
             socketio_max_payload: 1_000_000,
             socketio_buffer: 128,
@@ -161,13 +185,14 @@ impl Default for Config {
             replay: ReplayConfig::default(),
             shutdown: ShutdownConfig::default(),
             engine: EngineConfig::default(),
+            cors: CorsConfig::default(),
         }
     }
 }
 
 /// The top-level keys; environment variables naming anything else (such as the CLI's
 /// `SWITCHYARD_ADMIN_TOKEN`) are not settings and are left alone.
-const TOP_LEVEL_KEYS: [&str; 10] = [
+const TOP_LEVEL_KEYS: [&str; 11] = [
     "listen",
     "routes_file",
     "flags_dir",
@@ -178,6 +203,7 @@ const TOP_LEVEL_KEYS: [&str; 10] = [
     "replay",
     "shutdown",
     "engine",
+    "cors",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +249,19 @@ impl Config {
         }
         if self.limits.max_streams == 0 {
             return bad("limits.max_streams must be at least 1");
+        }
+        if self.limits.max_header_bytes < 1024 {
+            return bad("limits.max_header_bytes must be at least 1024");
+        }
+        if self.limits.header_timeout_secs == 0 {
+            return bad("limits.header_timeout_secs must be at least 1");
+        }
+        for origin in &self.cors.allowed_origins {
+            if origin != "*" && !crate::transport::cors::is_origin(origin) {
+                return Err(ConfigError::Value(format!(
+                    "cors.allowed_origins: {origin:?} is not an origin (scheme://host[:port], no path) or \"*\""
+                )));
+            }
         }
         if self.limits.socketio_buffer == 0 {
             return bad("limits.socketio_buffer must be at least 1");

@@ -39,6 +39,10 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("the bridge already runs {limit} streams (limits.max_streams); retry later")]
     OverCapacity { limit: usize },
+    #[error(
+        "this subject already runs {limit} streams (limits.max_streams_per_subject); retry when one ends"
+    )]
+    SubjectOverCapacity { limit: usize },
     #[error("the bridge is shutting down; retry on another instance")]
     Draining,
     #[error("{0}")]
@@ -61,7 +65,7 @@ impl ApiError {
             ApiError::DuplicateRequest(_) => "duplicate_request",
             ApiError::ResumeGap { .. } => "resume_gap",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::OverCapacity { .. } => "over_capacity",
+            ApiError::OverCapacity { .. } | ApiError::SubjectOverCapacity { .. } => "over_capacity",
             ApiError::Draining => "draining",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::VersionConflict { .. } => "version_conflict",
@@ -81,7 +85,7 @@ impl ApiError {
             | ApiError::VersionConflict { .. } => 409,
             ApiError::ResumeGap { .. } => 410,
             ApiError::PayloadTooLarge { .. } => 413,
-            ApiError::OverCapacity { .. } => 429,
+            ApiError::OverCapacity { .. } | ApiError::SubjectOverCapacity { .. } => 429,
             ApiError::Draining => 503,
             ApiError::Internal(_) => 500,
         }

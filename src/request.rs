@@ -79,6 +79,18 @@ pub struct Subject {
     pub tenant: Option<String>,
 }
 
+impl Subject {
+    /// The key per-subject limits count under: the user, else the tenant; `None` for an
+    /// anonymous request.
+    pub fn limit_key(&self) -> Option<Arc<str>> {
+        match (&self.user, &self.tenant) {
+            (Some(u), _) => Some(format!("user:{u}").into()),
+            (None, Some(t)) => Some(format!("tenant:{t}").into()),
+            (None, None) => None,
+        }
+    }
+}
+
 /// A decoded request, ready for the bridge.
 #[derive(Clone, Debug)]
 pub struct StreamRequest {

@@ -1,35 +1,55 @@
 //! Assembling and serving the bridge: `app` builds the HTTP router with the Socket.IO
-//! layer; `run` serves it on a listener until a shutdown signal, then drains (SPEC
-//! section 8). Tests bind port 0 and call `run` directly.
+//! layer and the CORS guard; `run` accepts connections on a listener until a shutdown
+//! signal, then drains (SPEC section 8). Tests bind port 0 and call `run` directly.
+//!
+//! Connections are served by hyper's HTTP/1.1 server with the connection limits of
+//! `limits`: the largest request head (431 above it) and the time a connection may take
+//! to send one (a connection that sends nothing, or idles on keep-alive, is closed).
+//! This module owns connections only; requests are the router's business.
 
 use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::bridge::Bridge;
-use crate::transport::{http, polling, socketio};
+use crate::transport::{cors, http, polling, socketio};
 
 /// After the streams are drained, how long open connections get to close by themselves.
 const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
+/// Most headers in one request head (hyper's default is 100).
+const MAX_HEADERS: usize = 100;
+
 /// The whole service: HTTP routes, with Socket.IO at `/socket.io/`.
 pub fn app(bridge: Bridge) -> (Router, SocketIo) {
     let limits = &bridge.config().limits;
+    // One packet limit for both transports, as Node socket.io's maxHttpBufferSize: the
+    // WebSocket message and frame limits follow it (socketioxide's default is 64 MiB).
+    let ws_max = usize::try_from(limits.socketio_max_payload).unwrap_or(usize::MAX);
     let (layer, io) = SocketIo::builder()
         .max_payload(limits.socketio_max_payload)
+        .ws_max_message_size(ws_max)
+        .ws_max_frame_size(ws_max)
         .max_buffer_size(limits.socketio_buffer)
         .build_layer();
     socketio::attach(&io, bridge.clone());
-    // Outermost: the polling pacer sees the Socket.IO service's responses.
+    let cors = cors::Cors::new(&bridge.config().cors);
+    // Outermost: the CORS guard sees every request first; the polling pacer sees the
+    // Socket.IO service's responses.
     let router = http::router(bridge)
         .layer(layer)
         .layer(axum::middleware::from_fn_with_state(
             polling::Pacer::default(),
             polling::pace,
-        ));
+        ))
+        .layer(axum::middleware::from_fn_with_state(cors, cors::guard));
     (router, io)
 }
 
@@ -42,23 +62,66 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let (router, io) = app(bridge.clone());
     tokio::spawn(bridge.flags().clone().watch());
-    let drained = std::sync::Arc::new(tokio::sync::Notify::new());
-    let notify = drained.clone();
-    let graceful = async move {
+    let limits = &bridge.config().limits;
+    let mut conn = http1::Builder::new();
+    conn.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(limits.header_timeout_secs))
+        .max_header_size(limits.max_header_bytes)
+        .max_headers(MAX_HEADERS);
+    let service = TowerToHyperService::new(router);
+
+    // Connections are accepted through the drain (a new request then gets 503 `draining`);
+    // once the streams have ended, each connection is asked to close after its response.
+    let (closing, closing_rx) = watch::channel(false);
+    let drained = async move {
         shutdown.await;
         bridge.drain().await;
         io.close().await;
-        notify.notify_one();
     };
-    let serve = axum::serve(listener, router).with_graceful_shutdown(graceful);
-    tokio::select! {
-        r = serve => r,
-        _ = async {
-            drained.notified().await;
-            tokio::time::sleep(CLOSE_LIMIT).await;
-        } => {
-            tracing::warn!("connections still open after the drain; closing anyway");
-            Ok(())
+    tokio::pin!(drained);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            () = &mut drained => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
+        let served = conn
+            .serve_connection(TokioIo::new(stream), service.clone())
+            .with_upgrades();
+        let mut closing = closing_rx.clone();
+        tokio::spawn(async move {
+            tokio::pin!(served);
+            let result = tokio::select! {
+                r = served.as_mut() => r,
+                () = async { _ = closing.wait_for(|c| *c).await; } => {
+                    served.as_mut().graceful_shutdown();
+                    served.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
     }
+    drop(listener);
+    drop(closing_rx);
+    closing.send_replace(true);
+    // Every connection task holds a receiver: all closed once none is left.
+    if tokio::time::timeout(CLOSE_LIMIT, closing.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain; closing anyway");
+    }
+    Ok(())
 }

@@ -57,6 +57,8 @@ pub struct Stream {
     pub id: RequestId,
     pub route: Arc<Route>,
     pub session_id: Option<Arc<str>>,
+    /// The key the per-subject stream limit counts this stream under.
+    pub subject: Option<Arc<str>>,
     pub origin: Transport,
     pub created: Instant,
     log: Mutex<Log>,
@@ -76,6 +78,7 @@ impl Stream {
         id: RequestId,
         route: Arc<Route>,
         session_id: Option<Arc<str>>,
+        subject: Option<Arc<str>>,
         origin: Transport,
         max_bytes: usize,
         metrics: StreamMetrics,
@@ -84,6 +87,7 @@ impl Stream {
             id,
             route,
             session_id,
+            subject,
             origin,
             created: Instant::now(),
             log: Mutex::new(Log {

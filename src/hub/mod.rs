@@ -29,6 +29,8 @@ const TAP_QUEUE: usize = 64;
 #[derive(Debug, Clone)]
 pub struct HubConfig {
     pub max_streams: usize,
+    /// Most running streams per subject key; 0: no limit.
+    pub max_streams_per_subject: usize,
     pub replay_max_bytes: usize,
     pub retention: Duration,
 }
@@ -43,6 +45,8 @@ pub struct Hub {
     streams: DashMap<RequestId, Arc<Stream>>,
     sessions: DashMap<Arc<str>, Vec<Tap>>,
     running: AtomicUsize,
+    /// Running streams per subject key (only keys with at least one).
+    per_subject: DashMap<Arc<str>, usize>,
     next_tap: AtomicU64,
     closed: watch::Sender<bool>,
 }
@@ -54,18 +58,21 @@ impl Hub {
             streams: DashMap::new(),
             sessions: DashMap::new(),
             running: AtomicUsize::new(0),
+            per_subject: DashMap::new(),
             next_tap: AtomicU64::new(0),
             closed: watch::channel(false).0,
         })
     }
 
     /// Registers a new stream and returns it with the requester's cursor (from seq 0), so
-    /// the requester misses nothing. Session taps get their cursors at once too.
+    /// the requester misses nothing. Session taps get their cursors at once too. `subject`
+    /// is the key the per-subject limit counts under (`None`: anonymous, not counted).
     pub fn create(
         self: &Arc<Self>,
         id: RequestId,
         route: Arc<Route>,
         session_id: Option<Arc<str>>,
+        subject: Option<Arc<str>>,
         origin: Transport,
         metrics: StreamMetrics,
     ) -> Result<(Arc<Stream>, Cursor), ApiError> {
@@ -74,17 +81,24 @@ impl Hub {
             self.running.fetch_sub(1, Ordering::AcqRel);
             return Err(ApiError::OverCapacity { limit: max });
         }
+        if let Some(key) = &subject
+            && let Err(e) = self.take_subject_slot(key)
+        {
+            self.running.fetch_sub(1, Ordering::AcqRel);
+            return Err(e);
+        }
         let stream = Arc::new(Stream::new(
             id.clone(),
             route,
             session_id.clone(),
+            subject,
             origin,
             self.config.replay_max_bytes,
             metrics.clone(),
         ));
         match self.streams.entry(id.clone()) {
             dashmap::Entry::Occupied(e) if !e.get().is_ended() => {
-                self.running.fetch_sub(1, Ordering::AcqRel);
+                self.release_slots(&stream);
                 return Err(ApiError::DuplicateRequest(id.to_string()));
             }
             dashmap::Entry::Occupied(mut e) => {
@@ -102,6 +116,27 @@ impl Hub {
         Ok((stream, cursor))
     }
 
+    fn take_subject_slot(&self, key: &Arc<str>) -> Result<(), ApiError> {
+        let max = self.config.max_streams_per_subject;
+        let mut count = self.per_subject.entry(key.clone()).or_insert(0);
+        if max > 0 && *count >= max {
+            return Err(ApiError::SubjectOverCapacity { limit: max });
+        }
+        *count += 1;
+        Ok(())
+    }
+
+    /// Frees the running slot (and the subject's) of a stream that ended or never started.
+    fn release_slots(&self, stream: &Stream) {
+        self.running.fetch_sub(1, Ordering::AcqRel);
+        if let Some(key) = &stream.subject {
+            if let Some(mut count) = self.per_subject.get_mut(key) {
+                *count = count.saturating_sub(1);
+            }
+            self.per_subject.remove_if(key, |_, count| *count == 0);
+        }
+    }
+
     fn offer_to_taps(&self, session: &Arc<str>, stream: &Arc<Stream>) {
         if let Some(mut taps) = self.sessions.get_mut(session) {
             // A tap that cannot take one more cursor is too slow (or gone): drop it, which
@@ -113,7 +148,7 @@ impl Hub {
     /// Called once by the producer when its stream has written `end`: frees its running
     /// slot and keeps it resumable for the retention time.
     pub fn finished(self: &Arc<Self>, stream: &Arc<Stream>) {
-        self.running.fetch_sub(1, Ordering::AcqRel);
+        self.release_slots(stream);
         let hub = Arc::downgrade(self);
         let stream = stream.clone();
         let retention = self.config.retention;

@@ -394,6 +394,7 @@ engine = { kind = "script" }
         let routes = Routes::parse(ROUTES, "t").unwrap();
         let hub = Hub::new(HubConfig {
             max_streams: 10,
+            max_streams_per_subject: 0,
             replay_max_bytes: 1 << 20,
             retention: Duration::from_secs(1),
         });
@@ -404,6 +405,7 @@ engine = { kind = "script" }
                 RequestId::parse("r1").unwrap(),
                 route.clone(),
                 Some("s1".into()),
+                None,
                 Transport::Ndjson,
                 metrics.stream(&route.name, Transport::Ndjson),
             )

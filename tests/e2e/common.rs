@@ -111,6 +111,20 @@ impl Server {
     }
 }
 
+/// The status and `error_type` of a pre-stream error response (its message is checked
+/// to be there).
+pub async fn error_of(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap();
+    let t = body["error"]["error_type"].as_str().unwrap().to_string();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+    (status, t)
+}
+
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder().build().unwrap()
 }

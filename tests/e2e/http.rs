@@ -72,18 +72,6 @@ async fn sse_frames_with_ids_and_heartbeats_without() {
     s.shutdown().await;
 }
 
-async fn error_of(resp: reqwest::Response) -> (u16, String) {
-    let status = resp.status().as_u16();
-    let body: Value = resp.json().await.unwrap();
-    let t = body["error"]["error_type"].as_str().unwrap().to_string();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty())
-    );
-    (status, t)
-}
-
 #[tokio::test]
 async fn every_pre_stream_error_has_its_status_and_type() {
     let mut c = config();

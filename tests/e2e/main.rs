@@ -11,5 +11,6 @@ mod flags;
 mod hardening;
 mod http;
 mod lifecycle;
+mod limits;
 mod metrics;
 mod socketio;
