@@ -1,38 +1,172 @@
-//! The per-event hot path: hub append + cursor read + NDJSON frame, with and without the
-//! per-event metrics count (`cargo bench --bench hot_path`). The ratio of the two is the
-//! cost of counting.
+//! The per-event hot path, piece by piece (`cargo bench --bench hot_path`):
+//! - `encode/*`: one chunk event encoded for each wire (NDJSON line, SSE frame, the legacy
+//!   Socket.IO payload of the shipped `chat` route, with its `$.now` timestamp), uncached;
+//! - `template/*`: rendering the shipped `chat` route's request and chunk templates;
+//! - `hub/append_read_{1,100}`: one event appended and read by 1 and by 100 cursors;
+//! - `per_event/*`: append + read + NDJSON frame, with and without the per-event metrics
+//!   count; the ratio of the two is the cost of counting.
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 use switchyard::engine::Sink;
-use switchyard::event::EventKind;
+use switchyard::event::{Event, EventKind};
 use switchyard::hub::{Batch, Hub, HubConfig};
 use switchyard::metrics::Metrics;
 use switchyard::request::{RequestId, Transport};
-use switchyard::routes::Routes;
-use switchyard::transport::encode::{Wire, http_frame};
+use switchyard::routes::template::iso8601;
+use switchyard::routes::{EmitContext, RequestContext, Routes, Template};
+use switchyard::transport::encode::{Wire, encode_http, encode_legacy, http_frame};
 
-const ROUTES: &str =
-    "[[route]]\nname = \"chat\"\nhttp = \"/chat\"\nengine = { kind = \"script\" }\n";
+fn hub() -> std::sync::Arc<Hub> {
+    Hub::new(HubConfig {
+        max_streams: 1000,
+        max_streams_per_subject: 0,
+        replay_max_bytes: 1 << 20,
+        retention: Duration::from_secs(60),
+    })
+}
 
-fn hot_path(c: &mut Criterion) {
-    let Ok(routes) = Routes::parse(ROUTES, "bench") else {
+fn shipped_routes() -> Option<Routes> {
+    Routes::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("routes.toml")).ok()
+}
+
+fn chunk() -> Event {
+    Event {
+        event: EventKind::Chunk,
+        seq: Some(7),
+        data: json!({"text": "thirty-two bytes of chunk text.."}),
+    }
+}
+
+fn encode(c: &mut Criterion) {
+    let Some(routes) = shipped_routes() else {
         return;
     };
     let Some(route) = routes.get("chat").cloned() else {
         return;
     };
     let metrics = Metrics::new(&routes);
-    let hub = Hub::new(HubConfig {
-        max_streams: 10,
-        max_streams_per_subject: 0,
-        replay_max_bytes: 1 << 20,
-        retention: Duration::from_secs(60),
+    let Ok(id) = RequestId::parse("bench-encode") else {
+        return;
+    };
+    let Ok((stream, _cursor)) = hub().create(
+        id,
+        route.clone(),
+        Some("s1".into()),
+        None,
+        Transport::Ndjson,
+        metrics.stream(&route.name, Transport::Ndjson),
+    ) else {
+        return;
+    };
+    let event = chunk();
+    let mut group = c.benchmark_group("encode");
+    group.bench_function("ndjson", |b| {
+        b.iter(|| black_box(encode_http(black_box(&event), &stream, Wire::Ndjson)))
     });
-    let counters = metrics.subscriber("chat", Transport::Ndjson);
+    group.bench_function("sse", |b| {
+        b.iter(|| black_box(encode_http(black_box(&event), &stream, Wire::Sse)))
+    });
+    group.bench_function("socketio_legacy", |b| {
+        b.iter(|| black_box(encode_legacy(black_box(&event), &stream)))
+    });
+    group.finish();
+}
+
+fn templates(c: &mut Criterion) {
+    let (Ok(request), Ok(emit)) = (
+        Template::compile_request(&json!({
+            "messages": [{"role": "user", "content": "$.message"}],
+            "session_id": "$.session_id", "workspace_id": "$.workspace_id",
+            "options": "$.options", "request_id": "$.request_id"})),
+        Template::compile_emit(&json!({
+            "session_id": "$.session_id", "chunk": "$.data.text", "timestamp": "$.now"})),
+    ) else {
+        return;
+    };
+    let payload = json!({"message": "hello brave new world", "session_id": "s1",
+        "workspace_id": "w1", "options": {"chunks": 200, "chunk_bytes": 32}});
+    let auth = json!({});
+    let data = json!({"text": "thirty-two bytes of chunk text.."});
+    let mut group = c.benchmark_group("template");
+    group.bench_function("render_request", |b| {
+        b.iter(|| {
+            black_box(request.render_request(&RequestContext {
+                payload: black_box(&payload),
+                auth: &auth,
+            }))
+        })
+    });
+    group.bench_function("render_emit_with_now", |b| {
+        b.iter(|| {
+            let now = iso8601(SystemTime::now());
+            black_box(emit.render_emit(&EmitContext {
+                event: "chunk",
+                seq: Some(7),
+                data: black_box(&data),
+                request_id: "bench",
+                session_id: Some("s1"),
+                route: "chat",
+                now: &now,
+            }))
+        })
+    });
+    group.finish();
+}
+
+fn hub_fanout(c: &mut Criterion) {
+    let Some(routes) = shipped_routes() else {
+        return;
+    };
+    let Some(route) = routes.get("chat").cloned() else {
+        return;
+    };
+    let metrics = Metrics::new(&routes);
+    let hub = hub();
+    let mut group = c.benchmark_group("hub");
+    for subscribers in [1usize, 100] {
+        let Ok(id) = RequestId::parse(&format!("fanout-{subscribers}")) else {
+            return;
+        };
+        let Ok((stream, first)) = hub.create(
+            id,
+            route.clone(),
+            None,
+            None,
+            Transport::Ndjson,
+            metrics.stream(&route.name, Transport::Ndjson),
+        ) else {
+            return;
+        };
+        stream.start();
+        let mut cursors = vec![first];
+        cursors.extend((1..subscribers).map(|_| stream.subscribe_from_head()));
+        group.bench_function(format!("append_read_{subscribers}"), |b| {
+            b.iter(|| {
+                stream.emit(EventKind::Chunk, json!({"text": "sixteen bytes ok"}));
+                for cursor in &mut cursors {
+                    black_box(cursor.try_batch(1));
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+fn per_event(c: &mut Criterion) {
+    let Some(routes) = shipped_routes() else {
+        return;
+    };
+    let Some(route) = routes.get("agent").cloned() else {
+        return;
+    };
+    let metrics = Metrics::new(&routes);
+    let hub = hub();
+    let counters = metrics.subscriber("agent", Transport::Ndjson);
     let mut group = c.benchmark_group("per_event");
     for counting in [false, true] {
         let id = RequestId::parse(if counting { "counted" } else { "plain" }).ok();
@@ -73,5 +207,5 @@ fn hot_path(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, hot_path);
+criterion_group!(benches, encode, templates, hub_fanout, per_event);
 criterion_main!(benches);
