@@ -3,6 +3,10 @@
 //! Streams the words of the last user message (or a fixed text), or, with
 //! `options.chunks`, exactly N chunks of `chunk_bytes` ASCII bytes. Options beyond the
 //! route's maxima are refused before the stream starts, never clamped.
+//!
+//! Fault drills: on a route with `fault_drills = true` (off by default), `panic_after`
+//! makes the engine task panic after N chunks, so operators and tests can watch the
+//! bridge turn an engine bug into `error` + `end`. Elsewhere the option is refused.
 
 use std::time::Duration;
 
@@ -27,6 +31,9 @@ pub struct ScriptLimits {
     pub max_chunk_bytes: u64,
     pub max_interval_ms: u64,
     pub max_tool_calls: u64,
+    /// Accept the fault-drill options (`panic_after`). Off unless the route says
+    /// `fault_drills = true`.
+    pub fault_drills: bool,
 }
 
 impl Default for ScriptLimits {
@@ -36,6 +43,7 @@ impl Default for ScriptLimits {
             max_chunk_bytes: 65_536,
             max_interval_ms: 60_000,
             max_tool_calls: 100,
+            fault_drills: false,
         }
     }
 }
@@ -46,6 +54,13 @@ impl ScriptLimits {
         for (key, value) in t {
             let slot = match key.as_str() {
                 "kind" => continue,
+                "fault_drills" => match value.as_bool() {
+                    Some(b) => {
+                        limits.fault_drills = b;
+                        continue;
+                    }
+                    None => return Err((key.clone(), "must be true or false".into())),
+                },
                 "max_chunks" => &mut limits.max_chunks,
                 "max_chunk_bytes" => &mut limits.max_chunk_bytes,
                 "max_interval_ms" => &mut limits.max_interval_ms,
@@ -53,7 +68,7 @@ impl ScriptLimits {
                 _ => {
                     return Err((
                         key.clone(),
-                        "unknown field (expected max_chunks, max_chunk_bytes, max_interval_ms, max_tool_calls)".into(),
+                        "unknown field (expected max_chunks, max_chunk_bytes, max_interval_ms, max_tool_calls, fault_drills)".into(),
                     ));
                 }
             };
@@ -77,6 +92,8 @@ pub struct ScriptPlan {
     pub chunk_bytes: u64,
     pub interval_ms: u64,
     pub fail_after: Option<u64>,
+    /// Fault drill: panic after this many chunks (only on routes with `fault_drills`).
+    pub panic_after: Option<u64>,
     pub tool_calls: u64,
     pub text: String,
 }
@@ -104,6 +121,7 @@ impl ScriptEngine {
             interval_ms: option(options, "interval_ms", l.max_interval_ms, "max_interval_ms")?
                 .unwrap_or(0),
             fail_after: option(options, "fail_after", u64::MAX, "")?,
+            panic_after: drill(options, "panic_after", l.fault_drills)?,
             tool_calls: option(options, "tool_calls", l.max_tool_calls, "max_tool_calls")?
                 .unwrap_or(0),
             text: last_user_message(input).unwrap_or_else(|| FIXED_TEXT.to_string()),
@@ -152,6 +170,22 @@ fn option(
             None => Err(invalid(format!("must be a non-negative integer, not {v}"))),
         },
     }
+}
+
+/// A fault-drill option: refused unless the route enables drills.
+fn drill(
+    options: &Map<String, Value>,
+    name: &str,
+    enabled: bool,
+) -> Result<Option<u64>, EngineError> {
+    let value = option(options, name, u64::MAX, "")?;
+    if value.is_some() && !enabled {
+        return Err(EngineError::InvalidOption {
+            option: name.into(),
+            message: "is a fault drill, refused unless the route enables it (engine.fault_drills = true in routes.toml)".into(),
+        });
+    }
+    Ok(value)
 }
 
 /// The content of the last `user` message: a string, or the text parts of a parts array.
@@ -219,6 +253,9 @@ async fn run(plan: ScriptPlan, out: Emitter) -> Result<(), EngineError> {
         None => words(&plan.text),
     };
     for i in 0..total {
+        if plan.panic_after == Some(i) {
+            drill_panic(i);
+        }
         if plan.fail_after == Some(i) {
             return Err(EngineError::Failed {
                 error_type: "engine_error".into(),
@@ -242,6 +279,9 @@ async fn run(plan: ScriptPlan, out: Emitter) -> Result<(), EngineError> {
             return Ok(());
         }
     }
+    if plan.panic_after == Some(total) {
+        drill_panic(total);
+    }
     if plan.fail_after == Some(total) {
         return Err(EngineError::Failed {
             error_type: "engine_error".into(),
@@ -251,6 +291,14 @@ async fn run(plan: ScriptPlan, out: Emitter) -> Result<(), EngineError> {
         });
     }
     Ok(())
+}
+
+/// The `panic_after` drill: a real panic in the engine task, as an engine bug would be.
+#[allow(clippy::panic)]
+fn drill_panic(chunks: u64) -> ! {
+    panic!(
+        "fault drill: the script engine panics after {chunks} chunks, as options.panic_after asked"
+    )
 }
 
 #[cfg(test)]
@@ -336,5 +384,18 @@ mod tests {
         let err = e.plan(&json!({"options": {"chunks": "many"}})).unwrap_err();
         assert!(err.to_string().contains("non-negative integer"));
         assert!(e.plan(&json!({"options": {"chunk_bytes": 0}})).is_err());
+    }
+
+    #[test]
+    fn the_panic_drill_is_refused_unless_the_route_enables_it() {
+        let input = json!({"options": {"chunks": 3, "panic_after": 1}});
+        let err = engine().plan(&input).unwrap_err();
+        assert!(err.to_string().contains("panic_after"), "{err}");
+        assert!(err.to_string().contains("fault_drills"), "{err}");
+        let t: toml::Table = toml::from_str("kind = \"script\"\nfault_drills = true").unwrap();
+        let drills = ScriptEngine::new(ScriptLimits::from_table(&t).unwrap());
+        assert_eq!(drills.plan(&input).unwrap().panic_after, Some(1));
+        let t: toml::Table = toml::from_str("kind = \"script\"\nfault_drills = 1").unwrap();
+        assert!(ScriptLimits::from_table(&t).is_err());
     }
 }

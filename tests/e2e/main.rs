@@ -7,6 +7,7 @@
 mod common;
 mod engines;
 mod fanout;
+mod faults;
 mod flags;
 mod hardening;
 mod http;

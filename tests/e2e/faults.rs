@@ -1,0 +1,452 @@
+//! Fault injection: engines that fail, stall or panic mid-stream, clients that vanish at
+//! scale, readers that stop reading, and SIGTERM under load. Each test checks that every
+//! subscriber gets either every event or an explicit end, that nothing else running is
+//! disturbed, and that nothing is left behind.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use serde_json::{Value, json};
+use switchyard::routes::Routes;
+use tokio::sync::mpsc;
+
+use crate::common::*;
+
+/// Chunks of every healthy stream that runs beside a fault (one every `HEALTHY_MS`).
+const HEALTHY_CHUNKS: u64 = 60;
+const HEALTHY_MS: u64 = 25;
+
+/// The legacy `chat` vocabulary of the shipped routes.toml.
+const LEGACY_EMIT: &str = r#"
+[route.socketio.emit]
+chunk = { event = "chat_chunk", payload = { session_id = "$.session_id", chunk = "$.data.text", timestamp = "$.now" } }
+completion = { event = "chat_complete", payload = { session_id = "$.session_id", full_response = "$.data.output", timestamp = "$.now" } }
+error = { event = "error", payload = { message = "$.data.message", error_type = "$.data.error_type", session_id = "$.session_id", timestamp = "$.now" } }
+"#;
+
+const FAULT_FLAGS: &str =
+    "version = 1\n[route.chat]\nmode = \"dual\"\n[route.up]\nmode = \"dual\"\n";
+
+/// Two routes with the legacy chat vocabulary: `chat` on the script engine with fault
+/// drills on, `up` on the ndjson engine in front of `upstream`.
+fn fault_routes(upstream: &str) -> Routes {
+    let text = format!(
+        r#"
+[[route]]
+name = "chat"
+http = "/api/ai/chat/unified"
+engine = {{ kind = "script", fault_drills = true }}
+[route.socketio]
+request_event = "chat_message"
+request = {{ messages = [{{ role = "user", content = "$.message" }}], session_id = "$.session_id", options = "$.options", request_id = "$.request_id" }}
+{LEGACY_EMIT}
+[[route]]
+name = "up"
+http = "/up"
+engine = {{ kind = "ndjson", url = "{upstream}/stream", retries = 0 }}
+[route.socketio]
+request_event = "up_message"
+request = {{ fault = "$.fault", session_id = "$.session_id", request_id = "$.request_id" }}
+{LEGACY_EMIT}
+"#
+    );
+    Routes::parse(&text, "faults").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A real NDJSON upstream on loopback. The bridge POSTs the client's body; its `fault`
+/// field picks the answer: `ok` (HEALTHY_CHUNKS chunks, then completion and end),
+/// `error` (3 chunks, then a line that is not JSON) or `stall` (3 chunks, then silence
+/// with the connection open). `closed` records when the bridge hung up on a stall.
+struct Upstream {
+    base: String,
+    closed: Arc<Mutex<Option<Instant>>>,
+}
+
+fn line(v: Value) -> Result<Bytes, Infallible> {
+    Ok(Bytes::from(format!("{v}\n")))
+}
+
+async fn start_upstream() -> Upstream {
+    let closed: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let app = Router::new().fallback({
+        let closed = closed.clone();
+        move |req: axum::extract::Request| {
+            let closed = closed.clone();
+            async move {
+                let bytes = axum::body::to_bytes(req.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                let body: Value = serde_json::from_slice(&bytes).unwrap();
+                let fault = body["fault"].as_str().unwrap_or("ok").to_string();
+                let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(4);
+                tokio::spawn(async move {
+                    let chunks = if fault == "ok" { HEALTHY_CHUNKS } else { 3 };
+                    for i in 0..chunks {
+                        let text = format!("u{i} ");
+                        let chunk = json!({"event": "chunk", "data": {"text": text}});
+                        if tx.send(line(chunk)).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(HEALTHY_MS)).await;
+                    }
+                    match fault.as_str() {
+                        "ok" => {
+                            let done =
+                                json!({"event": "completion", "data": {"status": "complete"}});
+                            let _ = tx.send(line(done)).await;
+                            let _ = tx
+                                .send(line(
+                                    json!({"event": "end", "data": {"reason": "completed"}}),
+                                ))
+                                .await;
+                        }
+                        "error" => {
+                            let _ = tx
+                                .send(Ok(Bytes::from_static(b"{\"event\": \"chunk\", oops\n")))
+                                .await;
+                            tx.closed().await;
+                        }
+                        _ => {
+                            tx.closed().await;
+                            *closed.lock().unwrap() = Some(Instant::now());
+                        }
+                    }
+                });
+                let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|item| (item, rx))
+                });
+                Response::builder()
+                    .header("content-type", "application/x-ndjson")
+                    .body(Body::from_stream(frames))
+                    .unwrap()
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Upstream {
+        base: format!("http://{addr}"),
+        closed,
+    }
+}
+
+/// The whole body of a response, failing the test if it does not end within `WAIT`.
+async fn body_text(resp: reqwest::Response) -> String {
+    tokio::time::timeout(WAIT, resp.text())
+        .await
+        .expect("the response ends in time")
+        .unwrap()
+}
+
+async fn engine_errors(s: &Server, route: &str, engine: &str) -> f64 {
+    let m = crate::metrics::scrape(&get_text(&s.url("/metrics")).await);
+    let key = format!("switchyard_engine_errors_total{{engine=\"{engine}\",route=\"{route}\"}}");
+    *m.get(&key).unwrap_or_else(|| panic!("no sample {key}"))
+}
+
+/// The neutral envelope of an SSE frame (`id` is the seq), for comparing with NDJSON.
+fn sse_envelopes(text: &str) -> Vec<Value> {
+    parse_sse(text)
+        .into_iter()
+        .filter(|f| f.event.as_deref() != Some("heartbeat"))
+        .map(|f| {
+            json!({
+                "event": f.event.unwrap(),
+                "seq": f.id.unwrap().parse::<u64>().unwrap(),
+                "data": f.data.unwrap(),
+            })
+        })
+        .collect()
+}
+
+/// A session follower's envelopes of one stream, without the multiplexing fields.
+fn of_stream(events: &[Value], request_id: &str) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|v| v["request_id"] == request_id)
+        .map(|v| json!({"event": v["event"], "seq": v["seq"], "data": v["data"]}))
+        .collect()
+}
+
+/// Healthy streams on every transport that run while a fault happens elsewhere.
+struct Healthy {
+    ndjson: LineReader,
+    sse: reqwest::Response,
+    upstream: LineReader,
+    socket: Sio,
+}
+
+impl Healthy {
+    /// Starts them and waits until each has delivered its first chunk.
+    async fn start(s: &Server) -> Healthy {
+        let opts = json!({"chunks": HEALTHY_CHUNKS, "interval_ms": HEALTHY_MS});
+        let mut ndjson = LineReader::open(
+            http()
+                .post(s.url(CHAT))
+                .json(&json!({"session_id": "healthy", "options": opts})),
+        )
+        .await;
+        let sse = http()
+            .post(s.url(CHAT))
+            .header("accept", "text/event-stream")
+            .json(&json!({"session_id": "healthy", "options": opts}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sse.status(), 200);
+        let mut upstream = LineReader::open(
+            http()
+                .post(s.url("/up"))
+                .json(&json!({"fault": "ok", "session_id": "healthy"})),
+        )
+        .await;
+        let mut socket = Sio::spawn(
+            Client::Node,
+            sio_spec(
+                s,
+                &["websocket"],
+                json!([
+                    {"emit": "chat_message", "data": {"message": "x", "session_id": "healthy-sio", "options": opts}, "ack": true},
+                    {"wait_for": "chat_complete", "count": 1, "timeout_ms": 25000}
+                ]),
+            ),
+        );
+        ndjson.until(|v| v["event"] == "chunk").await;
+        upstream.until(|v| v["event"] == "chunk").await;
+        socket.expect_event("chat_chunk").await;
+        Healthy {
+            ndjson,
+            sse,
+            upstream,
+            socket,
+        }
+    }
+
+    /// Every healthy stream completed with every chunk, in order, and no error.
+    async fn check(mut self) {
+        let want: Vec<String> = (0..HEALTHY_CHUNKS)
+            .map(|i| switchyard::engine::script::generated_chunk(i, 16))
+            .collect();
+        // `until` consumed the lines up to the first chunk; `rest` has the others.
+        let all = self.ndjson.rest().await;
+        let chunks: Vec<String> = all
+            .iter()
+            .filter(|e| e["event"] == "chunk")
+            .map(|e| e["data"]["text"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(chunks, want[1..].to_vec(), "healthy NDJSON stream");
+        assert_eq!(all.last().unwrap()["data"]["reason"], "completed");
+        assert!(all.iter().all(|e| e["event"] != "error"), "{all:?}");
+
+        let sse = sse_envelopes(&body_text(self.sse).await);
+        assert_eq!(check_rules(&sse), want, "healthy SSE stream");
+        assert_eq!(sse.last().unwrap()["data"]["reason"], "completed");
+
+        let up = self.upstream.rest().await;
+        let up_chunks: Vec<Value> = up
+            .iter()
+            .filter(|e| e["event"] == "chunk")
+            .map(|e| e["data"]["text"].clone())
+            .collect();
+        let up_want: Vec<Value> = (1..HEALTHY_CHUNKS)
+            .map(|i| json!(format!("u{i} ")))
+            .collect();
+        assert_eq!(up_chunks, up_want, "healthy upstream stream");
+        assert_eq!(up.last().unwrap()["data"]["reason"], "completed");
+
+        let (lines, code) = self.socket.finish().await;
+        assert_eq!(code, 0, "{lines:?}");
+        let events = events_of(&lines);
+        let chunks: Vec<&str> = events
+            .iter()
+            .filter(|(n, _)| n == "chat_chunk")
+            .map(|(_, d)| d["chunk"].as_str().unwrap())
+            .collect();
+        assert_eq!(chunks, want, "healthy Socket.IO stream");
+        assert!(events.iter().all(|(n, _)| n != "error"), "{events:?}");
+    }
+}
+
+/// One fault drill: a stream of session `fault-<kind>` is read at once by its NDJSON
+/// requester, an SSE resumer, a legacy Socket.IO client in the session room and an HTTP
+/// session follower, while healthy streams run on every transport. Every subscriber of
+/// the faulty stream sees the same events ending in `error {error_type}` +
+/// `end {reason}` (the legacy client: its `error` event), and the healthy ones complete.
+async fn fault_drill(path: &str, body: Value, error_type: &str, reason: &str) -> Vec<Value> {
+    let up = start_upstream().await;
+    let mut c = config();
+    c.flags_dir = flags_dir(FAULT_FLAGS);
+    c.engine.idle_timeout_secs = 1;
+    let s = Server::start_with(c, fault_routes(&up.base)).await;
+    let session = body["session_id"].as_str().unwrap().to_string();
+    let request_id = body["request_id"].as_str().unwrap().to_string();
+    let route = if path == CHAT { "chat" } else { "up" };
+    let engine = if route == "chat" { "script" } else { "ndjson" };
+    let errors_before = engine_errors(&s, route, engine).await;
+
+    let mut follower =
+        LineReader::open(http().get(s.url(&format!("/api/sessions/{session}/events")))).await;
+    let mut spec = sio_spec(
+        &s,
+        &["websocket"],
+        json!([{"wait_for": "error", "count": 1, "timeout_ms": 25000}, {"sleep_ms": 300}]),
+    );
+    spec["auth"] = json!({"session_id": session});
+    let mut legacy = Sio::spawn(Client::Node, spec);
+    legacy.expect_type("connect").await;
+    let healthy = Healthy::start(&s).await;
+
+    let t0 = Instant::now();
+    let resp = http().post(s.url(path)).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let sse = http()
+        .get(s.url(&format!("/api/streams/{request_id}")))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let events = parse_ndjson(&body_text(resp).await);
+    let elapsed = t0.elapsed();
+
+    // The requester: the stream rules hold, and it ends with the fault.
+    check_rules(&events);
+    let n = events.len();
+    assert_eq!(events[n - 2]["event"], "error", "{events:?}");
+    assert_eq!(
+        events[n - 2]["data"]["error_type"],
+        error_type,
+        "{events:?}"
+    );
+    assert!(
+        events[n - 2]["data"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+    assert_eq!(events[n - 1]["data"]["reason"], reason, "{events:?}");
+    assert!(events.iter().all(|e| e["event"] != "completion"));
+    // The SSE resumer and the session follower: the very same events.
+    assert_eq!(sse_envelopes(&body_text(sse).await), events, "SSE");
+    let followed = follower
+        .until(|v| v["request_id"] == request_id.as_str() && v["event"] == "end")
+        .await;
+    assert_eq!(
+        of_stream(&followed, &request_id),
+        events,
+        "session follower"
+    );
+    // The legacy client: every chunk, then one `error` with the fault's type, and nothing
+    // after it (its vocabulary maps no `end`).
+    let (lines, code) = legacy.finish().await;
+    assert_eq!(code, 0, "{lines:?}");
+    let legacy_events = events_of(&lines);
+    let chunks: Vec<Value> = legacy_events
+        .iter()
+        .filter(|(n, _)| n == "chat_chunk")
+        .map(|(_, d)| d["chunk"].clone())
+        .collect();
+    let want: Vec<Value> = events
+        .iter()
+        .filter(|e| e["event"] == "chunk")
+        .map(|e| e["data"]["text"].clone())
+        .collect();
+    assert_eq!(chunks, want, "legacy chunks: {legacy_events:?}");
+    let (last, data) = legacy_events.last().unwrap();
+    assert_eq!(last, "error", "{legacy_events:?}");
+    assert_eq!(data["error_type"], error_type);
+    assert_eq!(data["session_id"], session.as_str());
+    assert_eq!(
+        legacy_events.iter().filter(|(n, _)| n == "error").count(),
+        1
+    );
+
+    healthy.check().await;
+    let hub = s.bridge.hub().clone();
+    eventually("every stream has ended", || hub.running() == 0).await;
+    // Only a failure counts as an engine error (a timeout is the bridge's own verdict).
+    let want_errors = errors_before + if reason == "error" { 1.0 } else { 0.0 };
+    assert_eq!(engine_errors(&s, route, engine).await, want_errors);
+    if body["fault"] == "stall" {
+        let closed = *up.closed.lock().unwrap();
+        assert!(
+            closed.is_some(),
+            "the bridge hung up on the stalled upstream"
+        );
+        assert!(
+            elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(10),
+            "a stall ends after engine.idle_timeout_secs (1 s): {elapsed:?}"
+        );
+    }
+    s.shutdown().await;
+    events
+}
+
+#[tokio::test]
+async fn an_engine_error_mid_stream_ends_every_subscriber_and_nothing_else() {
+    let events = fault_drill(
+        "/up",
+        json!({"request_id": "fault-error", "session_id": "fault-error", "fault": "error"}),
+        "upstream_error",
+        "error",
+    )
+    .await;
+    let chunks: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "chunk")
+        .map(|e| e["data"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(chunks, ["u0 ", "u1 ", "u2 "]);
+}
+
+#[tokio::test]
+async fn a_stalled_engine_times_out_on_every_subscriber_and_nothing_else() {
+    let events = fault_drill(
+        "/up",
+        json!({"request_id": "fault-stall", "session_id": "fault-stall", "fault": "stall"}),
+        "timeout",
+        "timeout",
+    )
+    .await;
+    assert_eq!(events.iter().filter(|e| e["event"] == "chunk").count(), 3);
+}
+
+#[tokio::test]
+async fn a_panicking_engine_ends_every_subscriber_and_nothing_else() {
+    let events = fault_drill(
+        CHAT,
+        json!({"request_id": "fault-panic", "session_id": "fault-panic",
+               "options": {"chunks": 10, "interval_ms": 20, "panic_after": 4}}),
+        "engine_error",
+        "error",
+    )
+    .await;
+    assert_eq!(events.iter().filter(|e| e["event"] == "chunk").count(), 4);
+}
+
+#[tokio::test]
+async fn the_panic_drill_is_refused_where_the_route_does_not_enable_it() {
+    let s = Server::default().await;
+    let r = http()
+        .post(s.url(CHAT))
+        .json(&json!({"options": {"chunks": 3, "panic_after": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["error_type"], "invalid_request");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("panic_after"),
+        "{body}"
+    );
+    assert_eq!(s.bridge.hub().held(), 0);
+    s.shutdown().await;
+}
