@@ -32,7 +32,11 @@ const MAX_BATCH: usize = 32;
 /// Longest wait between two tries when the socket's queue is full.
 const MAX_BACKOFF: Duration = Duration::from_millis(20);
 /// How long a lagging socket's last two events (`error`, `end`) may wait for queue room.
-const FAREWELL_LIMIT: Duration = Duration::from_secs(2);
+/// Longer than Engine.IO's heartbeat (ping every 25 s, 20 s to answer), which closes a
+/// socket whose queue stays full: a client that stalls for a while and then reads again
+/// gets its `slow_consumer` end, never a stream that just stops. A socket that still has
+/// no room after this long is disconnected, so its client sees the connection drop.
+const FAREWELL_LIMIT: Duration = Duration::from_secs(60);
 
 /// Handshake query keys that belong to Engine.IO, not to the client's auth.
 const ENGINE_IO_QUERY: [&str; 4] = ["EIO", "transport", "t", "sid"];
@@ -411,7 +415,7 @@ async fn pump(socket: &SocketRef, mut cursor: Cursor, d: &Delivery) {
                             Err(Stop::Gone) => return,
                             Err(Stop::Lagging) => {
                                 let seq = e.event.seq.unwrap_or(cursor.next_seq());
-                                return farewell(socket, &cursor, seq, d).await;
+                                return farewell(socket, cursor, seq, d).await;
                             }
                         }
                     }
@@ -420,10 +424,14 @@ async fn pump(socket: &SocketRef, mut cursor: Cursor, d: &Delivery) {
                     }
                 }
                 if cursor.lag_bytes() > d.max_lag {
-                    return farewell(socket, &cursor, cursor.next_seq(), d).await;
+                    let seq = cursor.next_seq();
+                    return farewell(socket, cursor, seq, d).await;
                 }
             }
-            Batch::Lagged => return farewell(socket, &cursor, cursor.next_seq(), d).await,
+            Batch::Lagged => {
+                let seq = cursor.next_seq();
+                return farewell(socket, cursor, seq, d).await;
+            }
             Batch::End => return,
         }
     }
@@ -431,20 +439,27 @@ async fn pump(socket: &SocketRef, mut cursor: Cursor, d: &Delivery) {
 
 /// The last two events of a lagging socket's subscription: `error` + `end` with
 /// `slow_consumer`, numbered from `seq` (the first event it did not get), given a bounded
-/// time to find queue room.
-async fn farewell(socket: &SocketRef, cursor: &Cursor, seq: u64, d: &Delivery) {
+/// time to find queue room. The subscription is over: the cursor is dropped first, so
+/// the stream does not count this socket as a subscriber while it waits.
+async fn farewell(socket: &SocketRef, cursor: Cursor, seq: u64, d: &Delivery) {
     tracing::info!(request_id = %cursor.stream().id, lag_bytes = cursor.lag_bytes(), "ending a slow Socket.IO subscriber");
+    let stream = cursor.stream().clone();
+    drop(cursor);
     d.metrics
-        .slow_consumer(&cursor.stream().route.name, Transport::Socketio);
+        .slow_consumer(&stream.route.name, Transport::Socketio);
     let deadline = tokio::time::Instant::now() + FAREWELL_LIMIT;
     for ev in slow_consumer_events(seq) {
-        let Some(frame) = encode::encode_legacy(&ev, cursor.stream()) else {
+        let Some(frame) = encode::encode_legacy(&ev, &stream) else {
             continue;
         };
         if emit(socket, &frame, || false, Some(deadline))
             .await
             .is_err()
         {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::info!(request_id = %stream.id, "a slow Socket.IO subscriber took no farewell; disconnecting it");
+                let _ = socket.clone().disconnect();
+            }
             return;
         }
         d.counters.delivered(ev.event);

@@ -450,3 +450,259 @@ async fn the_panic_drill_is_refused_where_the_route_does_not_enable_it() {
     assert_eq!(s.bridge.hub().held(), 0);
     s.shutdown().await;
 }
+
+/// A lean Socket.IO v5 client over WebSocket, for volume and for readers that stop
+/// reading (the Node and Python clients always read). It speaks just enough: the
+/// Engine.IO open, the namespace connect, events, acks and pongs.
+struct Lean {
+    ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    next_ack: u64,
+}
+
+impl Lean {
+    /// Connects to `/` with the handshake `auth`; `rcvbuf` shrinks the socket's receive
+    /// buffer, so a client that stops reading is felt by the server at once.
+    async fn connect(addr: std::net::SocketAddr, auth: Value, rcvbuf: Option<u32>) -> Lean {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(n) = rcvbuf {
+            socket.set_recv_buffer_size(n).unwrap();
+        }
+        let tcp = socket.connect(addr).await.unwrap();
+        let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+        let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+        let mut lean = Lean { ws, next_ack: 0 };
+        let open = lean.recv_text().await.expect("the Engine.IO open packet");
+        assert!(open.starts_with("0{"), "{open}");
+        lean.send_text(format!("40{auth}")).await;
+        let connect = lean.recv_text().await.expect("the namespace connect");
+        assert!(connect.starts_with("40{"), "refused: {connect}");
+        lean
+    }
+
+    async fn send_text(&mut self, text: String) {
+        use futures_util::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .unwrap();
+    }
+
+    /// The next Engine.IO packet other than a ping (answered), or `None` once closed.
+    async fn recv_text(&mut self) -> Option<String> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            match self.ws.next().await? {
+                Ok(Message::Text(t)) if t.as_str() == "2" => self.send_text("3".into()).await,
+                Ok(Message::Text(t)) => return Some(t.as_str().to_string()),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Emits `event` with `data` and an ack id; returns the id.
+    async fn emit(&mut self, event: &str, data: Value) -> u64 {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        self.send_text(format!("42{id}{}", json!([event, data])))
+            .await;
+        id
+    }
+
+    /// The next Socket.IO event or ack as (name, data); acks are named `ack:<id>`.
+    /// `None` when the connection or the namespace closed.
+    async fn next(&mut self) -> Option<(String, Value)> {
+        loop {
+            let text = self.recv_text().await?;
+            if let Some(rest) = text.strip_prefix("42") {
+                let v: Value = serde_json::from_str(rest).unwrap();
+                return Some((v[0].as_str().unwrap().to_string(), v[1].clone()));
+            }
+            if let Some(rest) = text.strip_prefix("43") {
+                let split = rest.find('[').unwrap();
+                let v: Value = serde_json::from_str(&rest[split..]).unwrap();
+                return Some((format!("ack:{}", &rest[..split]), v[0].clone()));
+            }
+            if text.starts_with("41") || text.starts_with('1') {
+                return None;
+            }
+        }
+    }
+
+    /// Reads with a deadline; `None` when the connection closed.
+    async fn next_within(&mut self, limit: Duration) -> Option<(String, Value)> {
+        tokio::time::timeout(limit, self.next())
+            .await
+            .expect("a Socket.IO packet in time")
+    }
+}
+
+/// Gaps between consecutive arrivals: (p99, max).
+fn gaps(arrivals: &[Instant]) -> (Duration, Duration) {
+    let mut g: Vec<Duration> = arrivals.windows(2).map(|w| w[1] - w[0]).collect();
+    g.sort();
+    let p99 = g[(g.len() * 99 / 100).min(g.len() - 1)];
+    (p99, *g.last().unwrap())
+}
+
+#[tokio::test]
+async fn stalled_readers_on_both_transports_end_alone_and_fast_readers_keep_their_pace() {
+    // 300 chunks of 32 KiB, one every 20 ms: 9.6 MiB in 6 s, more than the kernel
+    // buffers of a stalled loopback connection (4 MiB send buffer here) and a 16-packet
+    // socket queue hold, so the stalled socket falls `max_lag_bytes` behind.
+    const CHUNKS: u64 = 300;
+    const BYTES: u64 = 32 * 1024;
+    let mut c = config();
+    c.limits.max_lag_bytes = 64 * 1024;
+    c.limits.socketio_buffer = 16;
+    c.replay.max_bytes = 64 << 20;
+    let s = Server::start(c).await;
+    let session = "slow-1";
+    let request_id = "slow-1";
+
+    // Fast readers: an HTTP session follower (its arrival times are measured) and a real
+    // legacy client in the session room.
+    let mut follower =
+        LineReader::open(http().get(s.url(&format!("/api/sessions/{session}/events")))).await;
+    let mut spec = sio_spec(
+        &s,
+        &["websocket"],
+        json!([{"wait_for": "chat_complete", "count": 1, "timeout_ms": 40000}]),
+    );
+    spec["auth"] = json!({"session_id": session});
+    spec["global_timeout_ms"] = json!(60000);
+    let mut node = Sio::spawn(Client::Node, spec);
+    node.expect_type("connect").await;
+
+    // The requester is a Socket.IO client that stops reading once its request is acked.
+    let mut stalled = Lean::connect(s.addr, json!({}), Some(4096)).await;
+    let ack = stalled
+        .emit(
+            "chat_message",
+            json!({"message": "x", "session_id": session, "request_id": request_id,
+                   "options": {"chunks": CHUNKS, "chunk_bytes": BYTES, "interval_ms": 20}}),
+        )
+        .await;
+    loop {
+        let (name, data) = stalled.next_within(WAIT).await.expect("the ack");
+        if name == format!("ack:{ack}") {
+            assert_eq!(data["request_id"], request_id, "{data}");
+            break;
+        }
+    }
+    // An HTTP resumer of the same stream that never reads its body.
+    let stalled_http = http()
+        .get(s.url(&format!("/api/streams/{request_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stalled_http.status(), 200);
+
+    // The follower gets every event as it is produced.
+    let mut arrivals = Vec::new();
+    let mut followed = Vec::new();
+    loop {
+        let v = follower
+            .next()
+            .await
+            .expect("the follower's stream goes on");
+        if v["event"] == "heartbeat" {
+            continue;
+        }
+        if v["event"] == "chunk" {
+            arrivals.push(Instant::now());
+        }
+        let end = v["event"] == "end";
+        followed.push(v);
+        if end {
+            break;
+        }
+    }
+    let evs = of_stream(&followed, request_id);
+    assert_eq!(check_rules(&evs).len() as u64, CHUNKS);
+    assert_eq!(evs.last().unwrap()["data"]["reason"], "completed");
+    // The last chunk may share its write with the completion, whose 9.6 MiB `output`
+    // takes a while to build in a debug build: the gaps stop one chunk before it.
+    let (p99, max) = gaps(&arrivals[..arrivals.len() - 1]);
+    assert!(
+        p99 < Duration::from_secs(1) && max < Duration::from_secs(3),
+        "a fast reader keeps its pace beside stalled ones (chunks every 20 ms): p99 gap {p99:?}, max {max:?}"
+    );
+    let (lines, code) = node.finish().await;
+    assert_eq!(code, 0, "the fast legacy client completes");
+    let legacy = events_of(&lines);
+    assert_eq!(
+        legacy.iter().filter(|(n, _)| n == "chat_chunk").count() as u64,
+        CHUNKS,
+        "the fast legacy client gets every chunk"
+    );
+
+    // Now the stalled readers read again: each has an unbroken prefix, then either the
+    // rest or its own `slow_consumer` end.
+    let text = body_text(stalled_http).await;
+    let http_events = parse_ndjson(&text);
+    for (i, e) in http_events.iter().enumerate() {
+        assert_eq!(e["seq"], i as u64, "contiguous up to the cut");
+    }
+    let last = http_events.last().unwrap();
+    assert!(
+        last["data"]["reason"] == "completed" || last["data"]["reason"] == "slow_consumer",
+        "{}",
+        last["event"]
+    );
+    if last["data"]["reason"] == "completed" {
+        assert!(
+            http_events == evs,
+            "the stalled HTTP reader got every event"
+        );
+    } else {
+        assert_eq!(
+            http_events[http_events.len() - 2]["data"]["error_type"],
+            "slow_consumer"
+        );
+    }
+
+    let mut chunks = 0u64;
+    let mut terminal = None;
+    while let Some((name, data)) = stalled.next_within(WAIT).await {
+        match name.as_str() {
+            "chat_chunk" => {
+                assert_eq!(
+                    data["chunk"],
+                    switchyard::engine::script::generated_chunk(chunks, BYTES),
+                    "chunk {chunks} in order, none missing"
+                );
+                chunks += 1;
+            }
+            "chat_complete" => {
+                let text = data["full_response"].as_str().unwrap_or_default();
+                assert_eq!(text.len() as u64, CHUNKS * BYTES);
+                terminal = Some((name, json!({})));
+                break;
+            }
+            "error" => {
+                terminal = Some((name, data));
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let (name, data) = terminal.unwrap_or_else(|| {
+        panic!("the stalled socket got {chunks} chunks and then neither the rest nor a slow_consumer error")
+    });
+    assert_eq!(
+        (name.as_str(), &data["error_type"]),
+        ("error", &json!("slow_consumer")),
+        "the stalled socket is cut off after {chunks} chunks"
+    );
+    assert!(chunks < CHUNKS, "cut before the end: {chunks}");
+    eprintln!(
+        "stalled socket: {chunks} chunks, then slow_consumer; stalled HTTP reader: {} events, then {}; fast follower: p99 gap {p99:?}, max {max:?}",
+        http_events.len(),
+        last["data"]["reason"]
+    );
+    let hub = s.bridge.hub().clone();
+    eventually("the stream ended", || hub.running() == 0).await;
+    s.shutdown().await;
+}
