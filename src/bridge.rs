@@ -189,15 +189,7 @@ impl Bridge {
             .hub
             .get(request_id)
             .ok_or_else(|| ApiError::UnknownStream(request_id.to_string()))?;
-        let from: Seq = match after {
-            None => 0,
-            Some(a) if a < -1 => {
-                return Err(ApiError::InvalidRequest(format!(
-                    "`after` must be a seq (or -1 for the start), not {a}"
-                )));
-            }
-            Some(a) => (a + 1) as Seq,
-        };
+        let from = Bridge::resume_from(after)?;
         let first = stream.first_kept();
         if from < first {
             return Err(ApiError::ResumeGap {
@@ -207,6 +199,18 @@ impl Bridge {
             });
         }
         Ok(stream.subscribe_from(from))
+    }
+
+    /// The first seq a resume from `after` reads (`None` or -1: from the start).
+    pub fn resume_from(after: Option<i64>) -> Result<Seq, ApiError> {
+        match after {
+            None => Ok(0),
+            Some(a) if a < -1 => Err(ApiError::InvalidRequest(format!(
+                "`after` must be a seq (or -1 for the start), not {a}"
+            ))),
+            // -1 is "from the start"; `a + 1` would overflow at i64::MAX.
+            Some(a) => Ok(u64::try_from(a).map_or(0, |a| a + 1)),
+        }
     }
 
     /// Cancels a live stream, whichever transport started it. `Ok(false)` when it had
@@ -341,5 +345,23 @@ async fn idle_watch(stream: &Stream, limit: Duration) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(limit_ms - idle)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `request_body` fuzz target: `?after=9223372036854775807` overflowed.
+    #[test]
+    fn resume_from_any_after() {
+        assert_eq!(Bridge::resume_from(None).unwrap(), 0);
+        assert_eq!(Bridge::resume_from(Some(-1)).unwrap(), 0);
+        assert_eq!(Bridge::resume_from(Some(3)).unwrap(), 4);
+        assert_eq!(Bridge::resume_from(Some(i64::MAX)).unwrap(), 1 << 63);
+        for bad in [-2, i64::MIN] {
+            let e = Bridge::resume_from(Some(bad)).unwrap_err();
+            assert_eq!(e.error_type(), "invalid_request");
+        }
     }
 }

@@ -188,6 +188,13 @@ impl StreamRules {
         }
         match kind {
             EventKind::Heartbeat | EventKind::End => return Pushed::Reserved,
+            // `started` is the core's, written once by `start`: a second one would tell
+            // clients a new stream began in the middle of this one.
+            EventKind::StatusUpdate
+                if data.get("status").and_then(Value::as_str) == Some("started") =>
+            {
+                return Pushed::Reserved;
+            }
             EventKind::Chunk => {
                 if let Some(text) = data.get("text").and_then(Value::as_str) {
                     self.output.push_str(text);
@@ -227,7 +234,8 @@ impl StreamRules {
                     self.phase = Phase::Open;
                 }
                 let (kind, data, reason) = match how {
-                    Finish::Completed => (
+                    // Stopped "completed" is a normal completion, never an `error` event.
+                    Finish::Completed | Finish::Stopped(EndReason::Completed) => (
                         EventKind::Completion,
                         json!({"status": "complete", "output": self.output}),
                         EndReason::Completed,
@@ -399,6 +407,23 @@ mod tests {
         assert_eq!(r.next_seq(), 1);
     }
 
+    /// Found by the stream-rules property test: an engine's own `started` was stamped
+    /// mid-stream, so the stream had two.
+    #[test]
+    fn an_engine_started_is_reserved() {
+        let mut r = StreamRules::new();
+        r.start("r", "x");
+        assert_eq!(
+            r.push(EventKind::StatusUpdate, json!({"status": "started"})),
+            Pushed::Reserved
+        );
+        assert!(matches!(
+            r.push(EventKind::StatusUpdate, json!({"status": "thinking"})),
+            Pushed::Accepted(_)
+        ));
+        assert_eq!(r.next_seq(), 2);
+    }
+
     #[test]
     fn every_finish_has_its_terminal_event() {
         let cases = [
@@ -453,6 +478,19 @@ mod tests {
         }
     }
 
+    /// Found by the stream-rules property test: `Stopped(Completed)` wrote
+    /// `error {error_type: "completed"}` before `end {reason: "completed"}`.
+    #[test]
+    fn stopped_completed_ends_with_a_completion() {
+        let mut r = StreamRules::new();
+        r.start("r", "x");
+        r.push(EventKind::Chunk, json!({"text": "all"}));
+        let out = r.finish(Finish::Stopped(EndReason::Completed));
+        assert_eq!(out[0].event, EventKind::Completion);
+        assert_eq!(out[0].data, json!({"status": "complete", "output": "all"}));
+        assert_eq!(out[1].data["reason"], "completed");
+    }
+
     #[test]
     fn error_data_that_is_not_an_object_is_wrapped() {
         let mut r = StreamRules::new();
@@ -461,6 +499,285 @@ mod tests {
             panic!()
         };
         assert_eq!(e.data, json!({"value": "bad"}));
+    }
+
+    /// Property tests: whatever an engine writes and however the stream finishes, the
+    /// events that come out obey SPEC section 1.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One call on the rules, as the core (start) or an engine (push) makes it.
+        #[derive(Clone, Debug)]
+        enum Op {
+            Start,
+            Push(EventKind, Value),
+        }
+
+        fn kind() -> impl Strategy<Value = EventKind> {
+            prop::sample::select(EventKind::ALL.to_vec())
+        }
+
+        fn end_reason() -> impl Strategy<Value = EndReason> {
+            prop::sample::select(vec![
+                EndReason::Completed,
+                EndReason::Error,
+                EndReason::Cancelled,
+                EndReason::Shutdown,
+                EndReason::Timeout,
+                EndReason::SlowConsumer,
+            ])
+        }
+
+        /// Any JSON, biased towards the fields the rules read (`text`, `output`, `status`).
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                "\\PC{0,8}".prop_map(Value::from),
+                Just(Value::from("started")),
+                Just(Value::from("complete")),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::vec(
+                        (
+                            prop_oneof![
+                                Just("text".to_string()),
+                                Just("output".to_string()),
+                                Just("status".to_string()),
+                                Just("error_type".to_string()),
+                                "[a-z]{1,6}",
+                            ],
+                            inner
+                        ),
+                        0..4
+                    )
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Mostly well-formed payloads for each kind, sometimes anything at all.
+        fn payload(kind: EventKind) -> BoxedStrategy<Value> {
+            let typical = match kind {
+                EventKind::Chunk => "\\PC{0,6}".prop_map(|t| json!({ "text": t })).boxed(),
+                EventKind::StatusUpdate => prop_oneof![
+                    Just(json!({"status": "started"})),
+                    "[a-z]{1,8}".prop_map(|s| json!({ "status": s })),
+                ]
+                .boxed(),
+                EventKind::Completion => prop_oneof![
+                    Just(json!({"status": "complete"})),
+                    Just(json!({})),
+                    "\\PC{0,6}".prop_map(|o| json!({ "output": o })),
+                    Just(json!({"output": null, "status": null})),
+                ]
+                .boxed(),
+                EventKind::Error => "[a-z_]{1,12}"
+                    .prop_map(|t| json!({"error_type": t, "message": "m"}))
+                    .boxed(),
+                _ => json().boxed(),
+            };
+            prop_oneof![3 => typical, 1 => json()].boxed()
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                1 => Just(Op::Start),
+                12 => kind().prop_flat_map(|k| payload(k).prop_map(move |v| Op::Push(k, v))),
+            ]
+        }
+
+        fn finish() -> impl Strategy<Value = Finish> {
+            prop_oneof![
+                Just(Finish::Completed),
+                ("[a-z_]{0,12}", "\\PC{0,12}").prop_map(|(error_type, message)| {
+                    Finish::Failed {
+                        error_type,
+                        message,
+                    }
+                }),
+                end_reason().prop_map(Finish::Stopped),
+            ]
+        }
+
+        fn is_terminal(kind: EventKind) -> bool {
+            matches!(kind, EventKind::Completion | EventKind::Error)
+        }
+
+        fn is_started(e: &Event) -> bool {
+            e.event == EventKind::StatusUpdate && e.data.get("status") == Some(&json!("started"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            /// Runs the core's calls (a `start` first, as the hub does, then any pushes,
+            /// stray `start`s included, then any finish, twice) and checks every rule.
+            #[test]
+            fn every_stream_obeys_the_rules(
+                ops in prop::collection::vec(op(), 0..24),
+                how in finish(),
+                again in finish(),
+            ) {
+                let mut r = StreamRules::new();
+                let mut out: Vec<Event> = Vec::new();
+                let mut chunks = String::new();
+                let mut terminal_seen = false;
+                let started = r.start("req-1", "chat");
+                prop_assert!(started.is_some());
+                out.extend(started);
+                for op in ops {
+                    match op {
+                        Op::Start => prop_assert!(r.start("req-1", "chat").is_none()),
+                        Op::Push(kind, data) => {
+                            let pushed = r.push(kind, data.clone());
+                            if terminal_seen {
+                                prop_assert_eq!(pushed, Pushed::AfterTerminal);
+                                continue;
+                            }
+                            match pushed {
+                                Pushed::Accepted(e) => {
+                                    prop_assert_eq!(e.event, kind);
+                                    prop_assert!(
+                                        !matches!(kind, EventKind::Heartbeat | EventKind::End),
+                                        "reserved kind accepted: {:?}", e
+                                    );
+                                    if kind == EventKind::Chunk
+                                        && let Some(t) = data.get("text").and_then(Value::as_str)
+                                    {
+                                        chunks.push_str(t);
+                                    }
+                                    if is_terminal(kind) {
+                                        terminal_seen = true;
+                                        prop_assert!(e.data.is_object(), "terminal data: {:?}", e.data);
+                                    } else {
+                                        // Non-terminal events pass through unchanged.
+                                        prop_assert_eq!(&e.data, &data);
+                                    }
+                                    if kind == EventKind::Completion {
+                                        let own = data.get("output").filter(|o| !o.is_null());
+                                        let want = own.cloned().unwrap_or_else(|| json!(chunks));
+                                        prop_assert_eq!(&e.data["output"], &want);
+                                        prop_assert!(!e.data["status"].is_null());
+                                    }
+                                    out.push(e);
+                                }
+                                Pushed::Reserved => prop_assert!(
+                                    matches!(kind, EventKind::Heartbeat | EventKind::End)
+                                        || (kind == EventKind::StatusUpdate
+                                            && data.get("status") == Some(&json!("started"))),
+                                    "{:?} refused as reserved", kind
+                                ),
+                                Pushed::AfterTerminal => {
+                                    prop_assert!(false, "refused an event while open: {:?}", kind)
+                                }
+                            }
+                        }
+                    }
+                    prop_assert_eq!(r.output(), chunks.as_str());
+                }
+                let closing = r.finish(how.clone());
+                prop_assert_eq!(closing.len(), if terminal_seen { 1 } else { 2 });
+                out.extend(closing);
+                prop_assert!(r.is_ended());
+                prop_assert!(r.finish(again).is_empty(), "a second end");
+                prop_assert_eq!(r.push(EventKind::Chunk, json!({"text": "late"})), Pushed::AfterTerminal);
+                prop_assert!(r.start("req-1", "chat").is_none());
+
+                // seq 0, 1, 2, ... without gaps; no heartbeat in the sequence.
+                for (i, e) in out.iter().enumerate() {
+                    prop_assert_eq!(e.seq, Some(i as u64), "{:?}", out);
+                    prop_assert!(e.event != EventKind::Heartbeat);
+                }
+                prop_assert_eq!(r.next_seq(), out.len() as u64);
+
+                // `started` first, with its metadata, and only there.
+                prop_assert!(is_started(&out[0]));
+                prop_assert_eq!(
+                    &out[0].data["metadata"],
+                    &json!({"request_id": "req-1", "route": "chat"})
+                );
+                prop_assert_eq!(out.iter().filter(|e| is_started(e)).count(), 1, "{:?}", out);
+
+                // Exactly one `end`, last; exactly one completion or error, right before it.
+                let n = out.len();
+                prop_assert!(n >= 3);
+                prop_assert_eq!(out.iter().filter(|e| e.event == EventKind::End).count(), 1);
+                let end = &out[n - 1];
+                prop_assert_eq!(end.event, EventKind::End);
+                prop_assert_eq!(out.iter().filter(|e| is_terminal(e.event)).count(), 1);
+                let terminal = &out[n - 2];
+                prop_assert!(is_terminal(terminal.event), "{:?}", out);
+                prop_assert!(terminal.data.is_object());
+
+                // The end reason agrees with the terminal event (SPEC section 9, "Ends").
+                let reason = end.end_reason().unwrap_or_default().to_string();
+                match reason.as_str() {
+                    "completed" => prop_assert_eq!(terminal.event, EventKind::Completion, "{:?}", out),
+                    "cancelled" | "shutdown" => {
+                        prop_assert_eq!(terminal.event, EventKind::Completion, "{:?}", out);
+                        prop_assert_eq!(&terminal.data["status"], &json!(reason));
+                        prop_assert_eq!(&terminal.data["output"], &json!(chunks));
+                    }
+                    "error" => prop_assert_eq!(terminal.event, EventKind::Error, "{:?}", out),
+                    "timeout" | "slow_consumer" => {
+                        prop_assert_eq!(terminal.event, EventKind::Error, "{:?}", out);
+                        prop_assert_eq!(&terminal.data["error_type"], &json!(reason));
+                    }
+                    other => prop_assert!(false, "unknown end reason {:?}", other),
+                }
+
+                // A terminal written by the finish itself follows the finish.
+                if !terminal_seen {
+                    match &how {
+                        Finish::Completed => {
+                            prop_assert_eq!(reason.as_str(), "completed");
+                            prop_assert_eq!(&terminal.data["status"], &json!("complete"));
+                        }
+                        Finish::Failed { error_type, message } => {
+                            prop_assert_eq!(reason.as_str(), "error");
+                            prop_assert_eq!(&terminal.data["error_type"], &json!(error_type));
+                            prop_assert_eq!(&terminal.data["message"], &json!(message));
+                        }
+                        Finish::Stopped(r) => prop_assert_eq!(reason.as_str(), r.as_str()),
+                    }
+                }
+                // A completion always carries the whole text when the engine set none.
+                if terminal.event == EventKind::Completion && !terminal_seen {
+                    prop_assert_eq!(&terminal.data["output"], &json!(chunks));
+                }
+            }
+
+            /// A stream finished without ever being started still starts with `started`
+            /// (the guard in `finish`), or at least never breaks seq or `end`.
+            #[test]
+            fn finish_without_start_keeps_seq_and_one_end(how in finish()) {
+                let mut r = StreamRules::new();
+                prop_assert_eq!(r.push(EventKind::Chunk, json!({"text": "x"})), Pushed::AfterTerminal);
+                let out = r.finish(how);
+                prop_assert_eq!(out.len(), 2);
+                prop_assert_eq!(out[0].seq, Some(0));
+                prop_assert_eq!(out[1].seq, Some(1));
+                prop_assert_eq!(out[1].event, EventKind::End);
+                prop_assert!(r.finish(Finish::Completed).is_empty());
+            }
+
+            /// The slow-consumer pair continues the subscriber's own numbering.
+            #[test]
+            fn slow_consumer_pair_is_contiguous(next in 0u64..u64::MAX - 1) {
+                let [err, end] = slow_consumer_events(next);
+                prop_assert_eq!(err.event, EventKind::Error);
+                prop_assert_eq!(err.seq, Some(next));
+                prop_assert_eq!(&err.data["error_type"], &json!("slow_consumer"));
+                prop_assert_eq!(end.seq, Some(next + 1));
+                prop_assert_eq!(end.end_reason(), Some("slow_consumer"));
+            }
+        }
     }
 
     #[test]

@@ -398,10 +398,17 @@ fn parse_http(v: Option<&toml::Value>, p: &mut RouteProblems<'_>) -> Option<Http
     };
     let mut ok = true;
     if let Some(path) = &path {
-        if !path.starts_with('/') || path.contains(['?', '#', ' ', '{', '}', '*']) {
+        // A segment starting with ':' is a 0.7-style capture that axum refuses (it panics).
+        if !path.starts_with('/')
+            || path.contains(['?', '#', ' ', '{', '}', '*'])
+            || path.split('/').any(|segment| segment.starts_with(':'))
+        {
             p.add(
                 "http",
-                format!("`{path}` must be an absolute path without '?', '#', spaces or patterns"),
+                format!(
+                    "`{path}` must be an absolute path without '?', '#', spaces or patterns \
+                     (no segment may start with ':')"
+                ),
             );
             ok = false;
         } else if let Some(r) = RESERVED_PATH_PREFIXES
@@ -820,6 +827,24 @@ socketio = { request_event = "go" }
         let text = "[[route]]\nname = \"a\"\nengine = { kind = \"script\" }\n[route.http]\npath = \"/a\"\nemit = { chunk = { event = \"x\\ny\", payload = {} } }\n";
         let err = Routes::parse(text, "f").unwrap_err();
         assert!(err.to_string().contains("http.emit.chunk.event"), "{err}");
+    }
+
+    /// Found by the `routes` fuzz target: `/:pi/x` passed validation, then axum panicked on
+    /// it when `serve` built the router.
+    #[test]
+    fn colon_segments_are_refused() {
+        for path in ["/:id", "/api/:x/y", "/a/:"] {
+            let text = format!(
+                "[[route]]\nname = \"a\"\nhttp = \"{path}\"\nengine = {{ kind = \"script\" }}\n"
+            );
+            let err = Routes::parse(&text, "f").unwrap_err();
+            assert!(err.to_string().contains("field `http`"), "{path}: {err}");
+        }
+        let ok = "[[route]]\nname = \"a\"\nhttp = \"/a:b/c:\"\nengine = { kind = \"script\" }\n";
+        assert!(
+            Routes::parse(ok, "f").is_ok(),
+            "a colon inside a segment is a literal"
+        );
     }
 
     #[test]

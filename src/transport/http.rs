@@ -228,10 +228,7 @@ async fn start_stream_on(
     let (parts, body) = req.into_parts();
     let subject = identify(b, &parts.headers)?;
     let bytes = read_body(body, &parts.headers, b.config().limits.max_body_bytes).await?;
-    let input: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::InvalidRequest(format!("the request body is not valid JSON: {e}"))
-    })?;
-    let mut request = StreamRequest::from_input(route, input, subject, wire.transport())?;
+    let mut request = decode_body(route, &bytes, subject, wire.transport())?;
     request.caller.authorization = header_str(&parts.headers, "authorization").map(str::to_string);
     let cursor = b.start(request)?;
     Ok(stream_response(b, cursor, wire, StatusCode::OK))
@@ -410,6 +407,34 @@ fn parse_seq(v: &str, what: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::InvalidRequest(format!("{what} must be an integer seq, not `{v}`")))
 }
 
+/// A stream request from a POST body: JSON, an object, and the fields the bridge reads
+/// well-typed ([`StreamRequest::from_input`]); anything else is 400 `invalid_request`.
+pub fn decode_body(
+    route: Arc<Route>,
+    body: &[u8],
+    subject: Subject,
+    transport: crate::request::Transport,
+) -> Result<StreamRequest, ApiError> {
+    let input: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::InvalidRequest(format!("the request body is not valid JSON: {e}"))
+    })?;
+    StreamRequest::from_input(route, input, subject, transport)
+}
+
+/// The position a resume asks for (`None`: from the start). Over SSE, `Last-Event-ID` is
+/// the newer position (the browser's own), so it wins over `?after=`.
+pub fn resume_after(
+    last_event_id: Option<&str>,
+    after: Option<&str>,
+    sse: bool,
+) -> Result<Option<i64>, ApiError> {
+    match (last_event_id, after) {
+        (Some(id), _) if sse => parse_seq(id, "Last-Event-ID").map(Some),
+        (_, Some(a)) => parse_seq(a, "`after`").map(Some),
+        _ => Ok(None),
+    }
+}
+
 async fn resume(
     State(b): State<Bridge>,
     Path(request_id): Path<String>,
@@ -418,12 +443,11 @@ async fn resume(
 ) -> Result<Response, ApiError> {
     identify(&b, &headers)?;
     let wire = wire_for(&headers, Wire::Sse, Wire::Ndjson);
-    // Last-Event-ID is the newer position (the browser's own), so it wins over `after`.
-    let after = match (header_str(&headers, "last-event-id"), q.after.as_deref()) {
-        (Some(id), _) if wire.is_sse() => Some(parse_seq(id, "Last-Event-ID")?),
-        (_, Some(a)) => Some(parse_seq(a, "`after`")?),
-        _ => None,
-    };
+    let after = resume_after(
+        header_str(&headers, "last-event-id"),
+        q.after.as_deref(),
+        wire.is_sse(),
+    )?;
     let cursor = b.resume(&request_id, after)?;
     let stream = cursor.stream();
     if wire.is_sse() && stream.is_ended() && cursor.next_seq() >= stream.next_seq() {
