@@ -287,7 +287,16 @@ async fn produce(
         };
         std::future::pending::<()>().await
     };
+    // `biased`, stop first: a stopped stream's engine returns `Ok` at its next write (the
+    // log takes no more events), so when both are ready the stop is the truth. Polled at
+    // random, a stream cut by shutdown, cancel or timeout could end as `completed` with
+    // partial text.
     let finish = tokio::select! {
+        biased;
+        reason = stream.stopped() => {
+            engine.abort();
+            Finish::Stopped(reason)
+        }
         r = &mut engine => match r {
             Ok(Ok(())) => Finish::Completed,
             Ok(Err(EngineError::Failed { error_type, message })) => Finish::Failed { error_type, message },
@@ -303,10 +312,6 @@ async fn produce(
                 }
             }
         },
-        reason = stream.stopped() => {
-            engine.abort();
-            Finish::Stopped(reason)
-        }
         _ = watchdog => Finish::Stopped(EndReason::Cancelled),
     };
     if let Finish::Failed {
