@@ -27,8 +27,18 @@ const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 /// Most headers in one request head (hyper's default is 100).
 const MAX_HEADERS: usize = 100;
 
+/// After the drain, how long polling clients get to fetch their last packets before the
+/// sockets are closed (closing drops what a polling session has not fetched yet).
+const POLL_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
 /// The whole service: HTTP routes, with Socket.IO at `/socket.io/`.
 pub fn app(bridge: Bridge) -> (Router, SocketIo) {
+    let (router, io, _) = assemble(bridge);
+    (router, io)
+}
+
+/// [`app`], with the polling pacer that shutdown asks whether polling clients are done.
+fn assemble(bridge: Bridge) -> (Router, SocketIo, polling::Pacer) {
     let limits = &bridge.config().limits;
     // One packet limit for both transports, as Node socket.io's maxHttpBufferSize: the
     // WebSocket message and frame limits follow it (socketioxide's default is 64 MiB).
@@ -41,16 +51,17 @@ pub fn app(bridge: Bridge) -> (Router, SocketIo) {
         .build_layer();
     socketio::attach(&io, bridge.clone());
     let cors = cors::Cors::new(&bridge.config().cors);
+    let pacer = polling::Pacer::default();
     // Outermost: the CORS guard sees every request first; the polling pacer sees the
     // Socket.IO service's responses.
     let router = http::router(bridge)
         .layer(layer)
         .layer(axum::middleware::from_fn_with_state(
-            polling::Pacer::default(),
+            pacer.clone(),
             polling::pace,
         ))
         .layer(axum::middleware::from_fn_with_state(cors, cors::guard));
-    (router, io)
+    (router, io, pacer)
 }
 
 /// Serves until `shutdown` resolves, then drains the streams, closes the sockets and
@@ -60,7 +71,7 @@ pub async fn run(
     bridge: Bridge,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (router, io) = app(bridge.clone());
+    let (router, io, pacer) = assemble(bridge.clone());
     tokio::spawn(bridge.flags().clone().watch());
     let limits = &bridge.config().limits;
     let mut conn = http1::Builder::new();
@@ -76,6 +87,9 @@ pub async fn run(
     let drained = async move {
         shutdown.await;
         bridge.drain().await;
+        pacer
+            .flushed(std::time::Instant::now(), POLL_FLUSH_LIMIT)
+            .await;
         io.close().await;
     };
     tokio::pin!(drained);

@@ -7,9 +7,15 @@
 //! the packets past the 16th of a response and answers the same session's next polls from
 //! them, in order, before asking the Engine.IO server again. Only Engine.IO v4 text
 //! payloads (`\x1e`-separated) are touched; it never reorders, drops or parses packets.
+//!
+//! It also watches each session's polls for shutdown: engineioxide drops whatever a
+//! polling session has not fetched yet when the server closes it, so before the sockets
+//! are closed [`Pacer::flushed`] waits (briefly, bounded) until every polling client has
+//! come back for its last packets.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -25,14 +31,101 @@ pub const MAX_PACKETS_PER_POLL: usize = 16;
 /// Held packets of a session that has not polled for this long are dropped: it is gone.
 const STALE_AFTER: Duration = Duration::from_secs(120);
 const SEPARATOR: u8 = 0x1e;
+/// A poll that has waited this long with nothing to send found its session's queue empty.
+const SETTLED: Duration = Duration::from_millis(100);
+/// At shutdown, sessions that polled within this long are waited for.
+const RECENT: Duration = Duration::from_secs(2);
+/// Sessions tracked before the poll table is pruned of sessions gone quiet.
+const PRUNE_AT: usize = 1024;
 
-/// Packets held back per Engine.IO session id.
-#[derive(Clone, Default)]
+/// A polling session's latest poll.
+struct Poll {
+    /// When the poll in progress started (`None`: between polls).
+    waiting_since: Option<Instant>,
+    /// When the latest poll ended.
+    ended: Instant,
+}
+
+/// Packets held back per Engine.IO session id, and each session's latest poll.
+#[derive(Clone)]
 pub struct Pacer {
     held: Arc<DashMap<String, (Instant, VecDeque<Bytes>)>>,
+    polls: Arc<DashMap<String, Poll>>,
+    prune_at: Arc<AtomicUsize>,
+}
+
+impl Default for Pacer {
+    fn default() -> Self {
+        Pacer {
+            held: Arc::default(),
+            polls: Arc::default(),
+            prune_at: Arc::new(AtomicUsize::new(PRUNE_AT)),
+        }
+    }
+}
+
+/// Marks a poll as ended when its request finishes or is dropped (client gone).
+struct PollGuard<'a> {
+    pacer: &'a Pacer,
+    sid: &'a str,
+}
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.pacer.polls.get_mut(self.sid) {
+            p.waiting_since = None;
+            p.ended = Instant::now();
+        }
+    }
 }
 
 impl Pacer {
+    fn poll_started<'a>(&'a self, sid: &'a str) -> PollGuard<'a> {
+        let now = Instant::now();
+        if let Some(mut p) = self.polls.get_mut(sid) {
+            p.waiting_since = Some(now);
+        } else {
+            if self.polls.len() >= self.prune_at.load(Ordering::Relaxed) {
+                self.polls
+                    .retain(|_, p| p.waiting_since.is_some() || p.ended.elapsed() < STALE_AFTER);
+                self.prune_at
+                    .store((self.polls.len() * 2).max(PRUNE_AT), Ordering::Relaxed);
+            }
+            self.polls.insert(
+                sid.to_string(),
+                Poll {
+                    waiting_since: Some(now),
+                    ended: now,
+                },
+            );
+        }
+        PollGuard { pacer: self, sid }
+    }
+
+    /// A session that will not poll again (closed, or upgraded to WebSocket).
+    fn forget(&self, sid: &str) {
+        self.polls.remove(sid);
+    }
+
+    /// Waits, at most `limit`, until every polling session active in the last moments
+    /// before `since` has a poll waiting for packets, unanswered for a while after
+    /// `since`: its client has fetched everything queued before `since`. Called at
+    /// shutdown, after the streams' last events were queued and before the sockets are
+    /// closed.
+    pub async fn flushed(&self, since: Instant, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let done = || {
+            let now = Instant::now();
+            self.polls.iter().all(|p| match p.waiting_since {
+                Some(start) => now.saturating_duration_since(start.max(since)) >= SETTLED,
+                None => p.ended + RECENT < since,
+            })
+        };
+        while !done() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Takes up to the limit of held packets for `sid` as one payload.
     fn take(&self, sid: &str) -> Option<Bytes> {
         let mut entry = self.held.get_mut(sid)?;
@@ -114,17 +207,23 @@ pub async fn pace(State(pacer): State<Pacer>, req: Request, next: Next) -> Respo
     let Some(sid) = polling_sid(&req) else {
         return next.run(req).await;
     };
+    let _poll = pacer.poll_started(&sid);
     if let Some(payload) = pacer.take(&sid) {
         return payload_response(payload);
     }
     let resp = next.run(req).await;
     if resp.status() != StatusCode::OK {
+        pacer.forget(&sid);
         return resp;
     }
     let (mut parts, body) = resp.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
     match axum::body::to_bytes(body, usize::MAX).await {
         Ok(payload) => {
+            // An empty answer: the session closed; a NOOP: it moves to WebSocket.
+            if payload.is_empty() || payload.as_ref() == b"6" {
+                pacer.forget(&sid);
+            }
             let payload = pacer.split(&sid, payload);
             Response::from_parts(parts, Body::from(payload))
         }
@@ -139,6 +238,39 @@ mod tests {
     fn payload(n: usize) -> Bytes {
         let packets: Vec<String> = (0..n).map(|i| format!("42[\"e\",{i}]")).collect();
         Bytes::from(packets.join("\u{1e}"))
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_for_a_recent_polling_session_to_poll_again() {
+        let p = Pacer::default();
+        drop(p.poll_started("a"));
+        let t0 = Instant::now();
+        let waiter = {
+            let p = p.clone();
+            tokio::spawn(async move { p.flushed(Instant::now(), Duration::from_secs(10)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !waiter.is_finished(),
+            "its last packets may still be queued"
+        );
+        let _waiting = p.poll_started("a");
+        waiter.await.unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn shutdown_does_not_wait_for_closed_sessions_and_waits_boundedly() {
+        let p = Pacer::default();
+        drop(p.poll_started("closed"));
+        p.forget("closed");
+        let t0 = Instant::now();
+        p.flushed(Instant::now(), Duration::from_secs(10)).await;
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        drop(p.poll_started("silent"));
+        let t0 = Instant::now();
+        p.flushed(Instant::now(), Duration::from_millis(300)).await;
+        assert!(t0.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

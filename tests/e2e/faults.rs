@@ -706,3 +706,432 @@ async fn stalled_readers_on_both_transports_end_alone_and_fast_readers_keep_thei
     eventually("the stream ended", || hub.running() == 0).await;
     s.shutdown().await;
 }
+
+/// A lean Socket.IO v5 client over Engine.IO long-polling, for volume and for clients
+/// that just stop polling.
+struct LeanPoll {
+    http: reqwest::Client,
+    url: String,
+    /// A pause before each poll: a slow (mobile, busy) client.
+    gap: Duration,
+    next_ack: u64,
+    /// Packets received but not yet returned.
+    pending: std::collections::VecDeque<String>,
+}
+
+impl LeanPoll {
+    async fn connect(base: &str, auth: Value, gap: Duration) -> LeanPoll {
+        let http = http();
+        let open = http
+            .get(format!("{base}/socket.io/?EIO=4&transport=polling"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let open: Value = serde_json::from_str(open.strip_prefix('0').expect("open")).unwrap();
+        let url = format!(
+            "{base}/socket.io/?EIO=4&transport=polling&sid={}",
+            open["sid"].as_str().unwrap()
+        );
+        let mut lean = LeanPoll {
+            http,
+            url,
+            gap,
+            next_ack: 0,
+            pending: Default::default(),
+        };
+        lean.post(format!("40{auth}")).await;
+        let connect = lean.packet().await.expect("the namespace connect");
+        assert!(connect.starts_with("40{"), "refused: {connect}");
+        lean
+    }
+
+    async fn post(&self, body: String) -> bool {
+        match self.http.post(&self.url).body(body).send().await {
+            Ok(r) => r.status().is_success(),
+            Err(_) => false,
+        }
+    }
+
+    /// The next packet other than a ping (answered); polls when none is queued. `None`
+    /// once the server closed the session.
+    async fn packet(&mut self) -> Option<String> {
+        loop {
+            if let Some(p) = self.pending.pop_front() {
+                if p == "2" {
+                    self.post("3".into()).await;
+                    continue;
+                }
+                if p.starts_with('1') {
+                    return None;
+                }
+                return Some(p);
+            }
+            tokio::time::sleep(self.gap).await;
+            let r = self.http.get(&self.url).send().await.ok()?;
+            if !r.status().is_success() {
+                return None;
+            }
+            let body = r.text().await.ok()?;
+            self.pending
+                .extend(body.split('\u{1e}').map(str::to_string));
+        }
+    }
+
+    async fn emit(&mut self, event: &str, data: Value) -> u64 {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        assert!(self.post(format!("42{id}{}", json!([event, data]))).await);
+        id
+    }
+
+    /// The next event or ack, as [`Lean::next`].
+    async fn next(&mut self) -> Option<(String, Value)> {
+        loop {
+            let text = self.packet().await?;
+            if let Some(rest) = text.strip_prefix("42") {
+                let v: Value = serde_json::from_str(rest).unwrap();
+                return Some((v[0].as_str().unwrap().to_string(), v[1].clone()));
+            }
+            if let Some(rest) = text.strip_prefix("43") {
+                let split = rest.find('[').unwrap();
+                let v: Value = serde_json::from_str(&rest[split..]).unwrap();
+                return Some((format!("ack:{}", &rest[..split]), v[0].clone()));
+            }
+            if text.starts_with("41") {
+                return None;
+            }
+        }
+    }
+}
+
+/// Either lean client.
+enum LeanClient {
+    Ws(Box<Lean>),
+    Poll(LeanPoll),
+}
+
+impl LeanClient {
+    async fn emit(&mut self, event: &str, data: Value) -> u64 {
+        match self {
+            LeanClient::Ws(c) => c.emit(event, data).await,
+            LeanClient::Poll(c) => c.emit(event, data).await,
+        }
+    }
+
+    async fn next(&mut self) -> Option<(String, Value)> {
+        tokio::time::timeout(WAIT, self.next_unbounded())
+            .await
+            .expect("a Socket.IO packet in time")
+    }
+
+    async fn next_unbounded(&mut self) -> Option<(String, Value)> {
+        match self {
+            LeanClient::Ws(c) => c.next().await,
+            LeanClient::Poll(c) => c.next().await,
+        }
+    }
+
+    /// Stays connected, as a real client does, until the server closes the connection.
+    fn linger(mut self) {
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(60), async {
+                while self.next_unbounded().await.is_some() {}
+            })
+            .await;
+        });
+    }
+}
+
+/// How one client saw its stream end.
+#[derive(Debug)]
+struct Outcome {
+    what: String,
+    chunks: u64,
+    /// The end reason (legacy clients, which get no `end`: `completed` when the
+    /// completion is `complete`, else the completion's own verdict below).
+    reason: String,
+    /// The completion's `output` equals the chunks the client received.
+    output_matches: bool,
+    ended: Instant,
+}
+
+/// The shipped `agent` route speaks the neutral vocabulary over Socket.IO:
+/// `chat_service {taskName, taskData: {messages, options}}`.
+async fn lean_agent_stream(
+    mut c: LeanClient,
+    what: String,
+    options: Value,
+    first: mpsc::UnboundedSender<()>,
+) -> Outcome {
+    c.emit(
+        "chat_service",
+        json!({"taskName": "t", "taskData": {"messages": [{"role": "user", "content": "x"}], "options": options}}),
+    )
+    .await;
+    let mut chunks = 0;
+    let mut text = String::new();
+    let mut output = None;
+    while let Some((name, data)) = c.next().await {
+        match name.as_str() {
+            "chunk" => {
+                if chunks == 0 {
+                    let _ = first.send(());
+                }
+                chunks += 1;
+                text.push_str(data["data"]["text"].as_str().unwrap());
+            }
+            "completion" => output = data["data"]["output"].as_str().map(str::to_string),
+            "end" => {
+                c.linger();
+                return Outcome {
+                    what,
+                    chunks,
+                    reason: data["data"]["reason"].as_str().unwrap().to_string(),
+                    output_matches: output.as_deref() == Some(text.as_str()),
+                    ended: Instant::now(),
+                };
+            }
+            _ => {}
+        }
+    }
+    Outcome {
+        what,
+        chunks,
+        reason: "connection closed before the end".into(),
+        output_matches: false,
+        ended: Instant::now(),
+    }
+}
+
+/// An NDJSON or SSE request read to its end.
+async fn http_stream(
+    base: String,
+    sse: bool,
+    what: String,
+    options: Value,
+    first: mpsc::UnboundedSender<()>,
+) -> Outcome {
+    let mut req = http()
+        .post(format!("{base}{CHAT}"))
+        .json(&json!({"options": options}));
+    if sse {
+        req = req.header("accept", "text/event-stream");
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let mut raw = Vec::new();
+    let mut signalled = false;
+    while let Some(Ok(b)) = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut body))
+        .await
+        .expect("the body goes on")
+    {
+        raw.extend_from_slice(&b);
+        if !signalled && String::from_utf8_lossy(&raw).contains("chunk") {
+            signalled = true;
+            let _ = first.send(());
+        }
+    }
+    let text = String::from_utf8(raw).unwrap();
+    let events = if sse {
+        sse_envelopes(&text)
+    } else {
+        parse_ndjson(&text)
+    };
+    let chunks = check_rules(&events);
+    let n = events.len();
+    Outcome {
+        what,
+        chunks: chunks.len() as u64,
+        reason: events[n - 1]["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        output_matches: events[n - 2]["event"] == "completion"
+            && events[n - 2]["data"]["output"] == chunks.concat(),
+        ended: Instant::now(),
+    }
+}
+
+/// Starts the real binary on an ephemeral port with `env`; returns it and its address.
+async fn spawn_switchyard(env: &[(&str, String)]) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let flags = flags_dir(&std::fs::read_to_string(repo().join("flags/flags.toml")).unwrap());
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.arg("serve")
+        .current_dir(&dir)
+        .env("SWITCHYARD_LISTEN", "127.0.0.1:0")
+        .env("SWITCHYARD_ROUTES_FILE", repo().join("routes.toml"))
+        .env("SWITCHYARD_FLAGS_DIR", &flags)
+        .env("RUST_LOG", "warn,switchyard=info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_string();
+            }
+        }
+        panic!("the server exited before listening");
+    })
+    .await
+    .unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_ends_every_stream_on_every_transport_and_exits_zero() {
+    const GRACE: u64 = 3;
+    let (mut child, addr) =
+        spawn_switchyard(&[("SWITCHYARD_SHUTDOWN__GRACE_SECS", GRACE.to_string())]).await;
+    let base = format!("http://{addr}");
+    let sock_addr: std::net::SocketAddr = addr.parse().unwrap();
+    // Long streams outlive the grace time; short ones (2 s) finish within it.
+    let long = json!({"chunks": 100000, "interval_ms": 50});
+    let short = json!({"chunks": 40, "interval_ms": 50});
+
+    // Real legacy clients first (they take longest to start): Node over WebSocket and
+    // over polling, python-socketio over polling, all on the legacy `chat` vocabulary.
+    let legacy_steps = json!([
+        {"emit": "chat_message", "data": {"message": "x", "options": long}, "ack": true},
+        {"wait_for": "chat_complete", "count": 1, "timeout_ms": 40000}
+    ]);
+    let spec = |transport: &str| json!({"url": base, "transports": [transport], "steps": legacy_steps, "global_timeout_ms": 50000});
+    let mut legacy = vec![
+        (
+            "node websocket",
+            Sio::spawn(Client::Node, spec("websocket")),
+        ),
+        ("node polling", Sio::spawn(Client::Node, spec("polling"))),
+        (
+            "python polling",
+            Sio::spawn(Client::Python, spec("polling")),
+        ),
+    ];
+    for (_, c) in &mut legacy {
+        c.expect_event("chat_chunk").await;
+    }
+
+    // 100 more: 35 NDJSON, 25 SSE, 20 lean WebSocket and 20 lean polling Socket.IO
+    // clients, a quarter of each short.
+    let (first_tx, mut first_rx) = mpsc::unbounded_channel();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut n = 0;
+    for (kind, count) in [("ndjson", 35), ("sse", 25), ("ws", 20), ("polling", 20)] {
+        for i in 0..count {
+            let opts = if i % 4 == 0 { &short } else { &long };
+            let what = format!(
+                "{kind} #{i} ({})",
+                if i % 4 == 0 { "short" } else { "long" }
+            );
+            let (first, opts, base) = (first_tx.clone(), opts.clone(), base.clone());
+            n += 1;
+            match kind {
+                "ndjson" | "sse" => {
+                    tasks.spawn(http_stream(base, kind == "sse", what, opts, first));
+                }
+                "ws" => {
+                    tasks.spawn(async move {
+                        let c = LeanClient::Ws(Box::new(
+                            Lean::connect(sock_addr, json!({}), None).await,
+                        ));
+                        lean_agent_stream(c, what, opts, first).await
+                    });
+                }
+                _ => {
+                    tasks.spawn(async move {
+                        // Half of them pause 250 ms before each poll.
+                        let gap = Duration::from_millis(if i % 2 == 0 { 250 } else { 0 });
+                        let c = LeanClient::Poll(LeanPoll::connect(&base, json!({}), gap).await);
+                        lean_agent_stream(c, what, opts, first).await
+                    });
+                }
+            }
+        }
+    }
+    for _ in 0..n {
+        tokio::time::timeout(WAIT, first_rx.recv())
+            .await
+            .expect("every stream is live before SIGTERM");
+    }
+
+    let sigterm = Instant::now();
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let mut outcomes = Vec::new();
+    while let Some(o) = tasks.join_next().await {
+        outcomes.push(o.unwrap());
+    }
+    for o in &outcomes {
+        let short = o.what.contains("short");
+        let want = if short { "completed" } else { "shutdown" };
+        assert_eq!(o.reason, want, "{o:?}");
+        assert!(
+            o.output_matches,
+            "the completion carries every chunk received: {o:?}"
+        );
+        if short {
+            assert_eq!(o.chunks, 40, "{o:?}");
+        }
+    }
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| o.what.contains("short") && o.ended > sigterm),
+        "short streams finish during the grace time"
+    );
+    for (what, c) in legacy {
+        let (lines, code) = c.finish().await;
+        assert_eq!(code, 0, "{what}: {lines:?}");
+        let events = events_of(&lines);
+        let text: String = events
+            .iter()
+            .filter(|(n, _)| n == "chat_chunk")
+            .map(|(_, d)| d["chunk"].as_str().unwrap())
+            .collect();
+        let complete: Vec<&Value> = events
+            .iter()
+            .filter(|(n, _)| n == "chat_complete")
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(complete.len(), 1, "{what}: {events:?}");
+        assert_eq!(
+            complete[0]["full_response"], text,
+            "{what}: the legacy client hears the shutdown through its completion, with every chunk"
+        );
+    }
+
+    let exit = tokio::time::timeout(Duration::from_secs(GRACE + 15), child.wait())
+        .await
+        .expect("the process exits")
+        .unwrap();
+    let took = sigterm.elapsed();
+    assert_eq!(exit.code(), Some(0));
+    assert!(
+        took < Duration::from_secs(GRACE + 5),
+        "exits within shutdown.grace_secs ({GRACE} s) and a small margin: {took:?}"
+    );
+    eprintln!(
+        "SIGTERM with {} live streams: exit 0 after {took:?}",
+        outcomes.len() + 3
+    );
+}
