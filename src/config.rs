@@ -105,6 +105,12 @@ pub struct Limits {
     pub socketio_max_payload: u64,
     /// Packets queued per socket before the bridge waits for the socket to drain.
     pub socketio_buffer: usize,
+    /// Seconds between Engine.IO pings (Node socket.io's pingInterval).
+    pub socketio_ping_interval_secs: u64,
+    /// Seconds a client has to answer a ping before its connection is closed (Node
+    /// socket.io's pingTimeout): how long a vanished client (a polling client that stopped
+    /// polling, a half-open connection) keeps its socket.
+    pub socketio_ping_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -118,6 +124,8 @@ impl Default for Limits {
             max_lag_bytes: 1024 * 1024,
             socketio_max_payload: 1_000_000,
             socketio_buffer: 128,
+            socketio_ping_interval_secs: 25,
+            socketio_ping_timeout_secs: 20,
         }
     }
 }
@@ -265,6 +273,13 @@ impl Config {
         }
         if self.limits.socketio_buffer == 0 {
             return bad("limits.socketio_buffer must be at least 1");
+        }
+        if self.limits.socketio_ping_interval_secs == 0
+            || self.limits.socketio_ping_timeout_secs == 0
+        {
+            return bad(
+                "limits.socketio_ping_interval_secs and socketio_ping_timeout_secs must be at least 1",
+            );
         }
         if self.replay.max_bytes == 0 {
             return bad("replay.max_bytes must be at least 1");

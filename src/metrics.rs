@@ -58,6 +58,8 @@ pub struct Metrics {
     flag_reload_errors: IntCounter,
     flags_version: IntGauge,
     engine_errors: IntCounterVec,
+    streams_held: IntGauge,
+    runtime_tasks: IntGauge,
 }
 
 /// Handles for one stream, resolved once when it starts.
@@ -261,6 +263,20 @@ impl Metrics {
                 ),
                 "engine_errors"
             ),
+            streams_held: reg!(
+                IntGauge::new(
+                    "switchyard_streams_held",
+                    "Streams in the registry: running, or ended and kept for resume (replay.retention_secs). Read at scrape time."
+                ),
+                "streams_held"
+            ),
+            runtime_tasks: reg!(
+                IntGauge::new(
+                    "switchyard_runtime_tasks",
+                    "Tasks alive in the bridge's async runtime, read at scrape time: back to its idle level when nothing runs, or something leaks."
+                ),
+                "runtime_tasks"
+            ),
             registry,
         };
         for ns in routes.namespaces() {
@@ -290,6 +306,18 @@ impl Metrics {
             m.engine_errors.with_label_values(&[route, r.engine.kind()]);
         }
         Arc::new(m)
+    }
+
+    /// Sets the gauges read at scrape time: the streams the hub holds, and the tasks alive
+    /// in the runtime this is called from.
+    pub fn sample(&self, streams_held: usize) {
+        self.streams_held
+            .set(i64::try_from(streams_held).unwrap_or(i64::MAX));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let tasks = rt.metrics().num_alive_tasks();
+            self.runtime_tasks
+                .set(i64::try_from(tasks).unwrap_or(i64::MAX));
+        }
     }
 
     /// The Prometheus text exposition of every family.

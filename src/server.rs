@@ -48,6 +48,8 @@ fn assemble(bridge: Bridge) -> (Router, SocketIo, polling::Pacer) {
         .ws_max_message_size(ws_max)
         .ws_max_frame_size(ws_max)
         .max_buffer_size(limits.socketio_buffer)
+        .ping_interval(Duration::from_secs(limits.socketio_ping_interval_secs))
+        .ping_timeout(Duration::from_secs(limits.socketio_ping_timeout_secs))
         .build_layer();
     socketio::attach(&io, bridge.clone());
     let cors = cors::Cors::new(&bridge.config().cors);

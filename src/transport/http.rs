@@ -70,6 +70,7 @@ async fn unknown_route(req: Request) -> ApiError {
 }
 
 async fn metrics(State(b): State<Bridge>) -> Response {
+    b.metrics().sample(b.hub().held());
     let mut resp = b.metrics().render().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
