@@ -59,6 +59,7 @@ impl Bridge {
             max_streams: config.limits.max_streams,
             max_streams_per_subject: config.limits.max_streams_per_subject,
             replay_max_bytes: config.replay.max_bytes,
+            replay_max_total_bytes: config.replay.max_total_bytes,
             retention: Duration::from_secs(config.replay.retention_secs),
         });
         Ok(Bridge {

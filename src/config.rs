@@ -137,6 +137,10 @@ pub struct ReplayConfig {
     pub retention_secs: u64,
     /// Bytes of encoded events kept per stream; older events are evicted past it.
     pub max_bytes: usize,
+    /// Approximate memory all finished streams together may hold for resume; past it the
+    /// oldest are dropped early (a resume of them gets 404), so a high stream rate cannot
+    /// grow memory without bound.
+    pub max_total_bytes: u64,
     /// Seconds a stream with no subscriber keeps running before it is cancelled.
     pub orphan_grace_secs: u64,
 }
@@ -146,6 +150,7 @@ impl Default for ReplayConfig {
         ReplayConfig {
             retention_secs: 60,
             max_bytes: 8 * 1024 * 1024,
+            max_total_bytes: 256 * 1024 * 1024,
             orphan_grace_secs: 10,
         }
     }

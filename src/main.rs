@@ -145,14 +145,12 @@ fn serve(
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} (set `listen` or SWITCHYARD_LISTEN)",
-                    config.listen
-                )
-            })?;
+        let listener = server::bind(config.listen).with_context(|| {
+            format!(
+                "cannot listen on {} (set `listen` or SWITCHYARD_LISTEN)",
+                config.listen
+            )
+        })?;
         let addr = listener.local_addr()?;
         for r in routes.iter() {
             let sio = r

@@ -27,6 +27,23 @@ const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 /// Most headers in one request head (hyper's default is 100).
 const MAX_HEADERS: usize = 100;
 
+/// Connections the kernel queues before they are accepted (the kernel caps it at
+/// `net.core.somaxconn`): a burst of connects must not overflow a 128-deep queue into
+/// one-second SYN retransmits.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the listening socket (address reuse on, a deep accept queue).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// After the drain, how long polling clients get to fetch their last packets before the
 /// sockets are closed (closing drops what a polling session has not fetched yet).
 const POLL_FLUSH_LIMIT: Duration = Duration::from_secs(2);

@@ -8,9 +8,10 @@
 mod log;
 
 use std::collections::HashSet;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio::sync::{mpsc, watch};
@@ -32,7 +33,17 @@ pub struct HubConfig {
     /// Most running streams per subject key; 0: no limit.
     pub max_streams_per_subject: usize,
     pub replay_max_bytes: usize,
+    /// Approximate memory all finished streams together may hold for resume; past it
+    /// the oldest are dropped before their retention ends.
+    pub replay_max_total_bytes: u64,
     pub retention: Duration,
+}
+
+/// Finished streams kept for resume, oldest first (they expire in this order too).
+#[derive(Default)]
+struct Retained {
+    queue: VecDeque<(Instant, Arc<Stream>, u64)>,
+    bytes: u64,
 }
 
 struct Tap {
@@ -47,6 +58,7 @@ pub struct Hub {
     running: AtomicUsize,
     /// Running streams per subject key (only keys with at least one).
     per_subject: DashMap<Arc<str>, usize>,
+    retained: std::sync::Mutex<Retained>,
     next_tap: AtomicU64,
     closed: watch::Sender<bool>,
 }
@@ -59,6 +71,7 @@ impl Hub {
             sessions: DashMap::new(),
             running: AtomicUsize::new(0),
             per_subject: DashMap::new(),
+            retained: std::sync::Mutex::new(Retained::default()),
             next_tap: AtomicU64::new(0),
             closed: watch::channel(false).0,
         })
@@ -149,16 +162,49 @@ impl Hub {
     /// slot and keeps it resumable for the retention time.
     pub fn finished(self: &Arc<Self>, stream: &Arc<Stream>) {
         self.release_slots(stream);
+        let bytes = stream.retained_bytes();
+        {
+            let mut kept = self.retained_queue();
+            kept.bytes += bytes;
+            kept.queue
+                .push_back((Instant::now(), stream.clone(), bytes));
+        }
+        self.sweep();
         let hub = Arc::downgrade(self);
-        let stream = stream.clone();
         let retention = self.config.retention;
         tokio::spawn(async move {
             tokio::time::sleep(retention).await;
             if let Some(hub) = hub.upgrade() {
-                hub.streams
-                    .remove_if(&stream.id, |_, s| Arc::ptr_eq(s, &stream));
+                hub.sweep();
             }
         });
+    }
+
+    fn retained_queue(&self) -> std::sync::MutexGuard<'_, Retained> {
+        self.retained.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops finished streams whose retention is over, then the oldest ones while all of
+    /// them together hold more than `replay_max_total_bytes`.
+    fn sweep(&self) {
+        let now = Instant::now();
+        let mut kept = self.retained_queue();
+        while let Some((at, _, _)) = kept.queue.front() {
+            let expired = now.duration_since(*at) >= self.config.retention;
+            if !expired && kept.bytes <= self.config.replay_max_total_bytes {
+                break;
+            }
+            if let Some((_, stream, bytes)) = kept.queue.pop_front() {
+                kept.bytes -= bytes;
+                self.streams
+                    .remove_if(&stream.id, |_, s| Arc::ptr_eq(s, &stream));
+            }
+        }
+    }
+
+    /// Approximate memory held by finished streams kept for resume, in bytes.
+    pub fn retained_bytes(&self) -> u64 {
+        self.retained_queue().bytes
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Stream>> {
@@ -271,5 +317,98 @@ impl Drop for SessionFollow {
                     .remove_if(&self.session, |_, taps| taps.is_empty());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Sink;
+    use crate::event::{EventKind, Finish};
+    use crate::metrics::Metrics;
+    use crate::routes::Routes;
+    use serde_json::json;
+
+    const ROUTES: &str =
+        "[[route]]\nname = \"chat\"\nhttp = \"/chat\"\nengine = { kind = \"script\" }\n";
+
+    fn finished_stream(hub: &Arc<Hub>, routes: &Routes, id: &str, subject: Option<&str>) {
+        let route = routes.get("chat").unwrap().clone();
+        let metrics = Metrics::new(routes);
+        let (stream, _cursor) = hub
+            .create(
+                RequestId::parse(id).unwrap(),
+                route.clone(),
+                None,
+                subject.map(Into::into),
+                Transport::Ndjson,
+                metrics.stream(&route.name, Transport::Ndjson),
+            )
+            .unwrap();
+        stream.start();
+        for _ in 0..10 {
+            stream.emit(EventKind::Chunk, json!({"text": "0123456789abcdef"}));
+        }
+        stream.finish(Finish::Completed);
+        hub.finished(&stream);
+    }
+
+    #[tokio::test]
+    async fn finished_streams_past_the_total_budget_are_dropped_oldest_first() {
+        let routes = Routes::parse(ROUTES, "test").unwrap();
+        let hub = Hub::new(HubConfig {
+            max_streams: 100,
+            max_streams_per_subject: 0,
+            replay_max_bytes: 1 << 20,
+            replay_max_total_bytes: 30_000,
+            retention: Duration::from_secs(60),
+        });
+        for i in 0..20 {
+            finished_stream(&hub, &routes, &format!("s{i}"), None);
+        }
+        let kept = hub.held();
+        assert!(kept > 0 && kept < 20, "kept {kept} of 20");
+        assert!(hub.retained_bytes() <= 30_000);
+        // The newest are the ones kept.
+        assert!(hub.get("s19").is_some());
+        assert!(hub.get("s0").is_none());
+    }
+
+    #[tokio::test]
+    async fn per_subject_slots_are_taken_and_given_back() {
+        let routes = Routes::parse(ROUTES, "test").unwrap();
+        let hub = Hub::new(HubConfig {
+            max_streams: 100,
+            max_streams_per_subject: 1,
+            replay_max_bytes: 1 << 20,
+            replay_max_total_bytes: 1 << 30,
+            retention: Duration::from_secs(60),
+        });
+        let route = routes.get("chat").unwrap().clone();
+        let metrics = Metrics::new(&routes);
+        let open = |id: &str| {
+            hub.create(
+                RequestId::parse(id).unwrap(),
+                route.clone(),
+                None,
+                Some("user:a".into()),
+                Transport::Ndjson,
+                metrics.stream(&route.name, Transport::Ndjson),
+            )
+        };
+        let (first, _c) = open("a1").unwrap();
+        assert!(matches!(
+            open("a2"),
+            Err(ApiError::SubjectOverCapacity { limit: 1 })
+        ));
+        // A duplicate id gives its slot back too.
+        assert!(matches!(
+            open("a1"),
+            Err(ApiError::SubjectOverCapacity { .. })
+        ));
+        first.finish(Finish::Completed);
+        hub.finished(&first);
+        assert_eq!(hub.running(), 0);
+        assert!(open("a3").is_ok());
     }
 }

@@ -123,7 +123,9 @@ pub async fn guard(State(cors): State<Cors>, req: Request, next: Next) -> Respon
         allow(h, origin);
         h.append(
             header::VARY,
-            HeaderValue::from_static("Access-Control-Request-Method, Access-Control-Request-Headers"),
+            HeaderValue::from_static(
+                "Access-Control-Request-Method, Access-Control-Request-Headers",
+            ),
         );
         return resp;
     }
@@ -165,12 +167,30 @@ mod tests {
 
     #[test]
     fn same_origin_compares_the_authority_with_host() {
-        assert!(same_origin("http://127.0.0.1:8080", &host("127.0.0.1:8080")));
-        assert!(same_origin("https://Bridge.Example.com", &host("bridge.example.com")));
-        assert!(same_origin("https://bridge.example.com:443", &host("bridge.example.com")));
-        assert!(same_origin("http://bridge.example.com", &host("bridge.example.com:80")));
-        assert!(!same_origin("http://127.0.0.1:3000", &host("127.0.0.1:8080")));
-        assert!(!same_origin("https://evil.example", &host("bridge.example.com")));
+        assert!(same_origin(
+            "http://127.0.0.1:8080",
+            &host("127.0.0.1:8080")
+        ));
+        assert!(same_origin(
+            "https://Bridge.Example.com",
+            &host("bridge.example.com")
+        ));
+        assert!(same_origin(
+            "https://bridge.example.com:443",
+            &host("bridge.example.com")
+        ));
+        assert!(same_origin(
+            "http://bridge.example.com",
+            &host("bridge.example.com:80")
+        ));
+        assert!(!same_origin(
+            "http://127.0.0.1:3000",
+            &host("127.0.0.1:8080")
+        ));
+        assert!(!same_origin(
+            "https://evil.example",
+            &host("bridge.example.com")
+        ));
         assert!(!same_origin("http://127.0.0.1:8080", &HeaderMap::new()));
         assert!(!same_origin("127.0.0.1:8080", &host("127.0.0.1:8080")));
     }

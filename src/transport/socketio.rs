@@ -84,13 +84,20 @@ pub fn attach(io: &SocketIo, bridge: Bridge) {
         let b = bridge.clone();
         let on_connect = move |socket: SocketRef| {
             let b = b.clone();
-            let routes = routes.clone();
-            async move { on_connect(b, routes, socket) }
+            async move { on_connect(&b, socket) }
         };
         let b = bridge.clone();
         let handshake = move |socket: SocketRef, TryData(auth): TryData<Value>| {
             let b = b.clone();
-            async move { handshake(&b, &socket, auth.ok()) }
+            let routes = routes.clone();
+            async move {
+                handshake(&b, &socket, auth.ok())?;
+                // Before the connect packet goes out: socketioxide runs the connect handler
+                // in a task of its own, and an event the client emits on connect could
+                // otherwise arrive before its handler exists and be dropped.
+                register_events(&b, routes, &socket);
+                Ok::<(), String>(())
+            }
         };
         io.ns(ns, on_connect.with(handshake));
     }
@@ -153,12 +160,8 @@ fn ctx_of(socket: &SocketRef) -> Option<Arc<SocketCtx>> {
     socket.extensions.get::<Arc<SocketCtx>>()
 }
 
-fn on_connect(b: Bridge, routes: Vec<Arc<Route>>, socket: SocketRef) {
-    let Some(ctx) = ctx_of(&socket) else {
-        // The handshake always stores it; without it the socket can do nothing.
-        let _ = socket.disconnect();
-        return;
-    };
+/// The socket's request, `join`, `cancel` and `resume` events (from the handshake).
+fn register_events(b: &Bridge, routes: Vec<Arc<Route>>, socket: &SocketRef) {
     for route in routes {
         let Some(sio) = &route.socketio else { continue };
         let event = sio.request_event.clone();
@@ -206,6 +209,14 @@ fn on_connect(b: Bridge, routes: Vec<Arc<Route>>, socket: SocketRef) {
             },
         );
     }
+}
+
+fn on_connect(b: &Bridge, socket: SocketRef) {
+    let Some(ctx) = ctx_of(&socket) else {
+        // The handshake always stores it; without it the socket can do nothing.
+        let _ = socket.disconnect();
+        return;
+    };
     b.metrics().socket_connected(socket.ns());
     let metrics = b.metrics().clone();
     socket.on_disconnect(move |s: SocketRef| {
@@ -219,7 +230,7 @@ fn on_connect(b: Bridge, routes: Vec<Arc<Route>>, socket: SocketRef) {
     });
     let handshake_session = locked(&ctx.handshake_session).take();
     if let Some(f) = handshake_session {
-        follow(&b, &socket, &ctx, f);
+        follow(b, &socket, &ctx, f);
     }
 }
 

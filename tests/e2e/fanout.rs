@@ -121,7 +121,7 @@ async fn cancel_crosses_transports() {
             &["websocket"],
             json!([
                 {"emit": "chat_message", "data": {"message": "x", "session_id": "c1", "options": {"chunks": 500, "interval_ms": 20}}, "ack": true},
-                {"wait_for": "chat_chunk", "count": 3},
+                {"wait_for": "chat_chunk", "count": 1},
                 {"wait_for": "chat_complete", "count": 1}
             ]),
         ),
@@ -137,7 +137,7 @@ async fn cancel_crosses_transports() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"cancelled": true}));
     let (lines, code) = sock.finish().await;
-    assert_eq!(code, 0);
+    assert_eq!(code, 0, "{:?}", &lines[lines.len().saturating_sub(4)..]);
     let events = events_of(&lines);
     let chunks: String = chat_events_by_kind(&events, "chat_chunk")
         .iter()

@@ -124,7 +124,10 @@ async fn silent_slow_and_idle_connections_are_closed() {
     let started = Instant::now();
     let reply = raw_exchange(s.addr, b"").await;
     let waited = started.elapsed();
-    assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 408"),
+        "{reply}"
+    );
     assert!(
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(8),
         "closed after {waited:?}"
@@ -142,8 +145,7 @@ async fn silent_slow_and_idle_connections_are_closed() {
             break;
         }
         let mut buf = [0u8; 256];
-        if let Ok(Ok(n)) =
-            tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await
             && (n == 0 || buf.starts_with(b"HTTP/1.1 408"))
         {
             closed = true;
@@ -266,7 +268,11 @@ async fn cross_origin_requests_need_a_listed_origin_and_never_reach_admin() {
     .await;
     assert_eq!(st, 403, "{body}");
     assert!(body.contains("cors.allowed_origins"), "{body}");
-    assert_eq!(s.bridge.hub().held(), 0, "a refused origin started a stream");
+    assert_eq!(
+        s.bridge.hub().held(),
+        0,
+        "a refused origin started a stream"
+    );
     // Same origin and no origin (every non-browser client) are served.
     let own = s.base();
     for origin in [Some(own.as_str()), None] {
