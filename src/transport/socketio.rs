@@ -7,6 +7,7 @@
 //! whether it asked for it, resumed it or follows its session.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -55,6 +56,8 @@ struct SocketCtx {
     /// The session named in the handshake, followed from the handshake on so no stream
     /// starting while the connection completes is missed.
     handshake_session: Mutex<Option<SessionFollow>>,
+    /// Counted in `switchyard_socketio_connections` and not yet gone.
+    open: AtomicBool,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -62,6 +65,15 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SocketCtx {
+    /// The socket is gone: uncounted once, whichever of the disconnect handler and the
+    /// connect handler sees it first, and its deliveries stopped.
+    fn gone(&self, metrics: &Metrics, namespace: &str) {
+        if self.open.swap(false, Ordering::AcqRel) {
+            metrics.socket_disconnected(namespace);
+        }
+        self.abort_all();
+    }
+
     fn abort_all(&self) {
         for (_, h) in locked(&self.streams).drain() {
             h.abort();
@@ -141,6 +153,7 @@ fn handshake(b: &Bridge, socket: &SocketRef, auth: Option<Value>) -> Result<(), 
         streams: Mutex::new(HashMap::new()),
         sessions: Mutex::new(HashMap::new()),
         handshake_session: Mutex::new(handshake_session),
+        open: AtomicBool::new(false),
     }));
     Ok(())
 }
@@ -218,19 +231,25 @@ fn on_connect(b: &Bridge, socket: SocketRef) {
         return;
     };
     b.metrics().socket_connected(socket.ns());
+    ctx.open.store(true, Ordering::Release);
     let metrics = b.metrics().clone();
     socket.on_disconnect(move |s: SocketRef| {
         let metrics = metrics.clone();
         async move {
-            metrics.socket_disconnected(s.ns());
             if let Some(ctx) = ctx_of(&s) {
-                ctx.abort_all();
+                ctx.gone(&metrics, s.ns());
             }
         }
     });
     let handshake_session = locked(&ctx.handshake_session).take();
     if let Some(f) = handshake_session {
         follow(b, &socket, &ctx, f);
+    }
+    // A client that vanished while this handler ran was closed before its disconnect
+    // handler was in place, and that handler will never run: uncount it and stop what
+    // was started for it here.
+    if !socket.connected() {
+        ctx.gone(b.metrics(), socket.ns());
     }
 }
 
