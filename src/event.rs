@@ -767,6 +767,16 @@ mod tests {
                 prop_assert!(r.finish(Finish::Completed).is_empty());
             }
 
+            /// A heartbeat is outside the sequence: no `seq`, none in its envelope.
+            #[test]
+            fn heartbeats_carry_no_seq(ms in any::<u64>()) {
+                let hb = Event::heartbeat(ms);
+                prop_assert_eq!(hb.seq, None);
+                prop_assert_eq!(hb.end_reason(), None);
+                let wire = serde_json::to_value(&hb).unwrap();
+                prop_assert_eq!(wire, json!({"event": "heartbeat", "data": {"timestamp": ms}}));
+            }
+
             /// The slow-consumer pair continues the subscriber's own numbering.
             #[test]
             fn slow_consumer_pair_is_contiguous(next in 0u64..u64::MAX - 1) {
