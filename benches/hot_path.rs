@@ -12,9 +12,10 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
+use std::sync::Arc;
 use switchyard::engine::Sink;
 use switchyard::event::{Event, EventKind};
-use switchyard::hub::{Batch, Hub, HubConfig};
+use switchyard::hub::{Batch, Cursor, Hub, HubConfig, Stream};
 use switchyard::metrics::Metrics;
 use switchyard::request::{RequestId, Transport};
 use switchyard::routes::template::iso8601;
@@ -35,6 +36,29 @@ fn shipped_routes() -> Option<Routes> {
     Routes::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("routes.toml")).ok()
 }
 
+/// A started stream of `route` on a fresh hub, with its requester's cursor.
+fn stream_of(
+    route: &str,
+    id: &str,
+    session: Option<&str>,
+) -> Option<(Arc<Stream>, Cursor, Arc<Metrics>)> {
+    let routes = shipped_routes()?;
+    let route = routes.get(route)?.clone();
+    let metrics = Metrics::new(&routes);
+    let (stream, cursor) = hub()
+        .create(
+            RequestId::parse(id).ok()?,
+            route.clone(),
+            session.map(Into::into),
+            None,
+            Transport::Ndjson,
+            metrics.stream(&route.name, Transport::Ndjson),
+        )
+        .ok()?;
+    stream.start();
+    Some((stream, cursor, metrics))
+}
+
 fn chunk() -> Event {
     Event {
         event: EventKind::Chunk,
@@ -44,24 +68,7 @@ fn chunk() -> Event {
 }
 
 fn encode(c: &mut Criterion) {
-    let Some(routes) = shipped_routes() else {
-        return;
-    };
-    let Some(route) = routes.get("chat").cloned() else {
-        return;
-    };
-    let metrics = Metrics::new(&routes);
-    let Ok(id) = RequestId::parse("bench-encode") else {
-        return;
-    };
-    let Ok((stream, _cursor)) = hub().create(
-        id,
-        route.clone(),
-        Some("s1".into()),
-        None,
-        Transport::Ndjson,
-        metrics.stream(&route.name, Transport::Ndjson),
-    ) else {
+    let Some((stream, _cursor, _)) = stream_of("chat", "bench-encode", Some("s1")) else {
         return;
     };
     let event = chunk();
@@ -120,30 +127,12 @@ fn templates(c: &mut Criterion) {
 }
 
 fn hub_fanout(c: &mut Criterion) {
-    let Some(routes) = shipped_routes() else {
-        return;
-    };
-    let Some(route) = routes.get("chat").cloned() else {
-        return;
-    };
-    let metrics = Metrics::new(&routes);
-    let hub = hub();
     let mut group = c.benchmark_group("hub");
     for subscribers in [1usize, 100] {
-        let Ok(id) = RequestId::parse(&format!("fanout-{subscribers}")) else {
+        let Some((stream, first, _)) = stream_of("chat", &format!("fanout-{subscribers}"), None)
+        else {
             return;
         };
-        let Ok((stream, first)) = hub.create(
-            id,
-            route.clone(),
-            None,
-            None,
-            Transport::Ndjson,
-            metrics.stream(&route.name, Transport::Ndjson),
-        ) else {
-            return;
-        };
-        stream.start();
         let mut cursors = vec![first];
         cursors.extend((1..subscribers).map(|_| stream.subscribe_from_head()));
         group.bench_function(format!("append_read_{subscribers}"), |b| {
@@ -159,30 +148,16 @@ fn hub_fanout(c: &mut Criterion) {
 }
 
 fn per_event(c: &mut Criterion) {
-    let Some(routes) = shipped_routes() else {
-        return;
-    };
-    let Some(route) = routes.get("agent").cloned() else {
-        return;
-    };
-    let metrics = Metrics::new(&routes);
-    let hub = hub();
-    let counters = metrics.subscriber("agent", Transport::Ndjson);
     let mut group = c.benchmark_group("per_event");
+    let mut counters = None;
     for counting in [false, true] {
-        let id = RequestId::parse(if counting { "counted" } else { "plain" }).ok();
-        let Some(id) = id else { return };
-        let Ok((stream, mut cursor)) = hub.create(
-            id,
-            route.clone(),
-            None,
-            None,
-            Transport::Ndjson,
-            metrics.stream(&route.name, Transport::Ndjson),
-        ) else {
+        let id = if counting { "counted" } else { "plain" };
+        let Some((stream, mut cursor, metrics)) = stream_of("agent", id, None) else {
             return;
         };
-        stream.start();
+        let counters = counters
+            .get_or_insert_with(|| metrics.subscriber("agent", Transport::Ndjson))
+            .clone();
         let name = if counting {
             "append_read_encode_count"
         } else {
@@ -203,6 +178,7 @@ fn per_event(c: &mut Criterion) {
         });
     }
     group.finish();
+    let Some(counters) = counters else { return };
     c.bench_function("count_one_event", |b| {
         b.iter(|| counters.delivered(black_box(EventKind::Chunk)))
     });

@@ -515,17 +515,11 @@ impl Lean {
     async fn next(&mut self) -> Option<(String, Value)> {
         loop {
             let text = self.recv_text().await?;
-            if let Some(rest) = text.strip_prefix("42") {
-                let v: Value = serde_json::from_str(rest).unwrap();
-                return Some((v[0].as_str().unwrap().to_string(), v[1].clone()));
-            }
-            if let Some(rest) = text.strip_prefix("43") {
-                let split = rest.find('[').unwrap();
-                let v: Value = serde_json::from_str(&rest[split..]).unwrap();
-                return Some((format!("ack:{}", &rest[..split]), v[0].clone()));
-            }
-            if text.starts_with("41") || text.starts_with('1') {
+            if text.starts_with('1') {
                 return None;
+            }
+            if let Some(event) = sio_event(&text)? {
+                return Some(event);
             }
         }
     }
@@ -791,20 +785,29 @@ impl LeanPoll {
     async fn next(&mut self) -> Option<(String, Value)> {
         loop {
             let text = self.packet().await?;
-            if let Some(rest) = text.strip_prefix("42") {
-                let v: Value = serde_json::from_str(rest).unwrap();
-                return Some((v[0].as_str().unwrap().to_string(), v[1].clone()));
-            }
-            if let Some(rest) = text.strip_prefix("43") {
-                let split = rest.find('[').unwrap();
-                let v: Value = serde_json::from_str(&rest[split..]).unwrap();
-                return Some((format!("ack:{}", &rest[..split]), v[0].clone()));
-            }
-            if text.starts_with("41") {
-                return None;
+            if let Some(event) = sio_event(&text)? {
+                return Some(event);
             }
         }
     }
+}
+
+/// A Socket.IO packet as `(event name, first argument)`, an ack as `("ack:<id>", its
+/// first argument)`; `None` for a disconnect (`41`), `Some(None)` for anything else.
+fn sio_event(text: &str) -> Option<Option<(String, Value)>> {
+    if let Some(rest) = text.strip_prefix("42") {
+        let v: Value = serde_json::from_str(rest).unwrap();
+        return Some(Some((v[0].as_str().unwrap().to_string(), v[1].clone())));
+    }
+    if let Some(rest) = text.strip_prefix("43") {
+        let split = rest.find('[').unwrap();
+        let v: Value = serde_json::from_str(&rest[split..]).unwrap();
+        return Some(Some((format!("ack:{}", &rest[..split]), v[0].clone())));
+    }
+    if text.starts_with("41") {
+        return None;
+    }
+    Some(None)
 }
 
 /// Either lean client.
