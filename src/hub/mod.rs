@@ -94,6 +94,8 @@ impl Hub {
             self.running.fetch_sub(1, Ordering::AcqRel);
             return Err(ApiError::OverCapacity { limit: max });
         }
+        // With no per-subject limit there is nothing to count (and nothing to give back).
+        let subject = subject.filter(|_| self.config.max_streams_per_subject > 0);
         if let Some(key) = &subject
             && let Err(e) = self.take_subject_slot(key)
         {
@@ -132,7 +134,7 @@ impl Hub {
     fn take_subject_slot(&self, key: &Arc<str>) -> Result<(), ApiError> {
         let max = self.config.max_streams_per_subject;
         let mut count = self.per_subject.entry(key.clone()).or_insert(0);
-        if max > 0 && *count >= max {
+        if *count >= max {
             return Err(ApiError::SubjectOverCapacity { limit: max });
         }
         *count += 1;

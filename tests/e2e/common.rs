@@ -40,12 +40,23 @@ pub fn flags_dir(flags_toml: &str) -> PathBuf {
     dir
 }
 
+/// A fresh flags directory holding a copy of the shipped `flags/flags.toml`.
+pub fn shipped_flags_dir() -> PathBuf {
+    flags_dir(&std::fs::read_to_string(repo().join("flags/flags.toml")).unwrap())
+}
+
+/// A fresh routes file holding `routes_toml`.
+pub fn routes_file(routes_toml: &str) -> PathBuf {
+    let path = tempfile::tempdir().unwrap().keep().join("routes.toml");
+    std::fs::write(&path, routes_toml).unwrap();
+    path
+}
+
 /// A test config: the shipped routes, a copy of the shipped flags, tight timings.
 pub fn config() -> Config {
-    let shipped = std::fs::read_to_string(repo().join("flags/flags.toml")).unwrap();
     let mut c = Config {
         routes_file: repo().join("routes.toml"),
-        flags_dir: flags_dir(&shipped),
+        flags_dir: shipped_flags_dir(),
         ..Config::default()
     };
     c.replay.orphan_grace_secs = 0;

@@ -964,7 +964,7 @@ async fn http_stream(
 async fn spawn_switchyard(env: &[(&str, String)]) -> (tokio::process::Child, String) {
     use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap().keep();
-    let flags = flags_dir(&std::fs::read_to_string(repo().join("flags/flags.toml")).unwrap());
+    let flags = shipped_flags_dir();
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
     cmd.arg("serve")
         .current_dir(&dir)

@@ -188,7 +188,7 @@ async fn no_secret_reaches_the_log() {
     let secret = "jwt-secret-7f3a";
     let admin = "admin-token-91c2";
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    let flags = flags_dir(&std::fs::read_to_string(repo().join("flags/flags.toml")).unwrap());
+    let flags = shipped_flags_dir();
     cmd.arg("serve")
         .current_dir(dir.path())
         .env("SWITCHYARD_LISTEN", "127.0.0.1:0")

@@ -238,10 +238,8 @@ async fn jwt_handshake_on_socketio() {
 
 #[tokio::test]
 async fn a_made_up_legacy_vocabulary_is_configuration_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let routes = dir.path().join("routes.toml");
-    std::fs::write(
-        &routes,
+    let mut c = config();
+    c.routes_file = routes_file(
         r#"
 [[route]]
 name = "assist"
@@ -257,10 +255,7 @@ chunk = { event = "assist:token", payload = { t = "$.data.text", n = "$.seq", co
 completion = { event = "assist:done", payload = { answer = { text = "$.data.output", state = "$.data.status" }, id = "$.request_id" } }
 status_update = { event = "assist:status", payload = ["$.data.status", "$.seq"] }
 "#,
-    )
-    .unwrap();
-    let mut c = config();
-    c.routes_file = routes;
+    );
     c.flags_dir = flags_dir("version = 1\n[route.assist]\nmode = \"dual\"\n");
     let s = Server::start(c).await;
     let mut spec = sio_spec(
@@ -308,10 +303,8 @@ status_update = { event = "assist:status", payload = ["$.data.status", "$.seq"] 
 
 #[tokio::test]
 async fn request_templates_read_the_handshake_auth() {
-    let dir = tempfile::tempdir().unwrap();
-    let routes = dir.path().join("routes.toml");
-    std::fs::write(
-        &routes,
+    let mut c = config();
+    c.routes_file = routes_file(
         r#"
 [[route]]
 name = "whoami"
@@ -321,10 +314,7 @@ engine = { kind = "script" }
 request_event = "whoami"
 request = { messages = [{ role = "user", content = "$.auth.user_id" }], session_id = "$.auth.team" }
 "#,
-    )
-    .unwrap();
-    let mut c = config();
-    c.routes_file = routes;
+    );
     c.flags_dir = flags_dir("version = 1\n[route.whoami]\nmode = \"dual\"\n");
     let s = Server::start(c).await;
     let mut spec = sio_spec(
