@@ -10,6 +10,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use bytes::BytesMut;
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use switchyard::metrics::Metrics;
 use switchyard::request::{RequestId, Transport};
 use switchyard::routes::template::iso8601;
 use switchyard::routes::{EmitContext, RequestContext, Routes, Template};
-use switchyard::transport::encode::{Wire, encode_http, encode_legacy, http_frame};
+use switchyard::transport::encode::{Wire, encode_http, encode_legacy, write_http};
 
 fn hub() -> std::sync::Arc<Hub> {
     Hub::new(HubConfig {
@@ -167,12 +168,14 @@ fn per_event(c: &mut Criterion) {
             b.iter(|| {
                 stream.emit(EventKind::Chunk, json!({"text": "sixteen bytes ok"}));
                 if let Some(Batch::Events(entries)) = cursor.try_batch(1) {
+                    let mut out = BytesMut::with_capacity(128);
                     for e in &entries {
-                        black_box(http_frame(e, &stream, Wire::Ndjson));
+                        black_box(write_http(e, &stream, Wire::Ndjson, &mut out));
                         if counting {
-                            counters.delivered(e.event.event);
+                            counters.delivered(e.kind);
                         }
                     }
+                    black_box(out);
                 }
             })
         });

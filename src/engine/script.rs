@@ -230,9 +230,17 @@ pub fn words(text: &str) -> Vec<String> {
 
 /// Generated chunk `i`: `len` lowercase letters, rotating with `i` so order is checkable.
 pub fn generated_chunk(i: u64, len: u64) -> String {
-    (0..len)
-        .map(|j| char::from(b'a' + ((i + j) % 26) as u8))
-        .collect()
+    const ALPHABET: &str = "abcdefghijklmnopqrstuvwxyz";
+    let mut out = String::with_capacity(len as usize);
+    let mut start = (i % 26) as usize;
+    let mut left = len as usize;
+    while left > 0 {
+        let piece = &ALPHABET[start..(start + left).min(26)];
+        out.push_str(piece);
+        left -= piece.len();
+        start = 0;
+    }
+    out
 }
 
 async fn run(plan: ScriptPlan, out: Emitter) -> Result<(), EngineError> {

@@ -3,16 +3,17 @@
 //!
 //! The producer (the engine through [`Sink`], then the core's finish) appends under a
 //! short lock that is never held across an await; each reader has its own [`Cursor`]
-//! and wakes on a watch channel. The log keeps at most `replay.max_bytes` of events,
+//! and is woken only when it waits (a burst of appends with no reader waiting notifies
+//! nobody). The log keeps at most `replay.max_bytes` of events,
 //! evicting the oldest; a cursor whose next event was evicted gets [`Batch::Lagged`].
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use serde_json::Value;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Sink;
@@ -22,24 +23,34 @@ use crate::request::{RequestId, Transport};
 use crate::routes::Route;
 use crate::transport::encode::Frames;
 
-/// Bytes an entry holds beyond its encoded size: the entry itself, its event's JSON value
-/// and the allocator's headers (measured: about 1 KiB resident per 32-byte chunk event
-/// with one wire encoding cached besides the neutral line).
-const ENTRY_OVERHEAD: u64 = std::mem::size_of::<Entry>() as u64 + 512;
+/// Bytes an entry holds beyond its neutral line: the entry itself, its slot in the log,
+/// the box of mapped encodings and the allocator's headers.
+const ENTRY_OVERHEAD: u64 = std::mem::size_of::<Entry>() as u64 + 96;
 
-/// One logged event with its wire encodings, made once and shared by every subscriber.
+/// One logged event: its neutral line and the wire encodings made from it, made once and
+/// shared by every subscriber.
 pub struct Entry {
-    pub event: Event,
+    pub kind: EventKind,
+    pub seq: Seq,
     /// Bytes appended to the stream before this entry.
     pub offset: u64,
-    /// This entry's encoded size (its neutral NDJSON line): what lag is measured in.
-    pub size: u64,
     pub frames: Frames,
 }
 
 impl Entry {
+    /// This entry's encoded size (its neutral NDJSON line): what lag is measured in.
+    pub fn size(&self) -> u64 {
+        self.frames.neutral_len() as u64
+    }
+
     pub fn end(&self) -> u64 {
-        self.offset + self.size
+        self.offset + self.size()
+    }
+
+    /// Memory the log counts for it: the line, room for one mapped encoding of about the
+    /// same size (a legacy payload, typically), and the fixed overhead.
+    fn retained(&self) -> u64 {
+        2 * self.size() + ENTRY_OVERHEAD
     }
 }
 
@@ -52,6 +63,8 @@ struct Log {
     total: u64,
     /// Whether a chunk was written yet (first-event latency).
     chunked: bool,
+    /// Where neutral lines are encoded before being stored at their exact size.
+    scratch: Vec<u8>,
 }
 
 /// A stream: identity, log, subscribers, stop signal.
@@ -65,7 +78,9 @@ pub struct Stream {
     pub created: Instant,
     log: Mutex<Log>,
     max_bytes: u64,
-    head: watch::Sender<Seq>,
+    /// Wakes waiting cursors; `waiting` says whether any cursor waits.
+    appended: Notify,
+    waiting: AtomicBool,
     subscribers: AtomicUsize,
     orphaned: Notify,
     stop: CancellationToken,
@@ -99,9 +114,11 @@ impl Stream {
                 retained: 0,
                 total: 0,
                 chunked: false,
+                scratch: Vec::new(),
             }),
             max_bytes: max_bytes as u64,
-            head: watch::channel(0).0,
+            appended: Notify::new(),
+            waiting: AtomicBool::new(false),
             subscribers: AtomicUsize::new(0),
             orphaned: Notify::new(),
             stop: CancellationToken::new(),
@@ -149,30 +166,30 @@ impl Stream {
     }
 
     fn append(&self, log: &mut Log, event: Event) {
-        let frames = Frames::new(&event);
-        let size = frames.neutral_len() as u64;
+        let frames = Frames::new(&event, &mut log.scratch);
         let entry = Arc::new(Entry {
-            event,
+            kind: event.event,
+            seq: event.seq.unwrap_or(log.rules.next_seq().saturating_sub(1)),
             offset: log.total,
-            size,
             frames,
         });
-        log.total += size;
+        log.total += entry.size();
         // Memory held counts the entry itself too, so many tiny events stay bounded.
-        // Twice the size: the neutral line and (typically) one wire's cached encoding.
-        log.retained += 2 * size + ENTRY_OVERHEAD;
+        log.retained += entry.retained();
         log.entries.push_back(entry);
         while log.retained > self.max_bytes && log.entries.len() > 1 {
             if let Some(old) = log.entries.pop_front() {
-                log.retained -= 2 * old.size + ENTRY_OVERHEAD;
+                log.retained -= old.retained();
                 log.first_seq += 1;
             }
         }
     }
 
+    /// Wakes the cursors waiting for events (none are woken when none wait).
     fn publish(&self) {
-        let next = self.log().rules.next_seq();
-        self.head.send_replace(next);
+        if self.waiting.swap(false, Ordering::SeqCst) {
+            self.appended.notify_waiters();
+        }
     }
 
     pub fn is_ended(&self) -> bool {
@@ -253,7 +270,6 @@ impl Stream {
             stream: self.clone(),
             next: seq,
             delivered,
-            rx: self.head.subscribe(),
         }
     }
 
@@ -286,11 +302,10 @@ impl Sink for Stream {
             }
             Pushed::AfterTerminal => false,
         };
-        let next = log.rules.next_seq();
         drop(log);
         self.last_event_ms
             .store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
-        self.head.send_replace(next);
+        self.publish();
         accepted
     }
 }
@@ -310,7 +325,6 @@ pub struct Cursor {
     stream: Arc<Stream>,
     next: Seq,
     delivered: u64,
-    rx: watch::Receiver<Seq>,
 }
 
 impl Cursor {
@@ -331,13 +345,20 @@ impl Cursor {
     /// Up to `max` next events, waiting for the producer when there are none.
     pub async fn next_batch(&mut self, max: usize) -> Batch {
         loop {
-            self.rx.borrow_and_update();
             if let Some(batch) = self.try_batch(max) {
                 return batch;
             }
-            if self.rx.changed().await.is_err() {
-                return Batch::End;
+            let stream = self.stream.clone();
+            let appended = stream.appended.notified();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+            // Set after enabling, read again after setting: an append that did not see
+            // the flag is seen by this second read.
+            stream.waiting.store(true, Ordering::SeqCst);
+            if let Some(batch) = self.try_batch(max) {
+                return batch;
             }
+            appended.await;
         }
     }
 

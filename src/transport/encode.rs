@@ -70,44 +70,169 @@ pub struct LegacyFrame {
 }
 
 /// The encodings of one logged event. The neutral NDJSON line is made at append time (it
-/// also sizes the entry); the others on first use.
+/// also sizes the entry, and every unmapped HTTP wire is cut from it while copying); the
+/// mapped encodings (legacy Socket.IO payloads, `[route.http] emit` dialects) are made on
+/// first use, from the event decoded back from that line, and kept in a box allocated
+/// only when one is needed. The log keeps no `Value`: an entry is its line and a header.
 pub struct Frames {
     neutral: Bytes,
+    /// Where the event's `data` JSON starts in `neutral` (it ends before the final `}\n`).
+    data_at: u32,
+    mapped: OnceLock<Box<Mapped>>,
+}
+
+#[derive(Default)]
+struct Mapped {
     http: [OnceLock<Option<Bytes>>; 4],
     legacy: OnceLock<Option<LegacyFrame>>,
 }
 
 impl Frames {
-    pub fn new(event: &Event) -> Frames {
+    /// Encodes `event`'s neutral line, using `scratch` (cleared first) as the work buffer
+    /// so that the line is stored in one allocation of its exact size.
+    pub fn new(event: &Event, scratch: &mut Vec<u8>) -> Frames {
+        scratch.clear();
+        scratch.extend_from_slice(b"{\"event\":\"");
+        scratch.extend_from_slice(event.event.as_str().as_bytes());
+        scratch.push(b'"');
+        if let Some(seq) = event.seq {
+            scratch.extend_from_slice(b",\"seq\":");
+            put_u64(scratch, seq);
+        }
+        scratch.extend_from_slice(b",\"data\":");
+        let data_at = scratch.len();
+        // Serialising a Value into memory cannot fail.
+        let _ = serde_json::to_writer(&mut *scratch, &event.data);
+        scratch.extend_from_slice(b"}\n");
         Frames {
-            neutral: ndjson_line(event),
-            http: Default::default(),
-            legacy: OnceLock::new(),
+            neutral: Bytes::copy_from_slice(scratch),
+            data_at: u32::try_from(data_at).unwrap_or(u32::MAX),
+            mapped: OnceLock::new(),
         }
     }
 
     pub fn neutral_len(&self) -> usize {
         self.neutral.len()
     }
+
+    /// The neutral NDJSON line, newline included.
+    pub fn neutral(&self) -> &[u8] {
+        &self.neutral
+    }
+
+    /// The event's `data`, as JSON text.
+    pub fn data_json(&self) -> &[u8] {
+        let end = self.neutral.len().saturating_sub(2);
+        self.neutral.get(self.data_at as usize..end).unwrap_or(b"null")
+    }
+
+    fn mapped(&self) -> &Mapped {
+        self.mapped.get_or_init(Box::default)
+    }
 }
 
-/// The bytes of a logged event for an HTTP subscriber, or `None` if the route's mapping
-/// drops it.
-pub fn http_frame(entry: &Entry, stream: &Stream, wire: Wire) -> Option<Bytes> {
-    if wire == Wire::Ndjson && !stream.route.http.emit.is_mapped() {
-        return Some(entry.frames.neutral.clone());
+impl Entry {
+    /// The logged event, decoded from its neutral line (for the mapped encodings).
+    pub fn event(&self) -> Event {
+        Event {
+            event: self.kind,
+            seq: Some(self.seq),
+            data: serde_json::from_slice(self.frames.data_json()).unwrap_or(Value::Null),
+        }
     }
-    entry.frames.http[wire.slot()]
-        .get_or_init(|| encode_http(&entry.event, stream, wire))
-        .clone()
+}
+
+/// Appends a logged event's bytes for an HTTP subscriber to `out`; false when the route's
+/// mapping drops it. The neutral wires are cut from the neutral line as they are copied
+/// (nothing encoded, nothing allocated per subscriber); mapped ones are encoded once per
+/// event and shared.
+pub fn write_http(entry: &Entry, stream: &Stream, wire: Wire, out: &mut BytesMut) -> bool {
+    let f = &entry.frames;
+    let kind = entry.kind.as_str().as_bytes();
+    let http = &stream.route.http;
+    let neutral = matches!(http.emit.rule(entry.kind), Emit::Neutral);
+    match wire {
+        Wire::Ndjson if neutral => out.extend_from_slice(f.neutral()),
+        Wire::Sse if neutral && http.sse_framing == SseFraming::Named => {
+            out.extend_from_slice(b"id: ");
+            put_u64(out, entry.seq);
+            out.extend_from_slice(b"\nevent: ");
+            out.extend_from_slice(kind);
+            out.extend_from_slice(b"\ndata: ");
+            out.extend_from_slice(f.data_json());
+            out.extend_from_slice(b"\n\n");
+        }
+        Wire::Sse if neutral => {
+            let line = f.neutral();
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(&line[..line.len().saturating_sub(1)]);
+            out.extend_from_slice(b"\n\n");
+        }
+        Wire::SessionNdjson | Wire::SessionSse => {
+            if wire == Wire::SessionSse {
+                out.extend_from_slice(b"id: ");
+                out.extend_from_slice(stream.id.as_str().as_bytes());
+                out.put_u8(b':');
+                put_u64(out, entry.seq);
+                out.extend_from_slice(b"\nevent: ");
+                out.extend_from_slice(kind);
+                out.extend_from_slice(b"\ndata: ");
+            }
+            // The fields of `SessionEnvelope`, in its order.
+            out.extend_from_slice(b"{\"request_id\":");
+            json_str(out, stream.id.as_str());
+            out.extend_from_slice(b",\"route\":");
+            json_str(out, &stream.route.name);
+            out.extend_from_slice(b",\"event\":\"");
+            out.extend_from_slice(kind);
+            out.extend_from_slice(b"\",\"seq\":");
+            put_u64(out, entry.seq);
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(f.data_json());
+            out.extend_from_slice(if wire == Wire::SessionSse {
+                b"}\n\n"
+            } else {
+                b"}\n"
+            });
+        }
+        Wire::Ndjson | Wire::Sse => {
+            let frame = f.mapped().http[wire.slot()]
+                .get_or_init(|| encode_http(&entry.event(), stream, wire));
+            match frame {
+                Some(bytes) => out.extend_from_slice(bytes),
+                None => return false,
+            }
+        }
+    }
+    true
+}
+
+/// Decimal digits of `n`, as `itoa` would write them.
+fn put_u64(out: &mut impl BufMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[i..]);
+}
+
+fn json_str(out: &mut BytesMut, s: &str) {
+    let _ = serde_json::to_writer(out.writer(), s);
 }
 
 /// The legacy Socket.IO event for a logged event, or `None` if the route drops it.
 pub fn legacy_frame<'a>(entry: &'a Entry, stream: &Stream) -> Option<&'a LegacyFrame> {
     entry
         .frames
+        .mapped()
         .legacy
-        .get_or_init(|| encode_legacy(&entry.event, stream))
+        .get_or_init(|| encode_legacy(&entry.event(), stream))
         .as_ref()
 }
 
@@ -347,7 +472,7 @@ fn line<T: Serialize>(v: &T) -> Bytes {
     out.freeze()
 }
 
-/// The neutral NDJSON line of an event.
+/// The neutral NDJSON line of an event that is not in the log (a session heartbeat).
 pub fn ndjson_line(event: &Event) -> Bytes {
     line(event)
 }

@@ -315,18 +315,19 @@ fn cursor_frames(cursor: Cursor, d: Delivery) -> impl Stream<Item = Bytes> + Sen
                 Batch::Events(entries) => {
                     if r.cursor.lag_bytes() > r.d.max_lag {
                         // This batch is not sent: the subscriber's own end takes its place.
-                        let first = entries.first().and_then(|e| e.event.seq);
+                        let first = entries.first().map(|e| e.seq);
                         let seq = first.unwrap_or(r.cursor.next_seq());
                         return Some((slow_consumer(&r.cursor, seq, &r.d, &r.counters), None));
                     }
-                    let mut out = BytesMut::new();
+                    // Room for the neutral lines plus the SSE framing around them.
+                    let size: u64 = entries.iter().map(|e| e.size() + 24).sum();
+                    let mut out = BytesMut::with_capacity(size as usize);
                     let mut ended = false;
                     for e in &entries {
-                        if let Some(frame) = encode::http_frame(e, r.cursor.stream(), r.d.wire) {
-                            out.extend_from_slice(&frame);
-                            r.counters.delivered(e.event.event);
+                        if encode::write_http(e, r.cursor.stream(), r.d.wire, &mut out) {
+                            r.counters.delivered(e.kind);
                         }
-                        ended |= e.event.event == EventKind::End;
+                        ended |= e.kind == EventKind::End;
                     }
                     match (out.is_empty(), ended) {
                         (true, true) => return None,

@@ -441,15 +441,15 @@ async fn pump(socket: &SocketRef, mut cursor: Cursor, d: &Delivery) {
                 for e in &entries {
                     if let Some(frame) = encode::legacy_frame(e, &stream) {
                         match emit(socket, frame, || cursor.lag_bytes() > d.max_lag, None).await {
-                            Ok(()) => d.counters.delivered(e.event.event),
+                            Ok(()) => d.counters.delivered(e.kind),
                             Err(Stop::Gone) => return,
                             Err(Stop::Lagging) => {
-                                let seq = e.event.seq.unwrap_or(cursor.next_seq());
+                                let seq = e.seq;
                                 return farewell(socket, cursor, seq, d).await;
                             }
                         }
                     }
-                    if e.event.event == EventKind::End {
+                    if e.kind == EventKind::End {
                         return;
                     }
                 }
