@@ -220,6 +220,19 @@ impl StreamRules {
         Pushed::Accepted(self.stamp(kind, data))
     }
 
+    /// Offers `chunk {text}` by its text alone (what [`StreamRules::push`] does for that
+    /// event, without its JSON value): the chunk's seq, or `None` once the stream takes no
+    /// more events.
+    pub fn push_text(&mut self, text: &str) -> Option<Seq> {
+        if self.phase != Phase::Open {
+            return None;
+        }
+        self.output.push_str(text);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Some(seq)
+    }
+
     /// Closes the stream: the missing terminal event (if any) and the one `end`.
     /// Returns nothing once the stream has ended.
     pub fn finish(&mut self, how: Finish) -> Vec<Event> {

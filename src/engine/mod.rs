@@ -22,6 +22,12 @@ pub trait Sink: Send + Sync {
     /// Appends one event; `false` once the stream takes no more events (it has its
     /// terminal event, or it was stopped): the engine should return.
     fn emit(&self, kind: EventKind, data: Value) -> bool;
+
+    /// Appends `chunk {text}`: the same as [`Sink::emit`] of that event, without building
+    /// its JSON value (the per-token path of every engine).
+    fn emit_chunk(&self, text: &str) -> bool {
+        self.emit(EventKind::Chunk, serde_json::json!({ "text": text }))
+    }
 }
 
 pub type Emitter = Arc<dyn Sink>;

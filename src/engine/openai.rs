@@ -192,7 +192,7 @@ async fn openai(mut lines: Lines, out: Emitter) -> Result<(), EngineError> {
         let delta = choice.get("delta").unwrap_or(&Value::Null);
         if let Some(text) = delta.get("content").and_then(Value::as_str)
             && !text.is_empty()
-            && !out.emit(EventKind::Chunk, json!({ "text": text }))
+            && !out.emit_chunk(text)
         {
             return Ok(());
         }
@@ -249,7 +249,7 @@ async fn ollama(mut lines: Lines, out: Emitter) -> Result<(), EngineError> {
         let message = v.get("message").unwrap_or(&Value::Null);
         if let Some(text) = message.get("content").and_then(Value::as_str)
             && !text.is_empty()
-            && !out.emit(EventKind::Chunk, json!({ "text": text }))
+            && !out.emit_chunk(text)
         {
             return Ok(());
         }

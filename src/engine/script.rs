@@ -285,7 +285,7 @@ async fn run(plan: ScriptPlan, out: Emitter) -> Result<(), EngineError> {
             Some(_) => generated_chunk(i, plan.chunk_bytes),
             None => words.get(i as usize).cloned().unwrap_or_default(),
         };
-        if !out.emit(EventKind::Chunk, json!({ "text": text })) {
+        if !out.emit_chunk(&text) {
             return Ok(());
         }
     }

@@ -167,9 +167,14 @@ impl Stream {
 
     fn append(&self, log: &mut Log, event: Event) {
         let frames = Frames::new(&event, &mut log.scratch);
+        let seq = event.seq.unwrap_or(log.rules.next_seq().saturating_sub(1));
+        self.append_frames(log, event.event, seq, frames);
+    }
+
+    fn append_frames(&self, log: &mut Log, kind: EventKind, seq: Seq, frames: Frames) {
         let entry = Arc::new(Entry {
-            kind: event.event,
-            seq: event.seq.unwrap_or(log.rules.next_seq().saturating_sub(1)),
+            kind,
+            seq,
             offset: log.total,
             frames,
         });
@@ -288,10 +293,8 @@ impl Sink for Stream {
         let mut log = self.log();
         let accepted = match log.rules.push(kind, data) {
             Pushed::Accepted(ev) => {
-                if kind == EventKind::Chunk && !log.chunked {
-                    log.chunked = true;
-                    self.metrics
-                        .first_chunk(self.created.elapsed().as_secs_f64());
+                if kind == EventKind::Chunk {
+                    self.first_chunk(&mut log);
                 }
                 self.append(&mut log, ev);
                 true
@@ -303,10 +306,41 @@ impl Sink for Stream {
             Pushed::AfterTerminal => false,
         };
         drop(log);
+        self.engine_wrote();
+        accepted
+    }
+
+    fn emit_chunk(&self, text: &str) -> bool {
+        if self.stop.is_cancelled() {
+            return false;
+        }
+        let mut log = self.log();
+        let Some(seq) = log.rules.push_text(text) else {
+            return false;
+        };
+        self.first_chunk(&mut log);
+        let frames = Frames::chunk(seq, text, &mut log.scratch);
+        self.append_frames(&mut log, EventKind::Chunk, seq, frames);
+        drop(log);
+        self.engine_wrote();
+        true
+    }
+}
+
+impl Stream {
+    fn first_chunk(&self, log: &mut Log) {
+        if !log.chunked {
+            log.chunked = true;
+            self.metrics
+                .first_chunk(self.created.elapsed().as_secs_f64());
+        }
+    }
+
+    /// After an engine event was logged: idle clock, then wake the readers.
+    fn engine_wrote(&self) {
         self.last_event_ms
             .store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
         self.publish();
-        accepted
     }
 }
 

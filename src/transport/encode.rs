@@ -91,18 +91,38 @@ impl Frames {
     /// Encodes `event`'s neutral line, using `scratch` (cleared first) as the work buffer
     /// so that the line is stored in one allocation of its exact size.
     pub fn new(event: &Event, scratch: &mut Vec<u8>) -> Frames {
+        Frames::encode(event.event, event.seq, scratch, |out| {
+            // Serialising a Value into memory cannot fail.
+            let _ = serde_json::to_writer(out, &event.data);
+        })
+    }
+
+    /// The frames of `chunk {text}`: the same bytes as [`Frames::new`] of that event.
+    pub fn chunk(seq: u64, text: &str, scratch: &mut Vec<u8>) -> Frames {
+        Frames::encode(EventKind::Chunk, Some(seq), scratch, |out| {
+            out.extend_from_slice(b"{\"text\":");
+            let _ = serde_json::to_writer(&mut *out, text);
+            out.push(b'}');
+        })
+    }
+
+    fn encode(
+        kind: EventKind,
+        seq: Option<u64>,
+        scratch: &mut Vec<u8>,
+        data: impl FnOnce(&mut Vec<u8>),
+    ) -> Frames {
         scratch.clear();
         scratch.extend_from_slice(b"{\"event\":\"");
-        scratch.extend_from_slice(event.event.as_str().as_bytes());
+        scratch.extend_from_slice(kind.as_str().as_bytes());
         scratch.push(b'"');
-        if let Some(seq) = event.seq {
+        if let Some(seq) = seq {
             scratch.extend_from_slice(b",\"seq\":");
             put_u64(scratch, seq);
         }
         scratch.extend_from_slice(b",\"data\":");
         let data_at = scratch.len();
-        // Serialising a Value into memory cannot fail.
-        let _ = serde_json::to_writer(&mut *scratch, &event.data);
+        data(scratch);
         scratch.extend_from_slice(b"}\n");
         Frames {
             neutral: Bytes::copy_from_slice(scratch),
