@@ -6,10 +6,13 @@
 //! see an engine; engines never see a transport.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::task::{Context, Poll, Waker};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use tracing::Instrument;
 
 use crate::auth::Auth;
@@ -134,12 +137,17 @@ impl Bridge {
         )?;
         let span =
             tracing::info_span!("stream", request_id = %stream.id, route = %stream.route.name);
+        stream.start();
+        let engine_task = {
+            let _entered = span.enter();
+            start_engine(job, stream.clone())
+        };
         let producer = produce(
             self.inner.metrics.clone(),
             engine.kind(),
             self.inner.hub.clone(),
             stream.clone(),
-            job,
+            engine_task,
             Duration::from_secs(self.inner.config.replay.orphan_grace_secs),
             Duration::from_secs(self.inner.config.engine.idle_timeout_secs),
         );
@@ -268,19 +276,48 @@ async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// The producer task of one stream.
+/// What an engine run returns; `Err` carries the message of a panic.
+type EngineRun = Result<Result<(), EngineError>, String>;
+
+/// Starts an engine: runs it right here, in the caller's task, up to its first pause (the
+/// first upstream read, or the script engine's yield after its first chunk), then hands
+/// the rest to a task of its own. The first chunk is then in the log before the response
+/// head is written, and a new stream does not queue behind every running one for its
+/// first event. A panic, here or later, is caught and becomes the engine's failure.
+fn start_engine(job: crate::engine::Job, stream: Arc<Stream>) -> tokio::task::JoinHandle<EngineRun> {
+    let emitter: Emitter = stream;
+    let mut run = AssertUnwindSafe(job(emitter))
+        .catch_unwind()
+        .map(|r| r.map_err(|p| panic_message(p.as_ref())))
+        .boxed();
+    // The waker of this first poll is a no-op: the spawned task polls again at once, and
+    // whatever the engine waits on then registers that task's waker.
+    let mut cx = Context::from_waker(Waker::noop());
+    match run.as_mut().poll(&mut cx) {
+        Poll::Ready(done) => tokio::spawn(std::future::ready(done)),
+        Poll::Pending => tokio::spawn(run),
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// The producer task of one stream: its engine (started by [`start_engine`]), cancel,
+/// orphaning and idleness, and the stream's finish.
 async fn produce(
     metrics: Arc<Metrics>,
     engine_kind: &'static str,
     hub: Arc<Hub>,
     stream: Arc<Stream>,
-    job: crate::engine::Job,
+    mut engine: tokio::task::JoinHandle<EngineRun>,
     orphan_grace: Duration,
     idle_timeout: Duration,
 ) {
-    stream.start();
-    let emitter: Emitter = stream.clone();
-    let mut engine = tokio::spawn(job(emitter));
     let watchdog = async {
         tokio::select! {
             _ = orphan_watch(&stream, orphan_grace) => stream.stop(EndReason::Cancelled),
@@ -299,12 +336,19 @@ async fn produce(
             Finish::Stopped(reason)
         }
         r = &mut engine => match r {
-            Ok(Ok(())) => Finish::Completed,
-            Ok(Err(EngineError::Failed { error_type, message })) => Finish::Failed { error_type, message },
-            Ok(Err(e @ EngineError::InvalidOption { .. })) => Finish::Failed {
+            Ok(Ok(Ok(()))) => Finish::Completed,
+            Ok(Ok(Err(EngineError::Failed { error_type, message }))) => Finish::Failed { error_type, message },
+            Ok(Ok(Err(e @ EngineError::InvalidOption { .. }))) => Finish::Failed {
                 error_type: "invalid_request".into(),
                 message: e.to_string(),
             },
+            Ok(Err(panic)) => {
+                tracing::error!(panic, "the engine panicked");
+                Finish::Failed {
+                    error_type: "engine_error".into(),
+                    message: "the engine stopped unexpectedly".into(),
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "the engine task failed");
                 Finish::Failed {

@@ -24,7 +24,7 @@ pub const FIXED_TEXT: &str =
 /// burst never monopolises a worker thread. The engine also yields right after its first
 /// chunk: the subscriber it just woke writes that chunk before the burst goes on, so the
 /// time to first byte does not wait behind the other streams' bursts.
-const YIELD_EVERY: u64 = 32;
+const YIELD_EVERY: u64 = 128;
 
 /// A route's maxima for the script options (`engine = { kind = "script", ... }`).
 #[derive(Debug, Clone, PartialEq)]
