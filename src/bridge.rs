@@ -6,6 +6,7 @@
 //! see an engine; engines never see a transport.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::task::{Context, Poll, Waker};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use tracing::Instrument;
 
 use crate::auth::Auth;
@@ -138,7 +140,7 @@ impl Bridge {
         let span =
             tracing::info_span!("stream", request_id = %stream.id, route = %stream.route.name);
         stream.start();
-        let engine_task = {
+        let engine_run = {
             let _entered = span.enter();
             start_engine(job, stream.clone())
         };
@@ -147,7 +149,7 @@ impl Bridge {
             engine.kind(),
             self.inner.hub.clone(),
             stream.clone(),
-            engine_task,
+            engine_run,
             Duration::from_secs(self.inner.config.replay.orphan_grace_secs),
             Duration::from_secs(self.inner.config.engine.idle_timeout_secs),
         );
@@ -277,25 +279,45 @@ async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
 }
 
 /// What an engine run returns; `Err` carries the message of a panic.
-type EngineRun = Result<Result<(), EngineError>, String>;
+type EngineResult = Result<Result<(), EngineError>, String>;
+
+/// An engine run in progress, or its result if it finished in its first poll.
+enum EngineRun {
+    Running(BoxFuture<'static, EngineResult>),
+    Done(Option<EngineResult>),
+}
+
+impl Future for EngineRun {
+    type Output = EngineResult;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<EngineResult> {
+        match &mut *self {
+            EngineRun::Running(run) => run.as_mut().poll(cx),
+            EngineRun::Done(done) => match done.take() {
+                Some(r) => Poll::Ready(r),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
 
 /// Starts an engine: runs it right here, in the caller's task, up to its first pause (the
-/// first upstream read, or the script engine's yield after its first chunk), then hands
-/// the rest to a task of its own. The first chunk is then in the log before the response
-/// head is written, and a new stream does not queue behind every running one for its
-/// first event. A panic, here or later, is caught and becomes the engine's failure.
-fn start_engine(job: crate::engine::Job, stream: Arc<Stream>) -> tokio::task::JoinHandle<EngineRun> {
+/// first upstream read, or the script engine's yield after its first chunk); the producer
+/// task runs the rest. The first chunk is then in the log before the response head is
+/// written, and a new stream does not queue behind every running one for its first
+/// event. A panic, here or later, is caught and becomes the engine's failure.
+fn start_engine(job: crate::engine::Job, stream: Arc<Stream>) -> EngineRun {
     let emitter: Emitter = stream;
     let mut run = AssertUnwindSafe(job(emitter))
         .catch_unwind()
         .map(|r| r.map_err(|p| panic_message(p.as_ref())))
         .boxed();
-    // The waker of this first poll is a no-op: the spawned task polls again at once, and
-    // whatever the engine waits on then registers that task's waker.
+    // The waker of this first poll is a no-op: the producer task polls again as soon as
+    // it runs, and whatever the engine waits on then registers that task's waker.
     let mut cx = Context::from_waker(Waker::noop());
     match run.as_mut().poll(&mut cx) {
-        Poll::Ready(done) => tokio::spawn(std::future::ready(done)),
-        Poll::Pending => tokio::spawn(run),
+        Poll::Ready(done) => EngineRun::Done(Some(done)),
+        Poll::Pending => EngineRun::Running(run),
     }
 }
 
@@ -307,14 +329,14 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".into())
 }
 
-/// The producer task of one stream: its engine (started by [`start_engine`]), cancel,
-/// orphaning and idleness, and the stream's finish.
+/// The producer task of one stream: its engine (started by [`start_engine`], run in this
+/// same task), cancel, orphaning and idleness, and the stream's finish.
 async fn produce(
     metrics: Arc<Metrics>,
     engine_kind: &'static str,
     hub: Arc<Hub>,
     stream: Arc<Stream>,
-    mut engine: tokio::task::JoinHandle<EngineRun>,
+    mut engine: EngineRun,
     orphan_grace: Duration,
     idle_timeout: Duration,
 ) {
@@ -331,26 +353,18 @@ async fn produce(
     // partial text.
     let finish = tokio::select! {
         biased;
-        reason = stream.stopped() => {
-            engine.abort();
-            Finish::Stopped(reason)
-        }
+        // Dropping the engine's run (with the rest of this select) stops it, and closes
+        // its upstream connection.
+        reason = stream.stopped() => Finish::Stopped(reason),
         r = &mut engine => match r {
-            Ok(Ok(Ok(()))) => Finish::Completed,
-            Ok(Ok(Err(EngineError::Failed { error_type, message }))) => Finish::Failed { error_type, message },
-            Ok(Ok(Err(e @ EngineError::InvalidOption { .. }))) => Finish::Failed {
+            Ok(Ok(())) => Finish::Completed,
+            Ok(Err(EngineError::Failed { error_type, message })) => Finish::Failed { error_type, message },
+            Ok(Err(e @ EngineError::InvalidOption { .. })) => Finish::Failed {
                 error_type: "invalid_request".into(),
                 message: e.to_string(),
             },
-            Ok(Err(panic)) => {
+            Err(panic) => {
                 tracing::error!(panic, "the engine panicked");
-                Finish::Failed {
-                    error_type: "engine_error".into(),
-                    message: "the engine stopped unexpectedly".into(),
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "the engine task failed");
                 Finish::Failed {
                     error_type: "engine_error".into(),
                     message: "the engine stopped unexpectedly".into(),
@@ -359,6 +373,8 @@ async fn produce(
         },
         _ = watchdog => Finish::Stopped(EndReason::Cancelled),
     };
+    // A stopped engine goes now, before the stream's last events are written.
+    drop(engine);
     if let Finish::Failed {
         error_type,
         message,

@@ -65,6 +65,7 @@ fn assemble(bridge: Bridge) -> (Router, SocketIo, polling::Pacer) {
         .ws_max_message_size(ws_max)
         .ws_max_frame_size(ws_max)
         .max_buffer_size(limits.socketio_buffer)
+        .ws_read_buffer_size(socketio::WS_READ_BUFFER)
         .ping_interval(Duration::from_secs(limits.socketio_ping_interval_secs))
         .ping_timeout(Duration::from_secs(limits.socketio_ping_timeout_secs))
         .build_layer();
@@ -75,6 +76,7 @@ fn assemble(bridge: Bridge) -> (Router, SocketIo, polling::Pacer) {
     // Socket.IO service's responses.
     let router = http::router(bridge)
         .layer(layer)
+        .layer(axum::middleware::from_fn(socketio::detach_head))
         .layer(axum::middleware::from_fn_with_state(
             pacer.clone(),
             polling::pace,
@@ -128,11 +130,14 @@ pub async fn run(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-        let served = conn
-            .serve_connection(TokioIo::new(stream), service.clone())
-            .with_upgrades();
         let mut closing = closing_rx.clone();
+        let (conn, service) = (conn.clone(), service.clone());
         tokio::spawn(async move {
+            // Made inside the task: its buffers belong to the worker that serves it, and
+            // the connection is stored once in the task, not also as a captured value.
+            let served = conn
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             tokio::pin!(served);
             let result = tokio::select! {
                 r = served.as_mut() => r,

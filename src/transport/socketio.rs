@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use axum::extract::Request;
+use axum::http::{HeaderValue, Uri};
+use axum::middleware::Next;
+use axum::response::Response;
 use serde_json::{Map, Value, json};
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
@@ -156,6 +160,29 @@ fn handshake(b: &Bridge, socket: &SocketRef, auth: Option<Value>) -> Result<(), 
         open: AtomicBool::new(false),
     }));
     Ok(())
+}
+
+/// Bytes read from a WebSocket at a time (socketioxide's default is 4 KiB, all of it
+/// resident for every idle socket; client events are small, a large one takes more reads).
+pub const WS_READ_BUFFER: usize = 1024;
+
+/// Gives a Socket.IO request its own copy of its URI and header values before the
+/// Socket.IO layer sees it. hyper hands them out as slices of the connection's 8 KiB read
+/// buffer, and Engine.IO keeps the request parts for the socket's whole life: without the
+/// copy every idle socket holds that buffer.
+pub async fn detach_head(mut req: Request, next: Next) -> Response {
+    if req.uri().path().starts_with("/socket.io") {
+        if let Ok(uri) = Uri::try_from(req.uri().to_string()) {
+            *req.uri_mut() = uri;
+        }
+        for value in req.headers_mut().values_mut() {
+            if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+                copy.set_sensitive(value.is_sensitive());
+                *value = copy;
+            }
+        }
+    }
+    next.run(req).await
 }
 
 /// Protocol v4 clients (socket.io-client 2.x) send their auth fields in the query string.
