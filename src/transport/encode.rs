@@ -143,7 +143,9 @@ impl Frames {
     /// The event's `data`, as JSON text.
     pub fn data_json(&self) -> &[u8] {
         let end = self.neutral.len().saturating_sub(2);
-        self.neutral.get(self.data_at as usize..end).unwrap_or(b"null")
+        self.neutral
+            .get(self.data_at as usize..end)
+            .unwrap_or(b"null")
     }
 
     fn mapped(&self) -> &Mapped {
