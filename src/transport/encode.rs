@@ -5,7 +5,7 @@
 //! event and shared by all its subscribers, never once per subscriber. Route mappings
 //! (`emit` templates, SSE framing) are applied here and nowhere else.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::SystemTime;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -52,12 +52,11 @@ impl Wire {
         }
     }
 
+    /// Where a mapped encoding of this wire is cached (session wires are never mapped).
     fn slot(self) -> usize {
         match self {
-            Wire::Ndjson => 0,
-            Wire::Sse => 1,
-            Wire::SessionNdjson => 2,
-            Wire::SessionSse => 3,
+            Wire::Ndjson | Wire::SessionNdjson => 0,
+            Wire::Sse | Wire::SessionSse => 1,
         }
     }
 }
@@ -83,7 +82,7 @@ pub struct Frames {
 
 #[derive(Default)]
 struct Mapped {
-    http: [OnceLock<Option<Bytes>>; 4],
+    http: [OnceLock<Option<Bytes>>; 2],
     legacy: OnceLock<Option<LegacyFrame>>,
 }
 
@@ -266,7 +265,7 @@ pub fn encode_http(event: &Event, stream: &Stream, wire: Wire) -> Option<Bytes> 
             let http = &stream.route.http;
             let (name, body) = match render(&http.emit, event, stream) {
                 Rendered::Neutral => (event.event.as_str(), Body::Envelope(event)),
-                Rendered::Mapped(name, v) => (name, Body::Value(v)),
+                Rendered::Mapped(name, v) => (&**name, Body::Value(v)),
                 Rendered::Dropped => {
                     // A dialect without heartbeats still gets SSE keep-alives.
                     return (wire == Wire::Sse && event.event == EventKind::Heartbeat)
@@ -325,11 +324,46 @@ pub fn encode_legacy(event: &Event, stream: &Stream) -> Option<LegacyFrame> {
     match render(&sio.emit, event, stream) {
         Rendered::Neutral => neutral_legacy(event, stream),
         Rendered::Mapped(name, v) => Some(LegacyFrame {
-            event: name.into(),
+            event: name.clone(),
             payload: raw(&v)?,
         }),
         Rendered::Dropped => None,
     }
+}
+
+/// The neutral event names as shared strings, made once (a legacy frame per event would
+/// otherwise allocate its name).
+fn neutral_name(kind: EventKind) -> Arc<str> {
+    static NAMES: LazyLock<Vec<Arc<str>>> = LazyLock::new(|| {
+        EventKind::ALL
+            .iter()
+            .map(|k| Arc::from(k.as_str()))
+            .collect()
+    });
+    NAMES
+        .get(kind.index())
+        .cloned()
+        .unwrap_or_else(|| kind.as_str().into())
+}
+
+/// `$.now`: the current instant in ISO-8601, formatted once per millisecond per thread
+/// (a burst of events in the same millisecond shares it).
+fn now_iso8601() -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<(u128, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != ms || last.1.is_empty() {
+            *last = (ms, iso8601(now));
+        }
+        last.1.clone()
+    })
 }
 
 fn neutral_legacy(event: &Event, stream: &Stream) -> Option<LegacyFrame> {
@@ -340,7 +374,7 @@ fn neutral_legacy(event: &Event, stream: &Stream) -> Option<LegacyFrame> {
         data: &'a Value,
     }
     Some(LegacyFrame {
-        event: event.event.as_str().into(),
+        event: neutral_name(event.event),
         payload: raw(&Neutral {
             request_id: stream.id.as_str(),
             seq: event.seq,
@@ -351,7 +385,7 @@ fn neutral_legacy(event: &Event, stream: &Stream) -> Option<LegacyFrame> {
 
 enum Rendered<'a> {
     Neutral,
-    Mapped(&'a str, Value),
+    Mapped(&'a Arc<str>, Value),
     Dropped,
 }
 
@@ -361,7 +395,7 @@ fn render<'a>(map: &'a EmitMap, event: &Event, stream: &Stream) -> Rendered<'a> 
         Emit::Dropped => Rendered::Dropped,
         Emit::Mapped(rule) => {
             let now = if rule.payload.uses_now() {
-                iso8601(SystemTime::now())
+                now_iso8601()
             } else {
                 String::new()
             };
@@ -402,7 +436,7 @@ pub fn legacy_refusal(
             }))?,
         }),
         Emit::Mapped(rule) => {
-            let now = iso8601(SystemTime::now());
+            let now = now_iso8601();
             let ctx = EmitContext {
                 event: event.event.as_str(),
                 seq: None,

@@ -36,6 +36,8 @@ use crate::routes::{RequestContext, Route};
 const MAX_BATCH: usize = 32;
 /// Longest wait between two tries when the socket's queue is full.
 const MAX_BACKOFF: Duration = Duration::from_millis(20);
+/// Times a delivery yields to a socket's writer on a full queue before it sleeps.
+const YIELDS_BEFORE_BACKOFF: u32 = 4;
 /// How long a lagging socket's last two events (`error`, `end`) may wait for queue room.
 /// Longer than Engine.IO's heartbeat (ping every 25 s, 20 s to answer), which closes a
 /// socket whose queue stays full: a client that stalls for a while and then reads again
@@ -531,6 +533,7 @@ async fn emit(
     deadline: Option<tokio::time::Instant>,
 ) -> Result<(), Stop> {
     let mut backoff = Duration::from_micros(250);
+    let mut yields = 0;
     loop {
         match socket.emit(&*frame.event, &frame.payload) {
             Ok(()) => return Ok(()),
@@ -540,6 +543,13 @@ async fn emit(
                 }
                 if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     return Err(Stop::Gone);
+                }
+                // The socket's writer usually just needs a turn: yield to it first, and
+                // only back off with timers (a millisecond at least) when it stays full.
+                if yields < YIELDS_BEFORE_BACKOFF {
+                    yields += 1;
+                    tokio::task::yield_now().await;
+                    continue;
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
