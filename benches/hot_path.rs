@@ -180,6 +180,21 @@ fn per_event(c: &mut Criterion) {
             })
         });
     }
+    // What engines do per token: `emit_chunk` (no JSON value built), then read + encode.
+    if let Some((stream, mut cursor, _)) = stream_of("agent", "text", None) {
+        group.bench_function("append_text_read_encode", |b| {
+            b.iter(|| {
+                stream.emit_chunk(black_box("sixteen bytes ok"));
+                if let Some(Batch::Events(entries)) = cursor.try_batch(1) {
+                    let mut out = BytesMut::with_capacity(128);
+                    for e in &entries {
+                        black_box(write_http(e, &stream, Wire::Ndjson, &mut out));
+                    }
+                    black_box(out);
+                }
+            })
+        });
+    }
     group.finish();
     let Some(counters) = counters else { return };
     c.bench_function("count_one_event", |b| {

@@ -168,7 +168,12 @@ fn serve(
         tracing::info!("switchyard listening on http://{addr} (Socket.IO at /socket.io/)");
         let bridge = Bridge::new(config, routes)
             .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
-        server::run(listener, bridge, shutdown_signal()).await?;
+        // The accept loop runs on a worker, not on this thread: connection tasks it spawns
+        // then start on that worker's own queue (next in line) instead of the shared
+        // queue a busy worker looks at only now and then.
+        tokio::spawn(server::run(listener, bridge, shutdown_signal()))
+            .await
+            .context("the accept loop stopped unexpectedly")??;
         tracing::info!("switchyard stopped");
         Ok(ExitCode::SUCCESS)
     })
