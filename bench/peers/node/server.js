@@ -27,9 +27,9 @@ const DEFAULT_CHUNK_BYTES = 16;
 // The shipped chat route's script maxima.
 const MAX_CHUNKS = 100000;
 const MAX_CHUNK_BYTES = 65536;
-// Like the bridge's script engine, give the event loop a turn every 32 chunks so one
+// Like the bridge's script engine, give the event loop a turn every 128 chunks so one
 // long stream does not starve the other connections.
-const YIELD_EVERY = 32;
+const YIELD_EVERY = 128;
 const OVER_MAXIMUM = {
   error_type: "invalid_request",
   message: `options.chunks is at most ${MAX_CHUNKS}, options.chunk_bytes at most ${MAX_CHUNK_BYTES}`,

@@ -18,9 +18,9 @@ DEFAULT_CHUNK_BYTES = 16
 # The shipped chat route's script maxima.
 MAX_CHUNKS = 100_000
 MAX_CHUNK_BYTES = 65_536
-# Like the bridge's script engine, hand the loop over every 32 chunks so one long stream
+# Like the bridge's script engine, hand the loop over every 128 chunks so one long stream
 # does not starve the other connections.
-YIELD_EVERY = 32
+YIELD_EVERY = 128
 
 
 def generated_chunk(i: int, length: int) -> str:
