@@ -603,6 +603,75 @@ engine = { kind = "script" }
         }
     }
 
+    /// The entry the stream logs for a chunk of `text` (written by its text alone).
+    fn logged_chunk(s: &std::sync::Arc<Stream>, text: &str) -> std::sync::Arc<Entry> {
+        use crate::engine::Sink;
+        let mut cursor = s.subscribe_from(0);
+        s.start();
+        assert!(s.emit_chunk(text));
+        let mut last = None;
+        while let Some(crate::hub::Batch::Events(entries)) = cursor.try_batch(16) {
+            last = entries.last().cloned();
+        }
+        last.unwrap()
+    }
+
+    #[test]
+    fn chunk_lines_written_by_text_are_the_lines_of_the_event() {
+        let mut scratch = Vec::new();
+        for text in [
+            "Hel",
+            "",
+            "quote \" and \\ and\nnew line",
+            "\u{1F600} \u{7f} \u{1}",
+        ] {
+            let event = Event {
+                event: EventKind::Chunk,
+                seq: Some(12),
+                data: json!({ "text": text }),
+            };
+            let by_text = Frames::chunk(12, text, &mut scratch);
+            let by_event = Frames::new(&event, &mut scratch);
+            assert_eq!(by_text.neutral(), by_event.neutral());
+            assert_eq!(
+                by_text.neutral(),
+                &encode_http(&event, &stream("chat"), Wire::Ndjson).unwrap()[..]
+            );
+            let data: Value = serde_json::from_slice(by_text.data_json()).unwrap();
+            assert_eq!(data, json!({ "text": text }));
+        }
+    }
+
+    #[test]
+    fn wires_cut_from_the_log_equal_the_encoder() {
+        for route in ["chat", "old", "agent"] {
+            let s = stream(route);
+            let entry = logged_chunk(&s, "Hel \"lo\"");
+            let event = entry.event();
+            assert_eq!(event.data, json!({"text": "Hel \"lo\""}));
+            for wire in [
+                Wire::Ndjson,
+                Wire::Sse,
+                Wire::SessionNdjson,
+                Wire::SessionSse,
+            ] {
+                let mut out = BytesMut::new();
+                let written = write_http(&entry, &s, wire, &mut out);
+                let encoded = encode_http(&event, &s, wire);
+                assert_eq!(written, encoded.is_some(), "{route} {wire:?}");
+                assert_eq!(
+                    &out[..],
+                    &encoded.unwrap_or_default()[..],
+                    "{route} {wire:?}"
+                );
+            }
+            // The mapped legacy frame is made from the decoded event, once.
+            let a = legacy_frame(&entry, &s).map(|f| f.payload.get().to_string());
+            let b = encode_legacy(&event, &s).map(|f| f.payload.get().to_string());
+            assert_eq!(a, b, "{route}");
+        }
+    }
+
     #[test]
     fn neutral_ndjson_and_named_sse() {
         let s = stream("chat");

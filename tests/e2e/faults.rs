@@ -429,6 +429,44 @@ async fn a_panicking_engine_ends_every_subscriber_and_nothing_else() {
     assert_eq!(events.iter().filter(|e| e["event"] == "chunk").count(), 4);
 }
 
+/// The engine's first poll runs in the request's own task (so the first chunk leaves with
+/// the response head): a panic there must end that stream alone, like a later one.
+#[tokio::test]
+async fn an_engine_that_panics_in_its_first_poll_ends_its_stream_alone() {
+    let up = start_upstream().await;
+    let mut c = config();
+    c.flags_dir = flags_dir(FAULT_FLAGS);
+    let s = Server::start_with(c, fault_routes(&up.base)).await;
+    let resp = http()
+        .post(s.url(CHAT))
+        .json(&json!({"options": {"chunks": 3, "panic_after": 0}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let events = parse_ndjson(&body_text(resp).await);
+    check_rules(&events);
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["status_update", "error", "end"], "{events:?}");
+    assert_eq!(events[1]["data"]["error_type"], "engine_error");
+    assert_eq!(events[2]["data"]["reason"], "error");
+    // The bridge goes on serving.
+    let resp = http()
+        .post(s.url(CHAT))
+        .json(&json!({"options": {"chunks": 3}}))
+        .send()
+        .await
+        .unwrap();
+    let events = parse_ndjson(&body_text(resp).await);
+    check_rules(&events);
+    assert_eq!(events.iter().filter(|e| e["event"] == "chunk").count(), 3);
+    assert_eq!(events.last().unwrap()["data"]["reason"], "completed");
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_panic_drill_is_refused_where_the_route_does_not_enable_it() {
     let s = Server::default().await;
