@@ -6,7 +6,7 @@
 //! see an engine; engines never see a transport.
 
 use std::collections::HashMap;
-use std::future::Future;
+use std::future::Ready;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +14,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use tracing::Instrument;
 
 use crate::auth::Auth;
@@ -282,24 +282,7 @@ async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
 type EngineResult = Result<Result<(), EngineError>, String>;
 
 /// An engine run in progress, or its result if it finished in its first poll.
-enum EngineRun {
-    Running(BoxFuture<'static, EngineResult>),
-    Done(Option<EngineResult>),
-}
-
-impl Future for EngineRun {
-    type Output = EngineResult;
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<EngineResult> {
-        match &mut *self {
-            EngineRun::Running(run) => run.as_mut().poll(cx),
-            EngineRun::Done(done) => match done.take() {
-                Some(r) => Poll::Ready(r),
-                None => Poll::Pending,
-            },
-        }
-    }
-}
+type EngineRun = Either<BoxFuture<'static, EngineResult>, Ready<EngineResult>>;
 
 /// Starts an engine: runs it right here, in the caller's task, up to its first pause (the
 /// first upstream read, or the script engine's yield after its first chunk); the producer
@@ -316,8 +299,8 @@ fn start_engine(job: crate::engine::Job, stream: Arc<Stream>) -> EngineRun {
     // it runs, and whatever the engine waits on then registers that task's waker.
     let mut cx = Context::from_waker(Waker::noop());
     match run.as_mut().poll(&mut cx) {
-        Poll::Ready(done) => EngineRun::Done(Some(done)),
-        Poll::Pending => EngineRun::Running(run),
+        Poll::Ready(done) => Either::Right(std::future::ready(done)),
+        Poll::Pending => Either::Left(run),
     }
 }
 

@@ -437,14 +437,11 @@ async fn an_engine_that_panics_in_its_first_poll_ends_its_stream_alone() {
     let mut c = config();
     c.flags_dir = flags_dir(FAULT_FLAGS);
     let s = Server::start_with(c, fault_routes(&up.base)).await;
-    let resp = http()
-        .post(s.url(CHAT))
-        .json(&json!({"options": {"chunks": 3, "panic_after": 0}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let events = parse_ndjson(&body_text(resp).await);
+    let events = post_ndjson(
+        &s.url(CHAT),
+        &json!({"options": {"chunks": 3, "panic_after": 0}}),
+    )
+    .await;
     check_rules(&events);
     let kinds: Vec<&str> = events
         .iter()
@@ -454,13 +451,7 @@ async fn an_engine_that_panics_in_its_first_poll_ends_its_stream_alone() {
     assert_eq!(events[1]["data"]["error_type"], "engine_error");
     assert_eq!(events[2]["data"]["reason"], "error");
     // The bridge goes on serving.
-    let resp = http()
-        .post(s.url(CHAT))
-        .json(&json!({"options": {"chunks": 3}}))
-        .send()
-        .await
-        .unwrap();
-    let events = parse_ndjson(&body_text(resp).await);
+    let events = post_ndjson(&s.url(CHAT), &json!({"options": {"chunks": 3}})).await;
     check_rules(&events);
     assert_eq!(events.iter().filter(|e| e["event"] == "chunk").count(), 3);
     assert_eq!(events.last().unwrap()["data"]["reason"], "completed");
