@@ -28,6 +28,7 @@ fn hub() -> std::sync::Arc<Hub> {
         max_streams: 1000,
         max_streams_per_subject: 0,
         replay_max_bytes: 1 << 20,
+        lag: switchyard::hub::LagPolicy::default(),
         replay_max_total_bytes: 1 << 30,
         retention: Duration::from_secs(60),
     })

@@ -24,7 +24,7 @@ use crate::error::ApiError;
 use crate::event::{EndReason, Finish, Seq};
 use crate::flags::store::FlagStore;
 use crate::flags::{Enforcement, FlagsError};
-use crate::hub::{Cursor, Hub, HubConfig, SessionFollow, Stream};
+use crate::hub::{Cursor, Hub, HubConfig, LagPolicy, SessionFollow, Stream};
 use crate::metrics::Metrics;
 use crate::request::{RequestId, StreamRequest, Transport};
 use crate::routes::{RouteName, Routes};
@@ -64,6 +64,10 @@ impl Bridge {
             max_streams: config.limits.max_streams,
             max_streams_per_subject: config.limits.max_streams_per_subject,
             replay_max_bytes: config.replay.max_bytes,
+            lag: LagPolicy {
+                max_lag_bytes: config.limits.max_lag_bytes,
+                stall: Duration::from_secs(config.limits.slow_consumer_secs),
+            },
             replay_max_total_bytes: config.replay.max_total_bytes,
             retention: Duration::from_secs(config.replay.retention_secs),
         });

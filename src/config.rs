@@ -98,9 +98,14 @@ pub struct Limits {
     /// moment it opens or finished its previous request: a connection that sends nothing
     /// (or idles on keep-alive) is closed after it.
     pub header_timeout_secs: u64,
-    /// How far (bytes of encoded events) a subscriber may lag behind its stream before it
-    /// is ended with `slow_consumer`.
+    /// How far (bytes of neutral lines) a subscriber may be behind its stream's head and
+    /// never be questioned. One further behind whose next event has waited for it
+    /// `slow_consumer_secs` is ended with `slow_consumer`.
     pub max_lag_bytes: u64,
+    /// Seconds a subscriber may leave its next event unread while it is more than
+    /// `max_lag_bytes` behind (or while the stream's log is full and waits for it) before
+    /// it is ended with `slow_consumer`; also the longest a producer is held back by one.
+    pub slow_consumer_secs: u64,
     /// Largest accepted Socket.IO packet, in bytes (as Node socket.io's maxHttpBufferSize).
     pub socketio_max_payload: u64,
     /// Packets queued per socket before the bridge waits for the socket to drain.
@@ -122,6 +127,7 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             header_timeout_secs: 30,
             max_lag_bytes: 1024 * 1024,
+            slow_consumer_secs: 10,
             socketio_max_payload: 1_000_000,
             socketio_buffer: 128,
             socketio_ping_interval_secs: 25,
@@ -289,6 +295,15 @@ impl Config {
         if self.replay.max_bytes == 0 {
             return bad("replay.max_bytes must be at least 1");
         }
+        if (self.replay.max_bytes as u64) < self.limits.max_lag_bytes {
+            return Err(ConfigError::Value(format!(
+                "replay.max_bytes ({}) is below limits.max_lag_bytes ({}): a stream's log could never hold the lag its subscribers are allowed; raise replay.max_bytes or lower limits.max_lag_bytes",
+                self.replay.max_bytes, self.limits.max_lag_bytes
+            )));
+        }
+        if self.limits.slow_consumer_secs == 0 {
+            return bad("limits.slow_consumer_secs must be at least 1");
+        }
         if self.engine.idle_timeout_secs == 0 {
             return bad("engine.idle_timeout_secs must be at least 1");
         }
@@ -325,6 +340,8 @@ mod tests {
             assert_eq!(c.replay.retention_secs, 60);
             assert_eq!(c.replay.max_bytes, 8 << 20);
             assert_eq!(c.replay.orphan_grace_secs, 10);
+            assert_eq!(c.limits.max_lag_bytes, 1 << 20);
+            assert_eq!(c.limits.slow_consumer_secs, 10);
             assert_eq!(c.shutdown.grace_secs, 30);
             Ok(())
         });
@@ -346,6 +363,32 @@ mod tests {
             assert_eq!(c.heartbeat_secs, 5);
             assert_eq!(c.limits.max_streams, 100);
             assert_eq!(c.admin.token.as_deref(), Some("env"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn slow_consumer_settings_that_contradict_each_other_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "a.toml",
+                "[replay]\nmax_bytes = 16384\n[limits]\nmax_lag_bytes = 65536\n",
+            )?;
+            let err = Config::load(Some(Path::new("a.toml"))).unwrap_err();
+            assert!(
+                err.to_string().contains("replay.max_bytes")
+                    && err.to_string().contains("limits.max_lag_bytes"),
+                "{err}"
+            );
+            jail.create_file("b.toml", "[limits]\nslow_consumer_secs = 0\n")?;
+            let err = Config::load(Some(Path::new("b.toml"))).unwrap_err();
+            assert!(err.to_string().contains("slow_consumer_secs"), "{err}");
+            jail.create_file(
+                "c.toml",
+                "[replay]\nmax_bytes = 16384\n[limits]\nmax_lag_bytes = 4096\nslow_consumer_secs = 2\n",
+            )?;
+            let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.limits.slow_consumer_secs, 2);
             Ok(())
         });
     }

@@ -28,6 +28,21 @@ pub trait Sink: Send + Sync {
     fn emit_chunk(&self, text: &str) -> bool {
         self.emit(EventKind::Chunk, serde_json::json!({ "text": text }))
     }
+
+    /// `None` when the stream takes more events now; otherwise a wait until it does (its
+    /// subscribers read, or the slowest was cut for stalling). Engines call [`room`] before
+    /// each write, so a stream nobody reads pauses its engine (and its upstream connection
+    /// stops being read) instead of running it at full speed.
+    fn writable(&self) -> Option<BoxFuture<'_, ()>> {
+        None
+    }
+}
+
+/// Waits until `out` takes more events (at once when it does: no allocation, no await).
+pub async fn room(out: &dyn Sink) {
+    if let Some(wait) = out.writable() {
+        wait.await;
+    }
 }
 
 pub type Emitter = Arc<dyn Sink>;

@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 
 use super::upstream::{self, Lines, UpstreamSpec, failed};
-use super::{Caller, Emitter, Engine, EngineError, Job};
+use super::{Caller, Emitter, Engine, EngineError, Job, room};
 use crate::event::EventKind;
 
 /// How much of a bad line is quoted in the error.
@@ -87,7 +87,12 @@ async fn run(
     let mut lines = Lines::new(resp, &spec.upstream);
     let mut first = true;
     let mut terminal = false;
-    while let Some(line) = lines.next().await? {
+    loop {
+        // Nothing more is read from the upstream while the stream has no room.
+        room(&*out).await;
+        let Some(line) = lines.next().await? else {
+            break;
+        };
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value, json};
 
 use super::upstream::{self, Lines, UpstreamSpec, failed};
-use super::{Caller, Emitter, Engine, EngineError, Job};
+use super::{Caller, Emitter, Engine, EngineError, Job, room};
 use crate::event::EventKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,7 +161,12 @@ async fn openai(mut lines: Lines, out: Emitter) -> Result<(), EngineError> {
     let mut finish_reason = Value::Null;
     // Tool calls by index: (id, name).
     let mut calls: BTreeMap<u64, (String, String)> = BTreeMap::new();
-    while let Some(line) = lines.next().await? {
+    loop {
+        // Nothing more is read from the upstream while the stream has no room.
+        room(&*out).await;
+        let Some(line) = lines.next().await? else {
+            break;
+        };
         let Some(data) = line.strip_prefix(b"data:") else {
             continue; // blank separators, `event:`, `id:` and `:` comments
         };
@@ -237,7 +242,12 @@ async fn openai(mut lines: Lines, out: Emitter) -> Result<(), EngineError> {
 /// Ollama's NDJSON chat stream, ended by a line with `"done": true`.
 async fn ollama(mut lines: Lines, out: Emitter) -> Result<(), EngineError> {
     let mut calls = 0u64;
-    while let Some(line) = lines.next().await? {
+    loop {
+        // Nothing more is read from the upstream while the stream has no room.
+        room(&*out).await;
+        let Some(line) = lines.next().await? else {
+            break;
+        };
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use serde_json::{Map, Value, json};
 
-use super::{Caller, Emitter, Engine, EngineError, Job};
+use super::{Caller, Emitter, Engine, EngineError, Job, room};
 use crate::event::EventKind;
 
 /// The text streamed when the request has no user message.
@@ -250,6 +250,7 @@ async fn run(plan: ScriptPlan, out: Emitter) -> Result<(), EngineError> {
             "message": format!("calling script.echo #{i}")});
         let done = json!({"event": "completed", "call_id": call_id, "tool_name": "script.echo",
             "data": {"result": i}});
+        room(&*out).await;
         if !out.emit(EventKind::ToolEvent, started) || !out.emit(EventKind::ToolEvent, done) {
             return Ok(());
         }
@@ -281,6 +282,8 @@ async fn run(plan: ScriptPlan, out: Emitter) -> Result<(), EngineError> {
                 tokio::task::yield_now().await;
             }
         }
+        // A stream nobody reads pauses here rather than running at full speed.
+        room(&*out).await;
         let text = match plan.chunks {
             Some(_) => generated_chunk(i, plan.chunk_bytes),
             None => words.get(i as usize).cloned().unwrap_or_default(),

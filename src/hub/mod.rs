@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tokio::sync::{mpsc, watch};
 
-pub use log::{Batch, Cursor, Entry, Stream};
+pub use log::{Batch, Cursor, Entry, LagPolicy, Stream};
 
 use crate::error::ApiError;
 use crate::metrics::StreamMetrics;
@@ -33,6 +33,8 @@ pub struct HubConfig {
     /// Most running streams per subject key; 0: no limit.
     pub max_streams_per_subject: usize,
     pub replay_max_bytes: usize,
+    /// When a subscriber counts as not keeping up (and how long a producer waits for it).
+    pub lag: LagPolicy,
     /// Approximate memory all finished streams together may hold for resume; past it
     /// the oldest are dropped before their retention ends.
     pub replay_max_total_bytes: u64,
@@ -108,7 +110,7 @@ impl Hub {
             session_id.clone(),
             subject,
             origin,
-            self.config.replay_max_bytes,
+            (self.config.replay_max_bytes, self.config.lag),
             metrics.clone(),
         ));
         match self.streams.entry(id.clone()) {
@@ -362,6 +364,7 @@ mod tests {
             max_streams: 100,
             max_streams_per_subject: 0,
             replay_max_bytes: 1 << 20,
+            lag: LagPolicy::default(),
             replay_max_total_bytes: 30_000,
             retention: Duration::from_secs(60),
         });
@@ -383,6 +386,7 @@ mod tests {
             max_streams: 100,
             max_streams_per_subject: 1,
             replay_max_bytes: 1 << 20,
+            lag: LagPolicy::default(),
             replay_max_total_bytes: 1 << 30,
             retention: Duration::from_secs(60),
         });

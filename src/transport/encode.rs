@@ -577,6 +577,7 @@ engine = { kind = "script" }
             max_streams: 10,
             max_streams_per_subject: 0,
             replay_max_bytes: 1 << 20,
+            lag: crate::hub::LagPolicy::default(),
             replay_max_total_bytes: 1 << 30,
             retention: Duration::from_secs(1),
         });

@@ -235,11 +235,11 @@ async fn start_stream_on(
     Ok(stream_response(b, cursor, wire, StatusCode::OK))
 }
 
-/// What every HTTP subscriber needs besides its cursor.
+/// What every HTTP subscriber needs besides its cursor (the cursor itself applies the
+/// slow-consumer rule: it reports [`Batch::Lagged`]).
 #[derive(Clone)]
 struct Delivery {
     wire: Wire,
-    max_lag: u64,
     metrics: Arc<Metrics>,
 }
 
@@ -247,7 +247,6 @@ impl Delivery {
     fn new(b: &Bridge, wire: Wire) -> Delivery {
         Delivery {
             wire,
-            max_lag: b.config().limits.max_lag_bytes,
             metrics: b.metrics().clone(),
         }
     }
@@ -313,12 +312,6 @@ fn cursor_frames(cursor: Cursor, d: Delivery) -> impl Stream<Item = Bytes> + Sen
         loop {
             match r.cursor.next_batch(MAX_BATCH).await {
                 Batch::Events(entries) => {
-                    if r.cursor.lag_bytes() > r.d.max_lag {
-                        // This batch is not sent: the subscriber's own end takes its place.
-                        let first = entries.first().map(|e| e.seq);
-                        let seq = first.unwrap_or(r.cursor.next_seq());
-                        return Some((slow_consumer(&r.cursor, seq, &r.d, &r.counters), None));
-                    }
                     // Room for the neutral lines plus the SSE framing around them.
                     let size: u64 = entries.iter().map(|e| e.size() + 24).sum();
                     let mut out = BytesMut::with_capacity(size as usize);

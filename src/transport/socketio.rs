@@ -26,7 +26,7 @@ use crate::bridge::Bridge;
 use crate::engine::Caller;
 use crate::error::ApiError;
 use crate::event::{EventKind, slow_consumer_events};
-use crate::hub::{Batch, Cursor, SessionFollow};
+use crate::hub::{Batch, Cursor, SessionFollow, Stream};
 use crate::metrics::{EventCounters, Metrics};
 use crate::request::{RequestId, StreamRequest, Subject, Transport, parse_session_id};
 use crate::routes::{RequestContext, Route};
@@ -55,8 +55,8 @@ struct SocketCtx {
     caller: Caller,
     /// The handshake auth object without its token (templates read `$.auth.x`).
     auth: Value,
-    /// Streams this socket receives, each by its own delivery task.
-    streams: Mutex<HashMap<RequestId, AbortHandle>>,
+    /// Streams this socket receives or has received (see [`Received`]).
+    streams: Mutex<HashMap<RequestId, Received>>,
     /// Sessions this socket follows.
     sessions: Mutex<HashMap<Arc<str>, AbortHandle>>,
     /// The session named in the handshake, followed from the handshake on so no stream
@@ -64,6 +64,15 @@ struct SocketCtx {
     handshake_session: Mutex<Option<SessionFollow>>,
     /// Counted in `switchyard_socketio_connections` and not yet gone.
     open: AtomicBool,
+}
+
+/// A stream a socket receives, or received: kept after its delivery ended for as long as
+/// the stream itself exists, because another cursor on it may still be on its way (the
+/// session tap's, queued when the stream started) and must not deliver it a second time.
+struct Received {
+    stream: Weak<Stream>,
+    /// The delivery task while it runs.
+    task: Option<AbortHandle>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -81,8 +90,10 @@ impl SocketCtx {
     }
 
     fn abort_all(&self) {
-        for (_, h) in locked(&self.streams).drain() {
-            h.abort();
+        for (_, r) in locked(&self.streams).drain() {
+            if let Some(h) = r.task {
+                h.abort();
+            }
         }
         for (_, h) in locked(&self.sessions).drain() {
             h.abort();
@@ -394,8 +405,12 @@ fn on_resume(b: &Bridge, socket: SocketRef, payload: Option<Value>, ack: AckSend
     match result {
         Ok(cursor) => {
             let _ = ack.send(&json!({ "request_id": cursor.stream().id.as_str() }));
-            // A resume replaces whatever delivery this socket had for the stream.
-            if let Some(h) = locked(&ctx.streams).remove(&cursor.stream().id) {
+            // A resume replaces whatever delivery this socket had (or had had) for the
+            // stream: the client asked for these events again.
+            if let Some(h) = locked(&ctx.streams)
+                .remove(&cursor.stream().id)
+                .and_then(|r| r.task)
+            {
                 h.abort();
             }
             deliver(b, &socket, &ctx, cursor);
@@ -423,34 +438,49 @@ fn follow(b: &Bridge, socket: &SocketRef, ctx: &Arc<SocketCtx>, mut follow: Sess
     sessions.insert(session, task.abort_handle());
 }
 
-/// Starts delivering a stream to a socket, unless the socket already receives it.
+/// Starts delivering a stream to a socket, unless the socket receives it already or
+/// received it (a requester in its own session room gets each event once, however its
+/// two cursors race).
 fn deliver(b: &Bridge, socket: &SocketRef, ctx: &Arc<SocketCtx>, cursor: Cursor) {
     let id = cursor.stream().id.clone();
     let mut streams = locked(&ctx.streams);
-    if streams.contains_key(&id) {
+    if streams
+        .get(&id)
+        .is_some_and(|r| std::ptr::eq(r.stream.as_ptr(), Arc::as_ptr(cursor.stream())))
+    {
         return;
     }
+    // Records of streams that no longer exist anywhere can go: no cursor on them remains.
+    streams.retain(|_, r| r.task.is_some() || r.stream.strong_count() > 0);
     let delivery = Delivery {
-        max_lag: b.config().limits.max_lag_bytes,
         counters: b
             .metrics()
             .subscriber(&cursor.stream().route.name, Transport::Socketio),
         metrics: b.metrics().clone(),
     };
     let weak: Weak<SocketCtx> = Arc::downgrade(ctx);
-    let (socket, key) = (socket.clone(), id.clone());
+    let stream = Arc::downgrade(cursor.stream());
+    let (socket, key, this) = (socket.clone(), id.clone(), stream.clone());
     let task = tokio::spawn(async move {
         pump(&socket, cursor, &delivery).await;
-        if let Some(ctx) = weak.upgrade() {
-            locked(&ctx.streams).remove(&key);
+        if let Some(ctx) = weak.upgrade()
+            && let Some(r) = locked(&ctx.streams).get_mut(&key)
+            && r.stream.ptr_eq(&this)
+        {
+            r.task = None;
         }
     });
-    streams.insert(id, task.abort_handle());
+    streams.insert(
+        id,
+        Received {
+            stream,
+            task: Some(task.abort_handle()),
+        },
+    );
 }
 
 /// What a delivery task needs besides its socket and cursor.
 struct Delivery {
-    max_lag: u64,
     counters: EventCounters,
     metrics: Arc<Metrics>,
 }
@@ -461,7 +491,8 @@ enum Stop {
 }
 
 /// Emits a stream's events to one socket, in order, waiting for queue room rather than
-/// dropping; a socket that lags more than `max_lag` bytes is ended with `slow_consumer`.
+/// dropping; a socket that stopped keeping up (the cursor's rule, [`Cursor::stalled_at`])
+/// is ended with `slow_consumer`.
 async fn pump(socket: &SocketRef, mut cursor: Cursor, d: &Delivery) {
     let stream = cursor.stream().clone();
     loop {
@@ -469,7 +500,7 @@ async fn pump(socket: &SocketRef, mut cursor: Cursor, d: &Delivery) {
             Batch::Events(entries) => {
                 for e in &entries {
                     if let Some(frame) = encode::legacy_frame(e, &stream) {
-                        match emit(socket, frame, || cursor.lag_bytes() > d.max_lag, None).await {
+                        match emit(socket, frame, || cursor.stalled_at(e), None).await {
                             Ok(()) => d.counters.delivered(e.kind),
                             Err(Stop::Gone) => return,
                             Err(Stop::Lagging) => {
@@ -481,10 +512,6 @@ async fn pump(socket: &SocketRef, mut cursor: Cursor, d: &Delivery) {
                     if e.kind == EventKind::End {
                         return;
                     }
-                }
-                if cursor.lag_bytes() > d.max_lag {
-                    let seq = cursor.next_seq();
-                    return farewell(socket, cursor, seq, d).await;
                 }
             }
             Batch::Lagged => {
