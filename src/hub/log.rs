@@ -497,7 +497,10 @@ impl Sink for Stream {
     }
 
     fn writable(&self) -> Option<BoxFuture<'_, ()>> {
-        let full = self.log().retained > self.max_bytes;
+        let mut log = self.log();
+        // Over budget: what the readers have read since the last write can go first.
+        let full = log.retained > self.max_bytes && !self.evict(&mut log, self.now_ms(), true);
+        drop(log);
         full.then(|| self.wait_room().boxed())
     }
 }

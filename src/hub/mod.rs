@@ -417,4 +417,126 @@ mod tests {
         assert_eq!(hub.running(), 0);
         assert!(open("a3").is_ok());
     }
+
+    fn small_hub(max_bytes: usize, stall: Duration) -> Arc<Hub> {
+        Hub::new(HubConfig {
+            max_streams: 100,
+            max_streams_per_subject: 0,
+            replay_max_bytes: max_bytes,
+            lag: LagPolicy {
+                max_lag_bytes: 1024,
+                stall,
+            },
+            replay_max_total_bytes: 1 << 30,
+            retention: Duration::from_secs(60),
+        })
+    }
+
+    fn open(hub: &Arc<Hub>, routes: &Routes, id: &str) -> (Arc<Stream>, Cursor) {
+        let route = routes.get("chat").unwrap().clone();
+        let metrics = Metrics::new(routes);
+        let (stream, cursor) = hub
+            .create(
+                RequestId::parse(id).unwrap(),
+                route.clone(),
+                None,
+                None,
+                Transport::Ndjson,
+                metrics.stream(&route.name, Transport::Ndjson),
+            )
+            .unwrap();
+        stream.start();
+        (stream, cursor)
+    }
+
+    /// Writes chunks until the log asks the engine to wait; returns how many it took.
+    fn fill(stream: &Stream) -> usize {
+        let mut n = 0;
+        while stream.writable().is_none() {
+            assert!(stream.emit_chunk("0123456789abcdef"));
+            n += 1;
+            assert!(n < 100_000, "the log never fills");
+        }
+        n
+    }
+
+    fn read_all(cursor: &mut Cursor) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        while let Some(batch) = cursor.try_batch(1000) {
+            match batch {
+                Batch::Events(es) => seqs.extend(es.iter().map(|e| e.seq)),
+                Batch::Lagged => panic!("lagged after {seqs:?}"),
+                Batch::End => break,
+            }
+        }
+        seqs
+    }
+
+    #[tokio::test]
+    async fn the_log_never_evicts_what_a_live_cursor_has_not_read() {
+        let routes = Routes::parse(ROUTES, "test").unwrap();
+        let hub = small_hub(4096, Duration::from_secs(60));
+        let (stream, mut cursor) = open(&hub, &routes, "pace");
+        let written = fill(&stream);
+        // Everything written is still there for the reader, from `started` on.
+        let seqs = read_all(&mut cursor);
+        assert_eq!(seqs, (0..=written as u64).collect::<Vec<_>>());
+        // Read, it can go: the engine may write again.
+        assert!(stream.writable().is_none());
+        let more = fill(&stream);
+        assert!(more > 0);
+        assert_eq!(read_all(&mut cursor).len(), more);
+        assert!(
+            stream.retained_bytes() <= 4096 + 256,
+            "{}",
+            stream.retained_bytes()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_nobody_reads_pauses_until_a_subscriber_reads() {
+        let routes = Routes::parse(ROUTES, "test").unwrap();
+        let hub = small_hub(4096, Duration::from_millis(1));
+        let (stream, cursor) = open(&hub, &routes, "orphan");
+        drop(cursor);
+        fill(&stream);
+        // No subscriber: no stall clock either, the engine just waits.
+        let wait = stream.writable().expect("full");
+        tokio::pin!(wait);
+        assert!(futures_util::FutureExt::now_or_never(wait.as_mut()).is_none());
+        assert!(stream.is_paused());
+        assert_eq!(stream.idle_ms(), 0, "a paused engine is not idle");
+        let mut resumer = stream.subscribe_from(stream.first_kept());
+        assert_eq!(
+            read_all(&mut resumer)[0],
+            0,
+            "nothing was evicted while paused"
+        );
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .expect("room once the resumer read");
+        assert!(!stream.is_paused());
+    }
+
+    #[tokio::test]
+    async fn a_cursor_that_stops_reading_is_cut_after_the_stall_time() {
+        let routes = Routes::parse(ROUTES, "test").unwrap();
+        let hub = small_hub(4096, Duration::from_millis(50));
+        let (stream, mut stalled) = open(&hub, &routes, "stall");
+        let mut reader = stream.subscribe_from(0);
+        let first = fill(&stream);
+        read_all(&mut reader);
+        // The engine waits for the stalled cursor, 50 ms at most, then goes on.
+        tokio::time::timeout(Duration::from_secs(5), stream.writable().expect("full"))
+            .await
+            .expect("the wait is bounded");
+        let second = fill(&stream);
+        assert_eq!(
+            read_all(&mut reader).len(),
+            second,
+            "the reader was not held"
+        );
+        assert!(matches!(stalled.try_batch(10), Some(Batch::Lagged)));
+        assert!(first > 0);
+    }
 }
