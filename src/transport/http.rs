@@ -16,11 +16,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{self, BoxStream, SelectAll, Stream, StreamExt};
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::encode::{self, Wire};
 use crate::bridge::Bridge;
+use crate::config::Limits;
 use crate::error::ApiError;
 use crate::event::{Event, EventKind, slow_consumer_events};
 use crate::hub::{Batch, Cursor, SessionFollow};
@@ -184,37 +186,112 @@ fn identify(b: &Bridge, headers: &HeaderMap) -> Result<Subject, ApiError> {
     b.auth().identify(token, dev)
 }
 
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads a request body of at most `limits.max_body_bytes`. A larger one is refused with
+/// 413 once the rest of it has been read and thrown away ([`discard_rest`]), so a client
+/// that is still sending it reads the answer instead of a reset connection.
+async fn read_body(
+    mut body: Body,
+    headers: &HeaderMap,
+    limits: &Limits,
+) -> Result<Bytes, ApiError> {
+    let limit = limits.max_body_bytes;
     let too_large = ApiError::PayloadTooLarge { limit };
     let declared = header_str(headers, "content-length").and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        discard_rest(body, 0, declared, headers, limits).await;
         return Err(too_large);
     }
-    match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => Ok(bytes),
-        Err(e) => {
-            let over = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            if over {
-                Err(too_large)
-            } else {
-                Err(ApiError::InvalidRequest(format!(
-                    "could not read the request body: {e}"
-                )))
+    // Most bodies come in one frame, which is kept as it is; more are joined once at the end.
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::InvalidRequest(format!("could not read the request body: {e}"))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len += data.len();
+        if len > limit {
+            discard_rest(body, len as u64, declared, headers, limits).await;
+            return Err(too_large);
+        }
+        parts.push(data);
+    }
+    Ok(match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.swap_remove(0),
+        _ => {
+            let mut joined = BytesMut::with_capacity(len);
+            for p in &parts {
+                joined.extend_from_slice(p);
+            }
+            joined.freeze()
+        }
+    })
+}
+
+/// Reads and throws away the rest of an oversized body (`seen` bytes of it already read),
+/// at most `limits.oversize_discard_bytes` in all and for at most
+/// `limits.oversize_discard_secs`. A body declared larger than that bound is not read at
+/// all, and neither is one whose client waits for `100 Continue` (it sends nothing before
+/// the answer). Its 413 follows with `connection: close` either way; true when the whole
+/// body was read, so the close is clean.
+async fn discard_rest(
+    mut body: Body,
+    seen: u64,
+    declared: Option<u64>,
+    headers: &HeaderMap,
+    limits: &Limits,
+) -> bool {
+    let bound = limits.oversize_discard_bytes;
+    let expects_continue =
+        header_str(headers, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if expects_continue || declared.is_some_and(|n| n > bound) {
+        return false;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(limits.oversize_discard_secs);
+    let mut seen = seen;
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(None) => return true,
+            Ok(Some(Ok(frame))) => {
+                seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if seen > bound {
+                    tracing::debug!(bound, "oversized body longer than the discard bound");
+                    return false;
+                }
+            }
+            Ok(Some(Err(e))) => {
+                tracing::debug!(error = %e, "oversized body ended with an error");
+                return false;
+            }
+            Err(_) => {
+                tracing::debug!(seen, "oversized body not read in time");
+                return false;
             }
         }
     }
 }
 
-async fn start_stream(b: Bridge, route: Arc<Route>, req: Request) -> Result<Response, ApiError> {
+async fn start_stream(b: Bridge, route: Arc<Route>, req: Request) -> Response {
     let wire = wire_for(req.headers(), Wire::Sse, Wire::Ndjson);
     let name = route.name.clone();
-    let result = start_stream_on(&b, route, req, wire).await;
-    if let Err(e) = &result {
-        b.metrics().refused(&name, wire.transport(), e);
+    match start_stream_on(&b, route, req, wire).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            b.metrics().refused(&name, wire.transport(), &e);
+            // An oversized body may not have been read to its end: the connection cannot
+            // carry another request.
+            let close = matches!(e, ApiError::PayloadTooLarge { .. });
+            let mut resp = e.into_response();
+            if close {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        }
     }
-    result
 }
 
 async fn start_stream_on(
@@ -228,7 +305,7 @@ async fn start_stream_on(
     }
     let (parts, body) = req.into_parts();
     let subject = identify(b, &parts.headers)?;
-    let bytes = read_body(body, &parts.headers, b.config().limits.max_body_bytes).await?;
+    let bytes = read_body(body, &parts.headers, &b.config().limits).await?;
     let mut request = decode_body(route, &bytes, subject, wire.transport())?;
     request.caller.authorization = header_str(&parts.headers, "authorization").map(str::to_string);
     let cursor = b.start(request)?;
