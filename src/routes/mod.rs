@@ -48,6 +48,16 @@ pub const RESERVED_PATH_PREFIXES: [&str; 9] = [
     "/api/ai/cancel",
 ];
 
+/// The keys of a `[route.http]` table.
+const HTTP_FIELDS: [&str; 6] = [
+    "path",
+    "sse_framing",
+    "emit",
+    "emit_unmapped",
+    "request",
+    "default_format",
+];
+
 /// How SSE frames are written for a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum SseFraming {
@@ -99,12 +109,28 @@ impl EmitMap {
     }
 }
 
+/// The response format of a route's POST for a client that states no preference
+/// (`[route.http] default_format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum HttpFormat {
+    /// `application/x-ndjson`.
+    #[default]
+    Ndjson,
+    /// `text/event-stream`.
+    Sse,
+}
+
 /// The HTTP side of a route.
 #[derive(Debug)]
 pub struct HttpSide {
     pub path: String,
     pub sse_framing: SseFraming,
     pub emit: EmitMap,
+    /// Turns the request body into the neutral input (`$.auth` reads the request's
+    /// subject); `None` takes the body as is.
+    pub request: Option<Template>,
+    /// The response format when `Accept` names none (absent, or only `*/*`).
+    pub default_format: HttpFormat,
 }
 
 /// The Socket.IO side of a route.
@@ -369,10 +395,10 @@ fn parse_http(v: Option<&toml::Value>, p: &mut RouteProblems<'_>) -> Option<Http
         Some(toml::Value::String(s)) => (Some(s.clone()), None),
         Some(toml::Value::Table(t)) => {
             for key in t.keys() {
-                if !["path", "sse_framing", "emit", "emit_unmapped"].contains(&key.as_str()) {
+                if !HTTP_FIELDS.contains(&key.as_str()) {
                     p.add(
                         format!("http.{key}"),
-                        "unknown field (expected path, sse_framing, emit, emit_unmapped)",
+                        format!("unknown field (expected {})", HTTP_FIELDS.join(", ")),
                     );
                 }
             }
@@ -387,7 +413,7 @@ fn parse_http(v: Option<&toml::Value>, p: &mut RouteProblems<'_>) -> Option<Http
         Some(_) => {
             p.add(
                 "http",
-                "must be the HTTP path, or a table with `path` (and sse_framing, emit)",
+                "must be the HTTP path, or a table with `path` (and sse_framing, emit, request, default_format)",
             );
             return None;
         }
@@ -435,6 +461,20 @@ fn parse_http(v: Option<&toml::Value>, p: &mut RouteProblems<'_>) -> Option<Http
             SseFraming::Named
         }
     };
+    let default_format = match table.and_then(|t| t.get("default_format")) {
+        None => HttpFormat::Ndjson,
+        Some(toml::Value::String(s)) if s == "ndjson" => HttpFormat::Ndjson,
+        Some(toml::Value::String(s)) if s == "sse" => HttpFormat::Sse,
+        Some(other) => {
+            p.add(
+                "http.default_format",
+                format!("`{other}` is not a response format (expected \"sse\" or \"ndjson\")"),
+            );
+            ok = false;
+            HttpFormat::Ndjson
+        }
+    };
+    let request = parse_request_template(table.and_then(|t| t.get("request")), "http", p);
     let emit = parse_emit_map(
         table.and_then(|t| t.get("emit")),
         table.and_then(|t| t.get("emit_unmapped")),
@@ -442,13 +482,36 @@ fn parse_http(v: Option<&toml::Value>, p: &mut RouteProblems<'_>) -> Option<Http
         false,
         p,
     );
-    match (path, emit, ok) {
-        (Some(path), Some(emit), true) => Some(HttpSide {
+    match (path, request, emit, ok) {
+        (Some(path), Some(request), Some(emit), true) => Some(HttpSide {
             path,
             sse_framing,
             emit,
+            request,
+            default_format,
         }),
         _ => None,
+    }
+}
+
+/// Compiles a side's optional `request` template; `None` when it is invalid (reported).
+fn parse_request_template(
+    v: Option<&toml::Value>,
+    side: &str,
+    p: &mut RouteProblems<'_>,
+) -> Option<Option<Template>> {
+    match v {
+        None => Some(None),
+        Some(v) => match Template::compile_request(&to_json(v)) {
+            Ok(t) => Some(Some(t)),
+            Err(e) => {
+                p.add(
+                    format!("{side}.request.{}", e.location).trim_end_matches('.'),
+                    e.message,
+                );
+                None
+            }
+        },
     }
 }
 
@@ -506,19 +569,7 @@ fn parse_socketio(v: &toml::Value, p: &mut RouteProblems<'_>) -> Option<SocketIo
             None
         }
     };
-    let request = match t.get("request") {
-        None => Some(None),
-        Some(v) => match Template::compile_request(&to_json(v)) {
-            Ok(t) => Some(Some(t)),
-            Err(e) => {
-                p.add(
-                    format!("socketio.request.{}", e.location).trim_end_matches('.'),
-                    e.message,
-                );
-                None
-            }
-        },
-    };
+    let request = parse_request_template(t.get("request"), "socketio", p);
     let emit = parse_emit_map(t.get("emit"), t.get("emit_unmapped"), "socketio", true, p);
     match (request_event, request, emit, ok) {
         (Some(request_event), Some(request), Some(emit), true) => Some(SocketIoSide {
@@ -747,6 +798,58 @@ emit = { chunk = { payload = { delta = "$.data.text" } } }
         );
         assert!(matches!(r.http.emit.rule(EventKind::End), Emit::Neutral));
         assert!(r.socketio.is_none());
+    }
+
+    #[test]
+    fn http_request_template_and_default_format() {
+        let text = r#"
+[[route]]
+name = "legacy-sse"
+engine = { kind = "script" }
+[route.http]
+path = "/api/v1/chat/stream"
+request = { messages = [{ role = "user", content = "$.message" }], session_id = "$.session_id", user = "$.auth.user_id" }
+default_format = "sse"
+"#;
+        let routes = Routes::parse(text, "r.toml").unwrap();
+        let http = &routes.get("legacy-sse").unwrap().http;
+        assert_eq!(http.default_format, HttpFormat::Sse);
+        let input = http
+            .request
+            .as_ref()
+            .unwrap()
+            .render_request(&RequestContext {
+                payload: &serde_json::json!({"message": "hi", "session_id": "s"}),
+                auth: &serde_json::json!({"user_id": "u"}),
+            });
+        assert_eq!(
+            input,
+            serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "session_id": "s", "user": "u"})
+        );
+        let plain = Routes::parse(CHAT, "r.toml").unwrap();
+        let http = &plain.get("chat").unwrap().http;
+        assert_eq!(http.default_format, HttpFormat::Ndjson);
+        assert!(http.request.is_none());
+    }
+
+    #[test]
+    fn bad_http_request_and_default_format_name_their_field() {
+        let text = r#"
+[[route]]
+name = "a"
+engine = { kind = "script" }
+[route.http]
+path = "/a"
+request = { who = "$.auth.token", m = "$.x..y" }
+default_format = "html"
+"#;
+        let err = Routes::parse(text, "routes.toml").unwrap_err();
+        let all = err.to_string();
+        assert!(
+            all.contains("routes.toml: route \"a\", field `http.default_format`: `\"html\"` is not a response format"),
+            "{all}"
+        );
+        assert!(all.contains("field `http.request."), "{all}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Route templates: compiling and rendering the JSON templates of `routes.toml`.
 //!
 //! Owns the template language (literals, `$` path expressions, the `$$` escape), its two
-//! roots (request templates read the Socket.IO payload and handshake auth; emit templates
+//! roots (request templates read a request payload, a Socket.IO event's or an HTTP body,
+//! and an auth object, the handshake auth or an HTTP request's identity; emit templates
 //! read a neutral event and its stream metadata), the rule that the handshake token is never
 //! exposed, and the UTC timestamp format behind `$.now` ([`iso8601`]).
 //!
@@ -56,10 +57,12 @@ pub struct TemplateError {
     pub message: String,
 }
 
-/// What a request template reads: the Socket.IO event payload and the handshake auth object.
+/// What a request template reads: the request payload and an auth object (`$.auth`).
 #[derive(Clone, Copy, Debug)]
 pub struct RequestContext<'a> {
+    /// The Socket.IO event payload, or the HTTP request body.
     pub payload: &'a Value,
+    /// The handshake auth object (Socket.IO), or the request's identity (HTTP).
     pub auth: &'a Value,
 }
 
