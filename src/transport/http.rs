@@ -255,40 +255,40 @@ async fn read_body(
 /// at most `limits.oversize_discard_bytes` in all and for at most
 /// `limits.oversize_discard_secs`. A body declared larger than that bound is not read at
 /// all, and neither is one whose client waits for `100 Continue` (it sends nothing before
-/// the answer). Its 413 follows with `connection: close` either way; true when the whole
-/// body was read, so the close is clean.
+/// the answer). Its 413 follows with `connection: close` either way: cleanly when the
+/// whole body was read, under a client still sending when not.
 async fn discard_rest(
     mut body: Body,
     seen: u64,
     declared: Option<u64>,
     headers: &HeaderMap,
     limits: &Limits,
-) -> bool {
+) {
     let bound = limits.oversize_discard_bytes;
     let expects_continue =
         header_str(headers, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
     if expects_continue || declared.is_some_and(|n| n > bound) {
-        return false;
+        return;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(limits.oversize_discard_secs);
     let mut seen = seen;
     loop {
         match tokio::time::timeout_at(deadline, body.frame()).await {
-            Ok(None) => return true,
+            Ok(None) => return,
             Ok(Some(Ok(frame))) => {
                 seen += frame.data_ref().map_or(0, |d| d.len() as u64);
                 if seen > bound {
                     tracing::debug!(bound, "oversized body longer than the discard bound");
-                    return false;
+                    return;
                 }
             }
             Ok(Some(Err(e))) => {
                 tracing::debug!(error = %e, "oversized body ended with an error");
-                return false;
+                return;
             }
             Err(_) => {
                 tracing::debug!(seen, "oversized body not read in time");
-                return false;
+                return;
             }
         }
     }
