@@ -87,6 +87,14 @@ pub struct AuthConfig {
 pub struct Limits {
     /// Largest accepted HTTP request body, in bytes (413 above).
     pub max_body_bytes: usize,
+    /// Most bytes of an oversized request body (counted from its start) that are read and
+    /// thrown away before its 413 is sent, so a client still sending can read the answer
+    /// instead of a reset connection. A body declared larger than this, or longer, gets its
+    /// 413 at once and the connection is closed under it.
+    pub oversize_discard_bytes: u64,
+    /// Longest time spent reading and throwing away an oversized body before its 413 is
+    /// sent anyway (and the connection closed).
+    pub oversize_discard_secs: u64,
     /// Most streams running at once (429 above).
     pub max_streams: usize,
     /// Most streams running at once for one subject (the user, else the tenant; anonymous
@@ -122,6 +130,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: 1024 * 1024,
+            oversize_discard_bytes: 8 * 1024 * 1024,
+            oversize_discard_secs: 10,
             max_streams: 10_000,
             max_streams_per_subject: 100,
             max_header_bytes: 16 * 1024,
@@ -336,6 +346,8 @@ mod tests {
             assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
             assert_eq!(c.heartbeat_secs, 15);
             assert_eq!(c.limits.max_body_bytes, 1 << 20);
+            assert_eq!(c.limits.oversize_discard_bytes, 8 << 20);
+            assert_eq!(c.limits.oversize_discard_secs, 10);
             assert_eq!(c.limits.socketio_max_payload, 1_000_000);
             assert_eq!(c.replay.retention_secs, 60);
             assert_eq!(c.replay.max_bytes, 8 << 20);

@@ -145,14 +145,16 @@ fn serve(
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let listener = server::bind(config.listen).with_context(|| {
-            format!(
-                "cannot listen on {} (set `listen` or SWITCHYARD_LISTEN)",
-                config.listen
-            )
+        // Everything is validated (config, routes, and the flags against the routes) before
+        // the port is bound: a bridge that says it listens is one that serves.
+        let listen = config.listen;
+        let bridge = Bridge::new(config, routes)
+            .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let listener = server::bind(listen).with_context(|| {
+            format!("cannot listen on {listen} (set `listen` or SWITCHYARD_LISTEN)")
         })?;
         let addr = listener.local_addr()?;
-        for r in routes.iter() {
+        for r in bridge.routes().iter() {
             let sio = r
                 .socketio
                 .as_ref()
@@ -166,8 +168,6 @@ fn serve(
             );
         }
         tracing::info!("switchyard listening on http://{addr} (Socket.IO at /socket.io/)");
-        let bridge = Bridge::new(config, routes)
-            .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
         // The accept loop runs on a worker, not on this thread: connection tasks it spawns
         // then start on that worker's own queue (next in line) instead of the shared
         // queue a busy worker looks at only now and then.

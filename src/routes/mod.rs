@@ -1,9 +1,11 @@
 //! The routes file (`routes.toml`, SPEC section 2): each route's HTTP path, engine, and
-//! legacy Socket.IO vocabulary, as data.
+//! legacy Socket.IO vocabulary, and each Socket.IO namespace's own behaviour (the event it
+//! sends on connect), as data.
 //!
 //! Owns parsing and validating the file into [`Routes`], and the per-route mappings
-//! ([`EmitMap`], request templates from [`template`]). Every problem is reported with the
-//! file, the route and the field, all at once. It does not encode anything for a wire: the
+//! ([`EmitMap`], request templates from [`template`]) and per-namespace settings
+//! ([`Namespace`]). Every problem is reported with the file, the route (or namespace) and
+//! the field, all at once. It does not encode anything for a wire: the
 //! encoders ask it which rule applies to an event.
 
 pub mod template;
@@ -17,7 +19,7 @@ use serde_json::Value;
 
 use crate::engine::EngineSpec;
 use crate::event::EventKind;
-pub use template::{EmitContext, RequestContext, Template, TemplateError};
+pub use template::{ConnectContext, EmitContext, RequestContext, Template, TemplateError};
 
 /// A route's name, from configuration (never from user input).
 pub type RouteName = Arc<str>;
@@ -46,6 +48,29 @@ pub const RESERVED_PATH_PREFIXES: [&str; 9] = [
     "/api/streams",
     "/api/sessions",
     "/api/ai/cancel",
+];
+
+/// The keys of a `[route.socketio]` table.
+const SOCKETIO_FIELDS: [&str; 6] = [
+    "namespace",
+    "request_event",
+    "request",
+    "emit",
+    "emit_unmapped",
+    "join_session",
+];
+
+/// The keys of a `[[namespace]]` table.
+const NAMESPACE_FIELDS: [&str; 2] = ["name", "connect_event"];
+
+/// The keys of a `[route.http]` table.
+const HTTP_FIELDS: [&str; 6] = [
+    "path",
+    "sse_framing",
+    "emit",
+    "emit_unmapped",
+    "request",
+    "default_format",
 ];
 
 /// How SSE frames are written for a route.
@@ -99,12 +124,28 @@ impl EmitMap {
     }
 }
 
+/// The response format of a route's POST for a client that states no preference
+/// (`[route.http] default_format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum HttpFormat {
+    /// `application/x-ndjson`.
+    #[default]
+    Ndjson,
+    /// `text/event-stream`.
+    Sse,
+}
+
 /// The HTTP side of a route.
 #[derive(Debug)]
 pub struct HttpSide {
     pub path: String,
     pub sse_framing: SseFraming,
     pub emit: EmitMap,
+    /// Turns the request body into the neutral input (`$.auth` reads the request's
+    /// subject); `None` takes the body as is.
+    pub request: Option<Template>,
+    /// The response format when `Accept` names none (absent, or only `*/*`).
+    pub default_format: HttpFormat,
 }
 
 /// The Socket.IO side of a route.
@@ -115,6 +156,25 @@ pub struct SocketIoSide {
     /// Turns the legacy payload into the neutral input; `None` takes the payload as is.
     pub request: Option<Template>,
     pub emit: EmitMap,
+    /// Whether a socket whose request carries a session id joins that session's room, as
+    /// after `join` (`join_room(session_id)` in a Flask-SocketIO handler).
+    pub join_session: bool,
+}
+
+/// A Socket.IO namespace's own settings (`[[namespace]]`).
+#[derive(Debug)]
+pub struct Namespace {
+    pub name: String,
+    /// Sent to every socket that connects to the namespace.
+    pub connect_event: Option<ConnectEvent>,
+}
+
+/// An event sent to every socket on connect (Flask-SocketIO apps' `connected`, say).
+#[derive(Debug)]
+pub struct ConnectEvent {
+    pub event: Arc<str>,
+    /// Reads the handshake auth (`$.auth.x`, never the token) and `$.now`.
+    pub payload: Template,
 }
 
 /// One route: a named unit of migration.
@@ -126,10 +186,11 @@ pub struct Route {
     pub socketio: Option<SocketIoSide>,
 }
 
-/// Every route of the routes file.
+/// Every route and namespace table of the routes file.
 #[derive(Debug, Default)]
 pub struct Routes {
     list: Vec<Arc<Route>>,
+    namespaces: Vec<Namespace>,
 }
 
 impl Routes {
@@ -149,17 +210,27 @@ impl Routes {
         self.list.is_empty()
     }
 
-    /// The Socket.IO namespaces the routes use, `/` always among them.
+    /// The Socket.IO namespaces the routes use or `[[namespace]]` tables name, `/` always
+    /// among them.
     pub fn namespaces(&self) -> Vec<String> {
         let mut out = vec!["/".to_string()];
-        for r in &self.list {
-            if let Some(s) = &r.socketio
-                && !out.contains(&s.namespace)
-            {
-                out.push(s.namespace.clone());
+        let named = self.namespaces.iter().map(|n| &n.name);
+        let used = self
+            .list
+            .iter()
+            .filter_map(|r| r.socketio.as_ref())
+            .map(|s| &s.namespace);
+        for name in named.chain(used) {
+            if !out.contains(name) {
+                out.push(name.clone());
             }
         }
         out
+    }
+
+    /// A namespace's own settings, when a `[[namespace]]` table names it.
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespaces.iter().find(|n| n.name == name)
     }
 
     /// Reads and validates a routes file.
@@ -186,13 +257,16 @@ impl Routes {
             }
         };
         for key in doc.keys() {
-            if key != "route" {
+            if key != "route" && key != "namespace" {
                 problems.push(Problem::file(
                     file,
-                    format!("unknown top-level key `{key}` (expected [[route]] tables)"),
+                    format!(
+                        "unknown top-level key `{key}` (expected [[route]] and [[namespace]] tables)"
+                    ),
                 ));
             }
         }
+        let namespaces = parse_namespaces(doc.get("namespace"), file, &mut problems);
         let raw_routes = match doc.get("route") {
             Some(toml::Value::Array(a)) => a.clone(),
             Some(_) => {
@@ -224,7 +298,7 @@ impl Routes {
         }
         check_unique(&list, file, &mut problems);
         if problems.is_empty() {
-            Ok(Routes { list })
+            Ok(Routes { list, namespaces })
         } else {
             Err(RoutesError { problems })
         }
@@ -236,6 +310,8 @@ impl Routes {
 pub struct Problem {
     pub file: String,
     pub route: Option<String>,
+    /// The `[[namespace]]` table the problem is in.
+    pub namespace: Option<String>,
     pub field: Option<String>,
     pub message: String,
 }
@@ -245,6 +321,7 @@ impl Problem {
         Problem {
             file: file.to_string(),
             route: None,
+            namespace: None,
             field: None,
             message,
         }
@@ -256,6 +333,9 @@ impl fmt::Display for Problem {
         write!(f, "{}", self.file)?;
         if let Some(r) = &self.route {
             write!(f, ": route \"{r}\"")?;
+        }
+        if let Some(n) = &self.namespace {
+            write!(f, ": namespace \"{n}\"")?;
         }
         if let Some(field) = &self.field {
             write!(f, ", field `{field}`")?;
@@ -296,6 +376,7 @@ impl RouteProblems<'_> {
         self.problems.push(Problem {
             file: self.file.to_string(),
             route: Some(self.route.clone()),
+            namespace: None,
             field: Some(field.into()),
             message: message.into(),
         });
@@ -369,10 +450,10 @@ fn parse_http(v: Option<&toml::Value>, p: &mut RouteProblems<'_>) -> Option<Http
         Some(toml::Value::String(s)) => (Some(s.clone()), None),
         Some(toml::Value::Table(t)) => {
             for key in t.keys() {
-                if !["path", "sse_framing", "emit", "emit_unmapped"].contains(&key.as_str()) {
+                if !HTTP_FIELDS.contains(&key.as_str()) {
                     p.add(
                         format!("http.{key}"),
-                        "unknown field (expected path, sse_framing, emit, emit_unmapped)",
+                        format!("unknown field (expected {})", HTTP_FIELDS.join(", ")),
                     );
                 }
             }
@@ -387,7 +468,7 @@ fn parse_http(v: Option<&toml::Value>, p: &mut RouteProblems<'_>) -> Option<Http
         Some(_) => {
             p.add(
                 "http",
-                "must be the HTTP path, or a table with `path` (and sse_framing, emit)",
+                "must be the HTTP path, or a table with `path` (and sse_framing, emit, request, default_format)",
             );
             return None;
         }
@@ -435,6 +516,20 @@ fn parse_http(v: Option<&toml::Value>, p: &mut RouteProblems<'_>) -> Option<Http
             SseFraming::Named
         }
     };
+    let default_format = match table.and_then(|t| t.get("default_format")) {
+        None => HttpFormat::Ndjson,
+        Some(toml::Value::String(s)) if s == "ndjson" => HttpFormat::Ndjson,
+        Some(toml::Value::String(s)) if s == "sse" => HttpFormat::Sse,
+        Some(other) => {
+            p.add(
+                "http.default_format",
+                format!("`{other}` is not a response format (expected \"sse\" or \"ndjson\")"),
+            );
+            ok = false;
+            HttpFormat::Ndjson
+        }
+    };
+    let request = parse_request_template(table.and_then(|t| t.get("request")), "http", p);
     let emit = parse_emit_map(
         table.and_then(|t| t.get("emit")),
         table.and_then(|t| t.get("emit_unmapped")),
@@ -442,13 +537,36 @@ fn parse_http(v: Option<&toml::Value>, p: &mut RouteProblems<'_>) -> Option<Http
         false,
         p,
     );
-    match (path, emit, ok) {
-        (Some(path), Some(emit), true) => Some(HttpSide {
+    match (path, request, emit, ok) {
+        (Some(path), Some(request), Some(emit), true) => Some(HttpSide {
             path,
             sse_framing,
             emit,
+            request,
+            default_format,
         }),
         _ => None,
+    }
+}
+
+/// Compiles a side's optional `request` template; `None` when it is invalid (reported).
+fn parse_request_template(
+    v: Option<&toml::Value>,
+    side: &str,
+    p: &mut RouteProblems<'_>,
+) -> Option<Option<Template>> {
+    match v {
+        None => Some(None),
+        Some(v) => match Template::compile_request(&to_json(v)) {
+            Ok(t) => Some(Some(t)),
+            Err(e) => {
+                p.add(
+                    format!("{side}.request.{}", e.location).trim_end_matches('.'),
+                    e.message,
+                );
+                None
+            }
+        },
     }
 }
 
@@ -459,27 +577,26 @@ fn parse_socketio(v: &toml::Value, p: &mut RouteProblems<'_>) -> Option<SocketIo
     };
     let mut ok = true;
     for key in t.keys() {
-        if ![
-            "namespace",
-            "request_event",
-            "request",
-            "emit",
-            "emit_unmapped",
-        ]
-        .contains(&key.as_str())
-        {
+        if !SOCKETIO_FIELDS.contains(&key.as_str()) {
             p.add(
                 format!("socketio.{key}"),
-                "unknown field (expected namespace, request_event, request, emit, emit_unmapped)",
+                format!("unknown field (expected {})", SOCKETIO_FIELDS.join(", ")),
             );
             ok = false;
         }
     }
+    let join_session = match t.get("join_session") {
+        None => false,
+        Some(toml::Value::Boolean(b)) => *b,
+        Some(_) => {
+            p.add("socketio.join_session", "must be true or false");
+            ok = false;
+            false
+        }
+    };
     let namespace = match t.get("namespace") {
         None => "/".to_string(),
-        Some(toml::Value::String(s)) if s.starts_with('/') && !s.contains([' ', '?', '#']) => {
-            s.clone()
-        }
+        Some(toml::Value::String(s)) if valid_namespace(s) => s.clone(),
         Some(_) => {
             p.add(
                 "socketio.namespace",
@@ -506,19 +623,7 @@ fn parse_socketio(v: &toml::Value, p: &mut RouteProblems<'_>) -> Option<SocketIo
             None
         }
     };
-    let request = match t.get("request") {
-        None => Some(None),
-        Some(v) => match Template::compile_request(&to_json(v)) {
-            Ok(t) => Some(Some(t)),
-            Err(e) => {
-                p.add(
-                    format!("socketio.request.{}", e.location).trim_end_matches('.'),
-                    e.message,
-                );
-                None
-            }
-        },
-    };
+    let request = parse_request_template(t.get("request"), "socketio", p);
     let emit = parse_emit_map(t.get("emit"), t.get("emit_unmapped"), "socketio", true, p);
     match (request_event, request, emit, ok) {
         (Some(request_event), Some(request), Some(emit), true) => Some(SocketIoSide {
@@ -526,9 +631,156 @@ fn parse_socketio(v: &toml::Value, p: &mut RouteProblems<'_>) -> Option<SocketIo
             request_event,
             request,
             emit,
+            join_session,
         }),
         _ => None,
     }
+}
+
+fn valid_namespace(s: &str) -> bool {
+    s.starts_with('/') && !s.contains([' ', '?', '#'])
+}
+
+/// Parses the `[[namespace]]` tables: `name` and an optional
+/// `connect_event = { event = "...", payload = <connect template> }`.
+fn parse_namespaces(
+    v: Option<&toml::Value>,
+    file: &str,
+    problems: &mut Vec<Problem>,
+) -> Vec<Namespace> {
+    let raw = match v {
+        None => return Vec::new(),
+        Some(toml::Value::Array(a)) => a,
+        Some(_) => {
+            problems.push(Problem::file(
+                file,
+                "`namespace` must be an array of tables: write [[namespace]]".into(),
+            ));
+            return Vec::new();
+        }
+    };
+    let mut out: Vec<Namespace> = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, raw) in raw.iter().enumerate() {
+        let label = raw
+            .get("name")
+            .and_then(toml::Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("#{}", i + 1));
+        let before = problems.len();
+        let mut add = |field: &str, message: String| {
+            problems.push(Problem {
+                file: file.to_string(),
+                route: None,
+                namespace: Some(label.clone()),
+                field: Some(field.to_string()),
+                message,
+            })
+        };
+        let Some(t) = raw.as_table() else {
+            add("namespace", "each [[namespace]] must be a table".into());
+            continue;
+        };
+        for key in t.keys() {
+            if !NAMESPACE_FIELDS.contains(&key.as_str()) {
+                add(
+                    key,
+                    format!("unknown field (expected {})", NAMESPACE_FIELDS.join(", ")),
+                );
+            }
+        }
+        let name = match t.get("name") {
+            Some(toml::Value::String(s)) if valid_namespace(s) => {
+                if !seen.insert(s.clone()) {
+                    add("name", "another [[namespace]] has this name".into());
+                }
+                s.clone()
+            }
+            Some(_) => {
+                add(
+                    "name",
+                    "must be a namespace path starting with '/' (\"/\" for the default one)".into(),
+                );
+                continue;
+            }
+            None => {
+                add("name", "missing: the namespace path, e.g. \"/\"".into());
+                continue;
+            }
+        };
+        let connect_event = match t.get("connect_event") {
+            None => None,
+            Some(v) => parse_connect_event(v, &mut add),
+        };
+        if problems.len() == before {
+            out.push(Namespace {
+                name,
+                connect_event,
+            });
+        }
+    }
+    out
+}
+
+/// `connect_event = { event = "...", payload = <connect template> }`.
+fn parse_connect_event(
+    v: &toml::Value,
+    add: &mut impl FnMut(&str, String),
+) -> Option<ConnectEvent> {
+    let Some(t) = v.as_table() else {
+        add(
+            "connect_event",
+            "must be a table { event = \"...\", payload = {...} }".into(),
+        );
+        return None;
+    };
+    for k in t.keys() {
+        if k != "event" && k != "payload" {
+            add(
+                &format!("connect_event.{k}"),
+                "unknown field (expected event, payload)".into(),
+            );
+        }
+    }
+    let event: Option<Arc<str>> = match t.get("event") {
+        Some(toml::Value::String(s)) if RESERVED_EVENTS.contains(&s.as_str()) => {
+            add("connect_event.event", format!("`{s}` is reserved"));
+            None
+        }
+        Some(toml::Value::String(s)) if s.chars().any(char::is_control) => {
+            add(
+                "connect_event.event",
+                "must not contain line breaks or control characters".into(),
+            );
+            None
+        }
+        Some(toml::Value::String(s)) if !s.is_empty() => Some(s.as_str().into()),
+        _ => {
+            add(
+                "connect_event.event",
+                "missing: the event name to send on connect".into(),
+            );
+            None
+        }
+    };
+    // Without a payload the event carries an empty object.
+    let payload = match t.get("payload") {
+        None => Template::compile_connect(&Value::Object(serde_json::Map::new())).ok(),
+        Some(v) => match Template::compile_connect(&to_json(v)) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                add(
+                    format!("connect_event.payload.{}", e.location).trim_end_matches('.'),
+                    e.message,
+                );
+                None
+            }
+        },
+    };
+    Some(ConnectEvent {
+        event: event?,
+        payload: payload?,
+    })
 }
 
 /// Parses `emit = { <neutral type> = { event = "...", payload = <template> } }`.
@@ -651,6 +903,7 @@ fn check_unique(list: &[Arc<Route>], file: &str, problems: &mut Vec<Problem>) {
             problems.push(Problem {
                 file: file.to_string(),
                 route: Some(r.name.to_string()),
+                namespace: None,
                 field: Some(field.to_string()),
                 message,
             })
@@ -747,6 +1000,156 @@ emit = { chunk = { payload = { delta = "$.data.text" } } }
         );
         assert!(matches!(r.http.emit.rule(EventKind::End), Emit::Neutral));
         assert!(r.socketio.is_none());
+    }
+
+    #[test]
+    fn http_request_template_and_default_format() {
+        let text = r#"
+[[route]]
+name = "legacy-sse"
+engine = { kind = "script" }
+[route.http]
+path = "/api/v1/chat/stream"
+request = { messages = [{ role = "user", content = "$.message" }], session_id = "$.session_id", user = "$.auth.user_id" }
+default_format = "sse"
+"#;
+        let routes = Routes::parse(text, "r.toml").unwrap();
+        let http = &routes.get("legacy-sse").unwrap().http;
+        assert_eq!(http.default_format, HttpFormat::Sse);
+        let input = http
+            .request
+            .as_ref()
+            .unwrap()
+            .render_request(&RequestContext {
+                payload: &serde_json::json!({"message": "hi", "session_id": "s"}),
+                auth: &serde_json::json!({"user_id": "u"}),
+            });
+        assert_eq!(
+            input,
+            serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "session_id": "s", "user": "u"})
+        );
+        let plain = Routes::parse(CHAT, "r.toml").unwrap();
+        let http = &plain.get("chat").unwrap().http;
+        assert_eq!(http.default_format, HttpFormat::Ndjson);
+        assert!(http.request.is_none());
+    }
+
+    #[test]
+    fn bad_http_request_and_default_format_name_their_field() {
+        let text = r#"
+[[route]]
+name = "a"
+engine = { kind = "script" }
+[route.http]
+path = "/a"
+request = { who = "$.auth.token", m = "$.x..y" }
+default_format = "html"
+"#;
+        let err = Routes::parse(text, "routes.toml").unwrap_err();
+        let all = err.to_string();
+        assert!(
+            all.contains("routes.toml: route \"a\", field `http.default_format`: `\"html\"` is not a response format"),
+            "{all}"
+        );
+        assert!(all.contains("field `http.request."), "{all}");
+    }
+
+    #[test]
+    fn namespaces_and_join_session() {
+        let text = format!(
+            "{}{}",
+            CHAT.replace(
+                "[route.socketio]\n",
+                "[route.socketio]\njoin_session = true\n"
+            ),
+            r#"
+[[namespace]]
+name = "/"
+connect_event = { event = "connected", payload = { message = "hi", timestamp = "$.now", user = "$.auth.user_id" } }
+
+[[namespace]]
+name = "/lobby"
+connect_event = { event = "welcome" }
+"#
+        );
+        let routes = Routes::parse(&text, "r.toml").unwrap();
+        assert!(
+            routes
+                .get("chat")
+                .unwrap()
+                .socketio
+                .as_ref()
+                .unwrap()
+                .join_session
+        );
+        assert_eq!(routes.namespaces(), vec!["/", "/lobby"]);
+        let root = routes
+            .namespace("/")
+            .unwrap()
+            .connect_event
+            .as_ref()
+            .unwrap();
+        assert_eq!(&*root.event, "connected");
+        assert!(root.payload.uses_now());
+        let lobby = routes
+            .namespace("/lobby")
+            .unwrap()
+            .connect_event
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            lobby.payload.render_connect(&ConnectContext {
+                auth: &Value::Null,
+                now: ""
+            }),
+            serde_json::json!({})
+        );
+        assert!(routes.namespace("/other").is_none());
+        let plain = Routes::parse(CHAT, "r.toml").unwrap();
+        assert!(
+            !plain
+                .get("chat")
+                .unwrap()
+                .socketio
+                .as_ref()
+                .unwrap()
+                .join_session
+        );
+    }
+
+    #[test]
+    fn bad_namespaces_and_join_session_name_their_field() {
+        let text = format!(
+            "{}{}",
+            CHAT.replace(
+                "[route.socketio]\n",
+                "[route.socketio]\njoin_session = \"yes\"\n"
+            ),
+            r#"
+[[namespace]]
+name = "/"
+connect_event = { event = "connect", payload = { who = "$.auth.token", m = "$.message" } }
+color = "blue"
+
+[[namespace]]
+name = "/"
+
+[[namespace]]
+name = "lobby"
+"#
+        );
+        let err = Routes::parse(&text, "routes.toml").unwrap_err();
+        let all = err.to_string();
+        for want in [
+            "routes.toml: route \"chat\", field `socketio.join_session`: must be true or false",
+            "routes.toml: namespace \"/\", field `connect_event.event`: `connect` is reserved",
+            "routes.toml: namespace \"/\", field `connect_event.payload.",
+            "routes.toml: namespace \"/\", field `color`: unknown field",
+            "routes.toml: namespace \"/\", field `name`: another [[namespace]] has this name",
+            "routes.toml: namespace \"lobby\", field `name`: must be a namespace path",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
     }
 
     #[test]

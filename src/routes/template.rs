@@ -1,9 +1,11 @@
 //! Route templates: compiling and rendering the JSON templates of `routes.toml`.
 //!
-//! Owns the template language (literals, `$` path expressions, the `$$` escape), its two
-//! roots (request templates read the Socket.IO payload and handshake auth; emit templates
-//! read a neutral event and its stream metadata), the rule that the handshake token is never
-//! exposed, and the UTC timestamp format behind `$.now` ([`iso8601`]).
+//! Owns the template language (literals, `$` path expressions, the `$$` escape), its three
+//! kinds of roots (request templates read a request payload, a Socket.IO event's or an HTTP
+//! body, and an auth object, the handshake auth or an HTTP request's identity; emit
+//! templates read a neutral event and its stream metadata; connect templates read the
+//! handshake auth and `$.now`), the rule that the handshake token is never exposed, and the
+//! UTC timestamp format behind `$.now` ([`iso8601`]).
 //!
 //! It must not touch anything else: no I/O, no clock reads (callers pass `now` in, and ask
 //! [`Template::uses_now`] whether to format it at all), no knowledge of transports, engines,
@@ -34,6 +36,9 @@ const EMIT_ROOTS: [&str; 7] = [
     "now",
 ];
 
+/// The roots a connect template may name.
+const CONNECT_ROOTS: [&str; 2] = ["auth", "now"];
+
 /// The auth key that request templates can never read.
 const TOKEN_KEY: &str = "token";
 
@@ -56,11 +61,22 @@ pub struct TemplateError {
     pub message: String,
 }
 
-/// What a request template reads: the Socket.IO event payload and the handshake auth object.
+/// What a request template reads: the request payload and an auth object (`$.auth`).
 #[derive(Clone, Copy, Debug)]
 pub struct RequestContext<'a> {
+    /// The Socket.IO event payload, or the HTTP request body.
     pub payload: &'a Value,
+    /// The handshake auth object (Socket.IO), or the request's identity (HTTP).
     pub auth: &'a Value,
+}
+
+/// What a connect template reads: the socket's handshake auth object and the time.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectContext<'a> {
+    /// The handshake auth object (its token is never rendered).
+    pub auth: &'a Value,
+    /// An [`iso8601`] timestamp; only read when [`Template::uses_now`] is true.
+    pub now: &'a str,
 }
 
 /// What an emit template reads: one neutral event plus its stream metadata.
@@ -133,6 +149,18 @@ impl Template {
         Template::compile(v, Kind::Emit)
     }
 
+    /// Compiles a connect template (the payload of an event sent to a socket on connect).
+    ///
+    /// Roots: `auth` (the handshake auth object, never its token) and `now`.
+    pub fn compile_connect(v: &Value) -> Result<Template, TemplateError> {
+        Template::compile(v, Kind::Connect)
+    }
+
+    /// Renders a connect template. Never fails: missing paths render as `null`.
+    pub fn render_connect(&self, ctx: &ConnectContext<'_>) -> Value {
+        self.root.render(&Ctx::Connect(ctx))
+    }
+
     /// Renders a request template. Never fails: missing paths render as `null`.
     pub fn render_request(&self, ctx: &RequestContext<'_>) -> Value {
         self.root.render(&Ctx::Request(ctx))
@@ -166,6 +194,7 @@ impl Template {
 enum Kind {
     Request,
     Emit,
+    Connect,
 }
 
 struct Compiler {
@@ -238,6 +267,7 @@ impl Compiler {
         let expr = match self.kind {
             Kind::Request => self.request_path(s, segs)?,
             Kind::Emit => self.emit_path(s, segs)?,
+            Kind::Connect => self.connect_path(s, segs)?,
         };
         if expr == PathExpr::Now {
             self.uses_now = true;
@@ -256,6 +286,20 @@ impl Compiler {
             )));
         }
         Ok(PathExpr::Auth(segs))
+    }
+
+    fn connect_path(&self, s: &str, segs: Vec<Seg>) -> Result<PathExpr, TemplateError> {
+        match segs.first() {
+            Some(Seg::Key { name, .. }) if name == "auth" => self.request_path(s, segs),
+            Some(Seg::Key { name, .. }) if name == "now" && segs.len() == 1 => Ok(PathExpr::Now),
+            Some(Seg::Key { name, .. }) if name == "now" => {
+                Err(self.error(format!("`{s}`: `$.now` takes no further segments")))
+            }
+            _ => Err(self.error(format!(
+                "`{s}`: a connect payload reads only {}: `$.auth.x` (the handshake auth) or `$.now`",
+                CONNECT_ROOTS.join(" and ")
+            ))),
+        }
     }
 
     fn emit_path(&self, s: &str, mut segs: Vec<Seg>) -> Result<PathExpr, TemplateError> {
@@ -374,6 +418,7 @@ fn parse_path(s: &str) -> Result<Vec<Seg>, String> {
 enum Ctx<'c, 'a> {
     Request(&'c RequestContext<'a>),
     Emit(&'c EmitContext<'a>),
+    Connect(&'c ConnectContext<'a>),
 }
 
 impl Node {
@@ -396,16 +441,10 @@ impl PathExpr {
     fn render(&self, ctx: &Ctx<'_, '_>) -> Value {
         match (self, ctx) {
             (PathExpr::Payload(segs), Ctx::Request(c)) => pick(c.payload, segs),
-            (PathExpr::Auth(segs), Ctx::Request(c)) if segs.is_empty() => match c.auth {
-                Value::Object(map) => Value::Object(
-                    map.iter()
-                        .filter(|(k, _)| k.as_str() != TOKEN_KEY)
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                ),
-                other => other.clone(),
-            },
-            (PathExpr::Auth(segs), Ctx::Request(c)) => pick(c.auth, segs),
+            (PathExpr::Auth(segs), Ctx::Request(RequestContext { auth, .. }))
+            | (PathExpr::Auth(segs), Ctx::Connect(ConnectContext { auth, .. })) => {
+                render_auth(auth, segs)
+            }
             (PathExpr::Envelope, Ctx::Emit(c)) => {
                 let mut env = Map::new();
                 env.insert("event".to_owned(), Value::from(c.event));
@@ -420,9 +459,23 @@ impl PathExpr {
             (PathExpr::SessionId, Ctx::Emit(c)) => Value::from(c.session_id),
             (PathExpr::Route, Ctx::Emit(c)) => Value::from(c.route),
             (PathExpr::Now, Ctx::Emit(c)) => Value::from(c.now),
+            (PathExpr::Now, Ctx::Connect(c)) => Value::from(c.now),
             // A path compiled for the other kind of template.
             _ => Value::Null,
         }
+    }
+}
+
+/// `$.auth` (the object without its token) or `$.auth.x...`.
+fn render_auth(auth: &Value, segs: &[Seg]) -> Value {
+    match auth {
+        Value::Object(map) if segs.is_empty() => Value::Object(
+            map.iter()
+                .filter(|(k, _)| k.as_str() != TOKEN_KEY)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        _ => pick(auth, segs),
     }
 }
 
@@ -777,6 +830,37 @@ mod tests {
                 .unwrap()
                 .uses_now()
         );
+    }
+
+    #[test]
+    fn connect_templates_read_the_auth_and_the_time() {
+        let t = Template::compile_connect(&json!({
+            "message": "Connected to the chat server", "timestamp": "$.now",
+            "user": "$.auth.user_id", "all": "$.auth", "lit": "$$.x"
+        }))
+        .unwrap();
+        assert!(t.uses_now());
+        let auth = json!({"user_id": "dana", "token": "secret"});
+        let out = t.render_connect(&ConnectContext {
+            auth: &auth,
+            now: "2026-11-21T12:34:56.789Z",
+        });
+        assert_eq!(
+            out,
+            json!({"message": "Connected to the chat server", "timestamp": "2026-11-21T12:34:56.789Z",
+                   "user": "dana", "all": {"user_id": "dana"}, "lit": "$.x"})
+        );
+        for (bad, want) in [
+            ("$.auth.token", "the handshake token is never exposed"),
+            ("$.message", "reads only auth and now"),
+            ("$", "reads only auth and now"),
+            ("$.now.x", "takes no further segments"),
+            ("$.data.text", "reads only auth and now"),
+        ] {
+            let e = Template::compile_connect(&json!({"f": bad})).unwrap_err();
+            assert_eq!(e.location, "f");
+            assert!(e.message.contains(want), "{bad}: {}", e.message);
+        }
     }
 
     #[test]

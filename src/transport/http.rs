@@ -1,8 +1,10 @@
 //! The HTTP adapter (SPEC section 3): NDJSON and SSE streams, resume, cancel, session
 //! following, health, and the one mapping of [`ApiError`] to an HTTP status + JSON body.
 //!
-//! Decodes requests into [`StreamRequest`]s and writes frames made by [`encode`]; holds no
-//! policy of its own (limits, identity, flags and stream rules are the core's).
+//! Decodes requests into [`StreamRequest`]s (through the route's `[route.http] request`
+//! template when it has one) and writes frames made by [`encode`], in the format `Accept`
+//! or the route's `default_format` picks; holds no policy of its own (limits, identity,
+//! flags and stream rules are the core's).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,17 +18,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{self, BoxStream, SelectAll, Stream, StreamExt};
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::encode::{self, Wire};
 use crate::bridge::Bridge;
+use crate::config::Limits;
 use crate::error::ApiError;
 use crate::event::{Event, EventKind, slow_consumer_events};
 use crate::hub::{Batch, Cursor, SessionFollow};
 use crate::metrics::{EventCounters, Metrics};
 use crate::request::{StreamRequest, Subject, parse_session_id};
-use crate::routes::Route;
+use crate::routes::{HttpFormat, RequestContext, Route};
 
 /// Most logged events written in one body chunk (a burst already queued goes out in one
 /// write; a long backlog is still cut into bounded writes).
@@ -155,6 +159,24 @@ async fn flags_one(
     )))
 }
 
+/// The wire a route's POST answers on: SSE when `Accept` names `text/event-stream`, NDJSON
+/// when it names anything else; when it names nothing (no `Accept`, or only `*/*`, which
+/// `fetch` sends by default), the route's `default_format`.
+fn route_wire(headers: &HeaderMap, default: HttpFormat) -> Wire {
+    let no_preference = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("?"))
+        .flat_map(|v| v.split(','))
+        .map(|range| range.split(';').next().unwrap_or_default().trim())
+        .all(|range| range.is_empty() || range == "*/*");
+    match (no_preference, default) {
+        (true, HttpFormat::Sse) => Wire::Sse,
+        (true, HttpFormat::Ndjson) => Wire::Ndjson,
+        (false, _) => wire_for(headers, Wire::Sse, Wire::Ndjson),
+    }
+}
+
 /// The wire a request asks for with `Accept`.
 fn wire_for(headers: &HeaderMap, sse: Wire, ndjson: Wire) -> Wire {
     let accepts_sse = headers
@@ -184,37 +206,112 @@ fn identify(b: &Bridge, headers: &HeaderMap) -> Result<Subject, ApiError> {
     b.auth().identify(token, dev)
 }
 
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads a request body of at most `limits.max_body_bytes`. A larger one is refused with
+/// 413 once the rest of it has been read and thrown away ([`discard_rest`]), so a client
+/// that is still sending it reads the answer instead of a reset connection.
+async fn read_body(
+    mut body: Body,
+    headers: &HeaderMap,
+    limits: &Limits,
+) -> Result<Bytes, ApiError> {
+    let limit = limits.max_body_bytes;
     let too_large = ApiError::PayloadTooLarge { limit };
     let declared = header_str(headers, "content-length").and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        discard_rest(body, 0, declared, headers, limits).await;
         return Err(too_large);
     }
-    match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => Ok(bytes),
-        Err(e) => {
-            let over = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            if over {
-                Err(too_large)
-            } else {
-                Err(ApiError::InvalidRequest(format!(
-                    "could not read the request body: {e}"
-                )))
+    // Most bodies come in one frame, which is kept as it is; more are joined once at the end.
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::InvalidRequest(format!("could not read the request body: {e}"))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len += data.len();
+        if len > limit {
+            discard_rest(body, len as u64, declared, headers, limits).await;
+            return Err(too_large);
+        }
+        parts.push(data);
+    }
+    Ok(match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.swap_remove(0),
+        _ => {
+            let mut joined = BytesMut::with_capacity(len);
+            for p in &parts {
+                joined.extend_from_slice(p);
+            }
+            joined.freeze()
+        }
+    })
+}
+
+/// Reads and throws away the rest of an oversized body (`seen` bytes of it already read),
+/// at most `limits.oversize_discard_bytes` in all and for at most
+/// `limits.oversize_discard_secs`. A body declared larger than that bound is not read at
+/// all, and neither is one whose client waits for `100 Continue` (it sends nothing before
+/// the answer). Its 413 follows with `connection: close` either way: cleanly when the
+/// whole body was read, under a client still sending when not.
+async fn discard_rest(
+    mut body: Body,
+    seen: u64,
+    declared: Option<u64>,
+    headers: &HeaderMap,
+    limits: &Limits,
+) {
+    let bound = limits.oversize_discard_bytes;
+    let expects_continue =
+        header_str(headers, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if expects_continue || declared.is_some_and(|n| n > bound) {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(limits.oversize_discard_secs);
+    let mut seen = seen;
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(None) => return,
+            Ok(Some(Ok(frame))) => {
+                seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if seen > bound {
+                    tracing::debug!(bound, "oversized body longer than the discard bound");
+                    return;
+                }
+            }
+            Ok(Some(Err(e))) => {
+                tracing::debug!(error = %e, "oversized body ended with an error");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(seen, "oversized body not read in time");
+                return;
             }
         }
     }
 }
 
-async fn start_stream(b: Bridge, route: Arc<Route>, req: Request) -> Result<Response, ApiError> {
-    let wire = wire_for(req.headers(), Wire::Sse, Wire::Ndjson);
+async fn start_stream(b: Bridge, route: Arc<Route>, req: Request) -> Response {
+    let wire = route_wire(req.headers(), route.http.default_format);
     let name = route.name.clone();
-    let result = start_stream_on(&b, route, req, wire).await;
-    if let Err(e) = &result {
-        b.metrics().refused(&name, wire.transport(), e);
+    match start_stream_on(&b, route, req, wire).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            b.metrics().refused(&name, wire.transport(), &e);
+            // An oversized body may not have been read to its end: the connection cannot
+            // carry another request.
+            let close = matches!(e, ApiError::PayloadTooLarge { .. });
+            let mut resp = e.into_response();
+            if close {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        }
     }
-    result
 }
 
 async fn start_stream_on(
@@ -228,7 +325,7 @@ async fn start_stream_on(
     }
     let (parts, body) = req.into_parts();
     let subject = identify(b, &parts.headers)?;
-    let bytes = read_body(body, &parts.headers, b.config().limits.max_body_bytes).await?;
+    let bytes = read_body(body, &parts.headers, &b.config().limits).await?;
     let mut request = decode_body(route, &bytes, subject, wire.transport())?;
     request.caller.authorization = header_str(&parts.headers, "authorization").map(str::to_string);
     let cursor = b.start(request)?;
@@ -404,16 +501,47 @@ fn parse_seq(v: &str, what: &str) -> Result<i64, ApiError> {
 
 /// A stream request from a POST body: JSON, an object, and the fields the bridge reads
 /// well-typed ([`StreamRequest::from_input`]); anything else is 400 `invalid_request`.
+///
+/// A route with a `[route.http] request` template renders the body into the neutral input
+/// (as the Socket.IO side renders its payload); its `$.auth` is the request's subject,
+/// [`subject_auth`]. Without one, the body is the neutral input.
 pub fn decode_body(
     route: Arc<Route>,
     body: &[u8],
     subject: Subject,
     transport: crate::request::Transport,
 ) -> Result<StreamRequest, ApiError> {
-    let input: Value = serde_json::from_slice(body).map_err(|e| {
+    let body: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::InvalidRequest(format!("the request body is not valid JSON: {e}"))
     })?;
+    let input = match &route.http.request {
+        None => body,
+        Some(_) if !body.is_object() => {
+            return Err(ApiError::InvalidRequest(
+                "the request body must be a JSON object".into(),
+            ));
+        }
+        Some(template) => template.render_request(&RequestContext {
+            payload: &body,
+            auth: &subject_auth(&subject),
+        }),
+    };
     StreamRequest::from_input(route, input, subject, transport)
+}
+
+/// What `$.auth` is to an HTTP request template: the identity the bridge established for
+/// the request, never a credential. `{user_id, tenant_id}`: the verified JWT's `sub` and
+/// `tenant` when `auth.jwt_secret` is set, else the `x-user-id` / `x-tenant-id` headers;
+/// a field the request has no value for is absent (so it renders as `null`).
+pub fn subject_auth(subject: &Subject) -> Value {
+    let mut auth = serde_json::Map::new();
+    if let Some(u) = &subject.user {
+        auth.insert("user_id".into(), Value::from(u.as_str()));
+    }
+    if let Some(t) = &subject.tenant {
+        auth.insert("tenant_id".into(), Value::from(t.as_str()));
+    }
+    Value::Object(auth)
 }
 
 /// The position a resume asks for (`None`: from the start). Over SSE, `Last-Event-ID` is
@@ -512,4 +640,79 @@ fn session_frames(follow: SessionFollow, d: Delivery) -> impl Stream<Item = Byte
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::Routes;
+    use serde_json::json;
+
+    fn route(http: &str) -> Arc<Route> {
+        let text = format!(
+            "[[route]]\nname = \"r\"\nengine = {{ kind = \"script\" }}\n[route.http]\npath = \"/r\"\n{http}\n"
+        );
+        let routes = Routes::parse(&text, "r.toml").unwrap();
+        routes.get("r").unwrap().clone()
+    }
+
+    fn accept(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_route_default_applies_only_without_a_preference() {
+        let none: [&str; 0] = [];
+        for (headers, sse_default, ndjson_default) in [
+            (&none[..], Wire::Sse, Wire::Ndjson),
+            (&["*/*"][..], Wire::Sse, Wire::Ndjson),
+            (&["*/*;q=0.8", ""][..], Wire::Sse, Wire::Ndjson),
+            (&["text/event-stream"][..], Wire::Sse, Wire::Sse),
+            (&["application/x-ndjson"][..], Wire::Ndjson, Wire::Ndjson),
+            (&["application/json, */*"][..], Wire::Ndjson, Wire::Ndjson),
+        ] {
+            let h = accept(headers);
+            assert_eq!(route_wire(&h, HttpFormat::Sse), sse_default, "{headers:?}");
+            assert_eq!(
+                route_wire(&h, HttpFormat::Ndjson),
+                ndjson_default,
+                "{headers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_template_renders_the_body_and_the_subject() {
+        let r = route(
+            r#"request = { messages = [{ role = "user", content = "$.message" }], session_id = "$.session_id", who = "$.auth", user = "$.auth.user_id", tenant = "$.auth.tenant_id" }"#,
+        );
+        let subject = Subject {
+            user: Some("u1".into()),
+            session: None,
+            tenant: None,
+        };
+        let body = br#"{"message": "hi there", "session_id": "s-1", "user_id": "spoofed", "metadata": {}}"#;
+        let req = decode_body(r.clone(), body, subject, crate::request::Transport::Sse).unwrap();
+        assert_eq!(
+            req.input,
+            json!({"messages": [{"role": "user", "content": "hi there"}], "session_id": "s-1",
+                   "who": {"user_id": "u1"}, "user": "u1", "tenant": null})
+        );
+        assert_eq!(req.session_id.as_deref(), Some("s-1"));
+        // The body must still be an object, and the rendered fields keep their rules.
+        for bad in [&b"[1]"[..], b"\"x\"", br#"{"session_id": 7}"#] {
+            let e = decode_body(
+                r.clone(),
+                bad,
+                Subject::default(),
+                crate::request::Transport::Sse,
+            )
+            .unwrap_err();
+            assert_eq!(e.error_type(), "invalid_request", "{e}");
+        }
+    }
 }

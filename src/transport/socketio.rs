@@ -1,15 +1,17 @@
-//! The Socket.IO adapter (SPEC section 4): handshake identity, request events, `join`,
-//! `cancel`, `resume`, acks, and one delivery task per (socket, stream) that respects the
-//! socket's bounded queue.
+//! The Socket.IO adapter (SPEC section 4): handshake identity, the namespace's configured
+//! event on connect, request events (joining the session's room when the route says so),
+//! `join`, `cancel`, `resume`, acks, and one delivery task per (socket, stream) that
+//! respects the socket's bounded queue.
 //!
 //! Decodes legacy payloads through the route's request template and emits frames made by
-//! [`encode`]; it holds no policy of its own. A socket never gets the same stream twice,
+//! [`encode`] (the connect event from its namespace's template); it holds no policy of its
+//! own. A socket never gets the same stream twice,
 //! whether it asked for it, resumed it or follows its session.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::Request;
 use axum::http::{HeaderValue, Uri};
@@ -29,7 +31,8 @@ use crate::event::{EventKind, slow_consumer_events};
 use crate::hub::{Batch, Cursor, SessionFollow, Stream};
 use crate::metrics::{EventCounters, Metrics};
 use crate::request::{RequestId, StreamRequest, Subject, Transport, parse_session_id};
-use crate::routes::{RequestContext, Route};
+use crate::routes::template::iso8601;
+use crate::routes::{ConnectContext, RequestContext, Route};
 
 /// Logged events taken from a cursor at a time. Small, so lag is measured close to what
 /// the socket has really been given.
@@ -281,6 +284,7 @@ fn on_connect(b: &Bridge, socket: SocketRef) {
             }
         }
     });
+    greet(b, &socket, &ctx);
     let handshake_session = locked(&ctx.handshake_session).take();
     if let Some(f) = handshake_session {
         follow(b, &socket, &ctx, f);
@@ -290,6 +294,29 @@ fn on_connect(b: &Bridge, socket: SocketRef) {
     // was started for it here.
     if !socket.connected() {
         ctx.gone(b.metrics(), socket.ns());
+    }
+}
+
+/// Sends the namespace's `connect_event`, when it has one, rendered for this socket.
+fn greet(b: &Bridge, socket: &SocketRef, ctx: &SocketCtx) {
+    let Some(greeting) = b
+        .routes()
+        .namespace(socket.ns())
+        .and_then(|n| n.connect_event.as_ref())
+    else {
+        return;
+    };
+    let now = if greeting.payload.uses_now() {
+        iso8601(SystemTime::now())
+    } else {
+        String::new()
+    };
+    let payload = greeting.payload.render_connect(&ConnectContext {
+        auth: &ctx.auth,
+        now: &now,
+    });
+    if let Err(e) = socket.emit(&*greeting.event, &payload) {
+        tracing::debug!(error = %e, "connect event not sent");
     }
 }
 
@@ -309,7 +336,12 @@ fn on_request(
     match start(b, route, &ctx, &payload) {
         Ok(cursor) => {
             let _ = ack.send(&json!({ "request_id": cursor.stream().id.as_str() }));
+            let joins = route.socketio.as_ref().is_some_and(|s| s.join_session);
+            let session = cursor.stream().session_id.clone().filter(|_| joins);
             deliver(b, &socket, &ctx, cursor);
+            if let Some(session) = session {
+                join(b, &socket, &ctx, session);
+            }
         }
         Err(e) => {
             tracing::debug!(route = %route.name, error_type = e.error_type(), "Socket.IO request refused");
@@ -375,13 +407,19 @@ fn on_join(b: &Bridge, socket: SocketRef, payload: Option<Value>, ack: AckSender
     match session {
         Ok(session) => {
             let _ = ack.send(&json!({ "session_id": &*session }));
-            if !locked(&ctx.sessions).contains_key(&session) {
-                follow(b, &socket, &ctx, b.follow_session(session));
-            }
+            join(b, &socket, &ctx, session);
         }
         Err(e) => {
             let _ = ack.send(&json!({ "error": e.body() }));
         }
+    }
+}
+
+/// Puts the socket in a session's room (once): it receives every stream of the session,
+/// the running ones from their head and every later one, whoever starts it.
+fn join(b: &Bridge, socket: &SocketRef, ctx: &Arc<SocketCtx>, session: Arc<str>) {
+    if !locked(&ctx.sessions).contains_key(&session) {
+        follow(b, socket, ctx, b.follow_session(session));
     }
 }
 

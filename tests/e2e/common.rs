@@ -441,3 +441,31 @@ pub fn events_of(lines: &[Value]) -> Vec<(String, Value)> {
 pub fn sio_spec(server: &Server, transports: &[&str], steps: Value) -> Value {
     json!({"url": server.base(), "transports": transports, "steps": steps, "global_timeout_ms": 30000})
 }
+
+/// Runs a Node script of `tests/interop` with a JSON spec (for `http_client.js`, Node's own
+/// fetch: see the contract at its top); returns every JSON line it printed, the last one
+/// being `{"type":"done"}`.
+pub async fn run_node(script: &str, spec: Value) -> Vec<Value> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        Command::new("node")
+            .arg(repo().join("tests/interop").join(script))
+            .arg(spec.to_string())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{script} did not finish in time"))
+    .unwrap_or_else(|e| panic!("cannot run node {script}: {e} (is Node.js installed?)"));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect();
+    assert!(
+        out.status.success() && lines.last().is_some_and(|l| l["type"] == "done"),
+        "{script} failed: {lines:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lines
+}

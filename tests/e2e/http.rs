@@ -394,3 +394,75 @@ async fn health_and_readiness_follow_the_lifecycle() {
     live.rest().await;
     s.shutdown().await;
 }
+
+/// A client written against an older HTTP dialect (`{message, session_id, user_id,
+/// metadata}` in, `data:`-only SSE of `content_chunk` ... `complete` out, no `Accept` of its
+/// own), served by a routes.toml edit alone.
+const LEGACY_SSE_ROUTE: &str = r#"
+[[route]]
+name = "stream"
+engine = { kind = "script" }
+[route.http]
+path = "/api/v1/chat/stream"
+request = { messages = [{ role = "user", content = "$.message" }], session_id = "$.session_id", user_id = "$.user_id", metadata = "$.metadata" }
+default_format = "sse"
+sse_framing = "data_only"
+[route.http.emit]
+chunk = { payload = { type = "content_chunk", content = "$.data.text" } }
+completion = { payload = { type = "complete", message_id = "$.request_id" } }
+error = { payload = { type = "error", error = "$.data.message" } }
+"#;
+
+#[tokio::test]
+async fn a_legacy_http_dialect_is_configuration_only() {
+    let mut c = config();
+    c.routes_file = routes_file(LEGACY_SSE_ROUTE);
+    c.flags_dir = flags_dir("version = 1\n[route.stream]\nmode = \"new\"\n");
+    let s = Server::start(c).await;
+    let message = "hello from the app we are moving";
+    let body = json!({"message": message, "session_id": "s-legacy", "user_id": "u-7", "metadata": {"source": "web"}});
+    // Node's fetch and a ReadableStream reader, parsing `data:` lines as a browser app does.
+    let lines = run_node(
+        "http_client.js",
+        json!({"mode": "stream", "url": s.url("/api/v1/chat/stream"), "body": body}),
+    )
+    .await;
+    let head = &lines[0];
+    assert_eq!(head["type"], "response");
+    assert_eq!(head["status"], 200, "{lines:?}");
+    assert_eq!(head["content_type"], "text/event-stream", "{lines:?}");
+    let data: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["type"] == "data")
+        .map(|l| &l["data"])
+        .collect();
+    let (last, chunks) = data.split_last().unwrap();
+    assert!(
+        chunks.iter().all(|d| d["type"] == "content_chunk"),
+        "{data:?}"
+    );
+    let text: String = chunks
+        .iter()
+        .map(|d| d["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, message);
+    assert_eq!(
+        **last,
+        json!({"type": "complete", "message_id": head["request_id"]})
+    );
+    assert!(head["request_id"].is_string());
+
+    // An explicit Accept still wins: the same dialect, one JSON line each.
+    let resp = http()
+        .post(s.url("/api/v1/chat/stream"))
+        .header("accept", "application/x-ndjson")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let events = parse_ndjson(&resp.text().await.unwrap());
+    assert_eq!(events.last().unwrap()["type"], "complete");
+    assert_eq!(events.len(), chunks.len() + 1);
+    s.shutdown().await;
+}

@@ -173,3 +173,30 @@ fn check_validates_the_shipped_files_and_lists_every_problem() {
     assert!(!serve.status.success(), "serve refuses a bad routes file");
     assert!(String::from_utf8_lossy(&serve.stderr).contains("engine.kind"));
 }
+
+/// A flags file naming a route the routes file lacks is found before the port is bound:
+/// `serve` exits non-zero naming the route, and never says it is listening.
+#[test]
+fn serve_validates_the_flags_before_it_listens() {
+    let flags = flags_dir("version = 1\n[route.ghost]\nmode = \"dual\"\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("serve")
+        .current_dir(repo())
+        .env("SWITCHYARD_LISTEN", "127.0.0.1:0")
+        .env("SWITCHYARD_FLAGS_DIR", &flags)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("\"ghost\"") && stderr.contains("unknown route"),
+        "the error names the route: {stderr}"
+    );
+    assert!(
+        !stdout.contains("listening") && !stderr.contains("listening"),
+        "nothing says it listens: {stdout}{stderr}"
+    );
+}

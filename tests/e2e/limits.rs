@@ -371,3 +371,111 @@ async fn cross_origin_requests_need_a_listed_origin_and_never_reach_admin() {
     assert_eq!(st, 403);
     s.shutdown().await;
 }
+
+/// An oversized body of this many bytes against the shipped 1 MiB `limits.max_body_bytes`.
+const OVERSIZED: usize = 1_600_000;
+
+/// Writes a whole oversized POST to the chat route (with Content-Length, or chunked
+/// without it) on a new connection, then reads the answer to the end. Any write or read
+/// error (EPIPE, reset) is returned.
+async fn post_oversized_raw(addr: std::net::SocketAddr, chunked: bool) -> std::io::Result<String> {
+    let mut conn = TcpStream::connect(addr).await?;
+    let mut body = vec![b'x'; OVERSIZED];
+    body[..8].copy_from_slice(b"{\"pad\":\"");
+    body[OVERSIZED - 2..].copy_from_slice(b"\"}");
+    let framing = if chunked {
+        "transfer-encoding: chunked".to_string()
+    } else {
+        format!("content-length: {OVERSIZED}")
+    };
+    let head = format!(
+        "POST {CHAT} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{framing}\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await?;
+    if chunked {
+        for piece in body.chunks(64 * 1024) {
+            conn.write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                .await?;
+            conn.write_all(piece).await?;
+            conn.write_all(b"\r\n").await?;
+        }
+        conn.write_all(b"0\r\n\r\n").await?;
+    } else {
+        conn.write_all(&body).await?;
+    }
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, conn.read_to_end(&mut got))
+        .await
+        .map_err(|_| std::io::Error::other("no answer in time"))??;
+    Ok(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// The 413 every oversized try must read: status, `connection: close`, the JSON error.
+fn assert_read_413(reply: &str) {
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let json: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {reply}"));
+    assert_eq!(json["error"]["error_type"], "payload_too_large", "{reply}");
+    assert!(
+        reply
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{reply}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_always_gets_its_413_over_raw_sockets() {
+    let s = Server::default().await;
+    for chunked in [false, true] {
+        for i in 0..100 {
+            match post_oversized_raw(s.addr, chunked).await {
+                Ok(reply) => assert_read_413(&reply),
+                Err(e) => panic!("try {i} (chunked: {chunked}): {e}"),
+            }
+        }
+    }
+    // Past `limits.oversize_discard_bytes` nothing is read: a body declared larger gets its
+    // 413 at once, before it is sent, and the connection is closed.
+    let head = format!(
+        "POST {CHAT} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        10u64 << 30
+    );
+    assert_read_413(&raw_exchange(s.addr, head.as_bytes()).await);
+    // A client that waits for `100 Continue` sends nothing before the answer: it gets the
+    // 413 at once instead of an invitation to send what would be thrown away.
+    let head = format!(
+        "POST {CHAT} HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: {OVERSIZED}\r\n\r\n"
+    );
+    assert_read_413(&raw_exchange(s.addr, head.as_bytes()).await);
+    // Still serving.
+    let events = post_ndjson(&s.url(CHAT), &chat_body("after all that")).await;
+    assert_eq!(check_rules(&events).concat(), "after all that");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_always_gets_its_413_with_nodes_fetch() {
+    let s = Server::default().await;
+    for chunked in [false, true] {
+        let lines = run_node(
+            "http_client.js",
+            json!({"mode": "oversized", "url": s.url(CHAT), "bytes": OVERSIZED, "tries": 100, "chunked": chunked}),
+        )
+        .await;
+        let tries: Vec<&Value> = lines.iter().filter(|l| l["type"] == "try").collect();
+        assert_eq!(tries.len(), 100);
+        let failed: Vec<&&Value> = tries
+            .iter()
+            .filter(|t| {
+                t["status"] != 413 || t["body"]["error"]["error_type"] != "payload_too_large"
+            })
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "chunked: {chunked}: {} of 100 tries did not read the 413: {failed:?}",
+            failed.len()
+        );
+    }
+    s.shutdown().await;
+}

@@ -340,3 +340,101 @@ request = { messages = [{ role = "user", content = "$.auth.user_id" }], session_
     assert_eq!(replay[replay.len() - 2]["data"]["output"], "carol");
     s.shutdown().await;
 }
+
+/// The shipped chat route, made to join the requester to its session's room, with a
+/// Flask-SocketIO style `connected` greeting on `/`.
+fn greeting_routes() -> std::path::PathBuf {
+    let shipped = std::fs::read_to_string(repo().join("routes.toml")).unwrap();
+    let chat = shipped.replacen(
+        "request_event = \"chat_message\"\n",
+        "request_event = \"chat_message\"\njoin_session = true\n",
+        1,
+    );
+    assert_ne!(chat, shipped);
+    routes_file(&format!(
+        "{chat}\n{}",
+        r#"
+[[namespace]]
+name = "/"
+connect_event = { event = "connected", payload = { message = "Connected to the chat server", timestamp = "$.now", user = "$.auth.user_id" } }
+"#
+    ))
+}
+
+/// Legacy Socket.IO behaviours as configuration: the namespace's `connected` event on
+/// connect, rendered from the handshake auth and the time; and a `chat_message` with a
+/// session id on a `join_session` route puts the socket in that session's room, so a later
+/// stream of the session started over HTTP reaches it, each event once.
+#[tokio::test]
+async fn connect_event_and_join_session_are_configuration_only() {
+    let mut c = config();
+    c.routes_file = greeting_routes();
+    let s = Server::start(c).await;
+    let runs = [
+        (Client::Node, "websocket", "s-node"),
+        (Client::Python, "polling", "s-py"),
+        (Client::NodeV2, "websocket", "s-v2"),
+    ];
+    for (client, transport, session) in runs {
+        let mut spec = sio_spec(
+            &s,
+            &[transport],
+            json!([
+                {"wait_for": "connected", "count": 1},
+                // Slow enough that the socket's own delivery is still running when it joins.
+                {"emit": "chat_message", "data": {"message": "first words here", "session_id": session, "options": {"interval_ms": 20}}, "ack": true},
+                {"wait_for": "chat_complete", "count": 1},
+                {"wait_stdin": true},
+                {"wait_for": "chat_complete", "count": 2}
+            ]),
+        );
+        spec["auth"] = json!({"user_id": "dana"});
+        let mut sock = Sio::spawn(client, spec);
+        sock.expect_type("waiting").await;
+        let events = post_ndjson(
+            &s.url(CHAT),
+            &json!({"messages": [{"role": "user", "content": "later over http"}], "session_id": session}),
+        )
+        .await;
+        check_rules(&events);
+        sock.send(json!("go")).await;
+        let (lines, code) = sock.finish().await;
+        assert_eq!(code, 0, "{client:?}: {lines:?}");
+        let events = events_of(&lines);
+        let (first, greeting) = &events[0];
+        assert_eq!(
+            first, "connected",
+            "{client:?}: the greeting comes first: {events:?}"
+        );
+        assert_eq!(greeting["message"], "Connected to the chat server");
+        assert_eq!(greeting["user"], "dana");
+        let ts = greeting["timestamp"].as_str().unwrap();
+        assert!(ts.ends_with('Z') && ts.contains('T'), "{ts}");
+        assert_eq!(
+            events.iter().filter(|(n, _)| n == "connected").count(),
+            1,
+            "{client:?}"
+        );
+        let chunks: Vec<&str> = events
+            .iter()
+            .filter(|(n, _)| n == "chat_chunk")
+            .map(|(_, d)| d["chunk"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            chunks,
+            ["first ", "words ", "here", "later ", "over ", "http"],
+            "{client:?}: each event once"
+        );
+        let completes: Vec<&Value> = events
+            .iter()
+            .filter(|(n, _)| n == "chat_complete")
+            .map(|(_, d)| &d["full_response"])
+            .collect();
+        assert_eq!(
+            completes,
+            [&json!("first words here"), &json!("later over http")],
+            "{client:?}"
+        );
+    }
+    s.shutdown().await;
+}
