@@ -29,6 +29,8 @@ fn hub() -> std::sync::Arc<Hub> {
         max_streams_per_subject: 0,
         replay_max_bytes: 1 << 20,
         lag: switchyard::hub::LagPolicy::default(),
+        max_output_bytes: 1 << 20,
+        max_live_bytes: 1 << 30,
         replay_max_total_bytes: 1 << 30,
         retention: Duration::from_secs(60),
     })

@@ -18,6 +18,7 @@ use futures_util::future::{BoxFuture, Either};
 use tracing::Instrument;
 
 use crate::auth::Auth;
+use crate::capacity::Connections;
 use crate::config::Config;
 use crate::engine::{Emitter, Engine, EngineError};
 use crate::error::ApiError;
@@ -47,6 +48,7 @@ struct Inner {
     flags: Arc<FlagStore>,
     metrics: Arc<Metrics>,
     auth: Auth,
+    connections: Arc<Connections>,
     draining: AtomicBool,
 }
 
@@ -68,12 +70,18 @@ impl Bridge {
                 max_lag_bytes: config.limits.max_lag_bytes,
                 stall: Duration::from_secs(config.limits.slow_consumer_secs),
             },
+            max_output_bytes: config.limits.max_output_bytes,
+            max_live_bytes: config.limits.max_live_bytes,
             replay_max_total_bytes: config.replay.max_total_bytes,
             retention: Duration::from_secs(config.replay.retention_secs),
         });
         Ok(Bridge {
             inner: Arc::new(Inner {
                 auth: Auth::new(&config.auth),
+                connections: Connections::new(
+                    config.limits.max_connections,
+                    config.limits.max_connections_per_ip,
+                ),
                 config,
                 routes,
                 engines,
@@ -107,6 +115,11 @@ impl Bridge {
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.inner.hub
+    }
+
+    /// Open connections and sockets, against their limits.
+    pub fn connections(&self) -> &Arc<Connections> {
+        &self.inner.connections
     }
 
     pub fn is_draining(&self) -> bool {

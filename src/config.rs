@@ -82,6 +82,62 @@ pub struct AuthConfig {
     pub audience: Option<String>,
 }
 
+/// Memory one open connection costs at most, roughly: hyper's read and write buffers
+/// (8 KiB each), the connection's task, and for a Socket.IO socket Engine.IO's queue and
+/// tasks (an idle socket measures 18 to 25 KiB in `bench/run`'s idle mode).
+pub const CONNECTION_COST: u64 = 48 * 1024;
+
+/// The worst case of memory the settings allow, by part (`switchyard check` prints it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WorstCase {
+    /// One stream: its log (`replay.max_bytes`), its text and its completion (each
+    /// `limits.max_output_bytes`).
+    pub per_stream: u64,
+    /// All live streams: `limits.max_live_bytes`, plus at most one share per stream for the
+    /// streams still under their share (so at most twice the budget), and never more than
+    /// `limits.max_streams` × `per_stream`.
+    pub live: u64,
+    /// Finished streams kept for resume (`replay.max_total_bytes`).
+    pub retained: u64,
+    /// `limits.max_connections` × [`CONNECTION_COST`].
+    pub connections: u64,
+}
+
+impl WorstCase {
+    pub fn total(&self) -> u64 {
+        self.live + self.retained + self.connections
+    }
+}
+
+impl std::fmt::Display for WorstCase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        writeln!(f, "worst-case memory these settings allow (roughly):")?;
+        writeln!(
+            f,
+            "  one stream         {:>10.1} MiB  replay.max_bytes + 2 x limits.max_output_bytes",
+            mib(self.per_stream)
+        )?;
+        writeln!(
+            f,
+            "  live streams       {:>10.1} MiB  at most 2 x limits.max_live_bytes, and max_streams x one stream",
+            mib(self.live)
+        )?;
+        writeln!(
+            f,
+            "  finished streams   {:>10.1} MiB  replay.max_total_bytes",
+            mib(self.retained)
+        )?;
+        writeln!(
+            f,
+            "  connections        {:>10.1} MiB  limits.max_connections x {} KiB",
+            mib(self.connections),
+            CONNECTION_COST / 1024
+        )?;
+        write!(f, "  total              {:>10.1} MiB", mib(self.total()))
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -100,6 +156,11 @@ pub struct Limits {
     /// Most streams running at once for one subject (the user, else the tenant; anonymous
     /// requests only count against `max_streams`); 429 above. 0: no per-subject limit.
     pub max_streams_per_subject: usize,
+    /// Most connections open at once (HTTP, SSE, WebSockets, polling keep-alives); one
+    /// more is answered 429 `over_capacity` and closed. Also the most Socket.IO sockets.
+    pub max_connections: usize,
+    /// Most connections open at once from one client address; 0: no such limit.
+    pub max_connections_per_ip: usize,
     /// Largest accepted request head (request line and headers), in bytes; 431 above.
     pub max_header_bytes: usize,
     /// Seconds a connection may take to send a complete request head, counted from the
@@ -114,6 +175,14 @@ pub struct Limits {
     /// `max_lag_bytes` behind (or while the stream's log is full and waits for it) before
     /// it is ended with `slow_consumer`; also the longest a producer is held back by one.
     pub slow_consumer_secs: u64,
+    /// Most bytes of text (the concatenated chunks, what `completion.output` carries) one
+    /// stream may produce; a stream that outgrows it ends with `error {error_type:
+    /// "output_too_large"}` + `end {reason: "error"}`, never with a cut-short text.
+    pub max_output_bytes: usize,
+    /// Memory all live streams together may hold (their logs and their text). Past three
+    /// quarters, streams holding more than their share stop growing; at the whole, new
+    /// streams are refused with 429 `over_capacity`.
+    pub max_live_bytes: u64,
     /// Largest accepted Socket.IO packet, in bytes (as Node socket.io's maxHttpBufferSize).
     pub socketio_max_payload: u64,
     /// Packets queued per socket before the bridge waits for the socket to drain.
@@ -134,10 +203,14 @@ impl Default for Limits {
             oversize_discard_secs: 10,
             max_streams: 10_000,
             max_streams_per_subject: 100,
+            max_connections: 10_000,
+            max_connections_per_ip: 0,
             max_header_bytes: 16 * 1024,
             header_timeout_secs: 30,
             max_lag_bytes: 1024 * 1024,
             slow_consumer_secs: 10,
+            max_output_bytes: 8 * 1024 * 1024,
+            max_live_bytes: 1024 * 1024 * 1024,
             socketio_max_payload: 1_000_000,
             socketio_buffer: 128,
             socketio_ping_interval_secs: 25,
@@ -279,6 +352,9 @@ impl Config {
         if self.limits.max_streams == 0 {
             return bad("limits.max_streams must be at least 1");
         }
+        if self.limits.max_connections == 0 {
+            return bad("limits.max_connections must be at least 1");
+        }
         if self.limits.max_header_bytes < 1024 {
             return bad("limits.max_header_bytes must be at least 1024");
         }
@@ -314,6 +390,15 @@ impl Config {
         if self.limits.slow_consumer_secs == 0 {
             return bad("limits.slow_consumer_secs must be at least 1");
         }
+        if self.limits.max_output_bytes == 0 {
+            return bad("limits.max_output_bytes must be at least 1");
+        }
+        if self.limits.max_live_bytes < self.replay.max_bytes as u64 {
+            return Err(ConfigError::Value(format!(
+                "limits.max_live_bytes ({}) is below replay.max_bytes ({}): not even one stream's log would fit",
+                self.limits.max_live_bytes, self.replay.max_bytes
+            )));
+        }
         if self.engine.idle_timeout_secs == 0 {
             return bad("engine.idle_timeout_secs must be at least 1");
         }
@@ -325,6 +410,20 @@ impl Config {
 
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_secs)
+    }
+
+    /// The most memory these settings let the bridge hold, roughly (see [`WorstCase`]).
+    pub fn worst_case(&self) -> WorstCase {
+        let l = &self.limits;
+        let per_stream = self.replay.max_bytes as u64 + 2 * l.max_output_bytes as u64;
+        // The budget, plus up to one share for each stream still under its share.
+        let live = (2 * l.max_live_bytes).min(l.max_streams as u64 * per_stream);
+        WorstCase {
+            per_stream,
+            live,
+            retained: self.replay.max_total_bytes,
+            connections: l.max_connections as u64 * CONNECTION_COST,
+        }
     }
 
     /// `flags_dir/flags.toml`.

@@ -43,6 +43,12 @@ pub enum ApiError {
         "this subject already runs {limit} streams (limits.max_streams_per_subject); retry when one ends"
     )]
     SubjectOverCapacity { limit: usize },
+    #[error(
+        "live streams hold the whole memory budget (limits.max_live_bytes = {limit} bytes); retry shortly"
+    )]
+    OverBudget { limit: u64 },
+    #[error("{0}; retry shortly")]
+    Connections(crate::capacity::Refused),
     #[error("the bridge is shutting down; retry on another instance")]
     Draining,
     #[error("{0}")]
@@ -65,7 +71,10 @@ impl ApiError {
             ApiError::DuplicateRequest(_) => "duplicate_request",
             ApiError::ResumeGap { .. } => "resume_gap",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::OverCapacity { .. } | ApiError::SubjectOverCapacity { .. } => "over_capacity",
+            ApiError::OverCapacity { .. }
+            | ApiError::SubjectOverCapacity { .. }
+            | ApiError::OverBudget { .. }
+            | ApiError::Connections(_) => "over_capacity",
             ApiError::Draining => "draining",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::VersionConflict { .. } => "version_conflict",
@@ -85,7 +94,10 @@ impl ApiError {
             | ApiError::VersionConflict { .. } => 409,
             ApiError::ResumeGap { .. } => 410,
             ApiError::PayloadTooLarge { .. } => 413,
-            ApiError::OverCapacity { .. } | ApiError::SubjectOverCapacity { .. } => 429,
+            ApiError::OverCapacity { .. }
+            | ApiError::SubjectOverCapacity { .. }
+            | ApiError::OverBudget { .. }
+            | ApiError::Connections(_) => 429,
             ApiError::Draining => 503,
             ApiError::Internal(_) => 500,
         }

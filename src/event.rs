@@ -133,7 +133,13 @@ pub enum Pushed {
     AfterTerminal,
     /// Engines may not write this kind themselves (`heartbeat`, `end`, `started`).
     Reserved,
+    /// The chunk would take the stream's text past its bound: it is refused, and this
+    /// `error {error_type: "output_too_large"}` ends the stream instead.
+    Cut(Event),
 }
+
+/// The `error_type` of a stream whose text outgrew `limits.max_output_bytes`.
+pub const OUTPUT_TOO_LARGE: &str = "output_too_large";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -150,7 +156,10 @@ enum Phase {
 pub struct StreamRules {
     next_seq: Seq,
     phase: Phase,
+    /// The text of the chunks so far, for `completion.output` (handed over to it).
     output: String,
+    /// Most bytes `output` may reach; a chunk past it ends the stream with an error.
+    max_output: usize,
 }
 
 impl Default for StreamRules {
@@ -165,7 +174,33 @@ impl StreamRules {
             next_seq: 0,
             phase: Phase::Fresh,
             output: String::new(),
+            max_output: usize::MAX,
         }
+    }
+
+    /// Rules whose stream text (the chunks' concatenation) may reach at most `max` bytes.
+    pub fn with_max_output(max: usize) -> Self {
+        StreamRules {
+            max_output: max,
+            ..StreamRules::new()
+        }
+    }
+
+    /// Whether `text` still fits; if not, the stream's `error` (it is then terminal).
+    fn take_text(&mut self, text: &str) -> Result<(), Event> {
+        if self.output.len().saturating_add(text.len()) > self.max_output {
+            self.phase = Phase::Terminal(EndReason::Error);
+            let message = format!(
+                "the stream's text outgrew its bound of {} bytes (limits.max_output_bytes); it was ended rather than cut short",
+                self.max_output
+            );
+            return Err(self.stamp(
+                EventKind::Error,
+                json!({"error_type": OUTPUT_TOO_LARGE, "message": message}),
+            ));
+        }
+        self.output.push_str(text);
+        Ok(())
     }
 
     /// The first event: `status_update {status: "started", metadata: {request_id, route}}`.
@@ -196,14 +231,18 @@ impl StreamRules {
                 return Pushed::Reserved;
             }
             EventKind::Chunk => {
-                if let Some(text) = data.get("text").and_then(Value::as_str) {
-                    self.output.push_str(text);
+                if let Some(text) = data.get("text").and_then(Value::as_str)
+                    && let Err(error) = self.take_text(text)
+                {
+                    return Pushed::Cut(error);
                 }
             }
             EventKind::Completion => {
                 let mut obj = into_object(data);
                 if obj.get("output").is_none_or(Value::is_null) {
-                    obj.insert("output".into(), Value::String(self.output.clone()));
+                    // Terminal: no chunk follows, so the text moves into the event.
+                    let text = std::mem::take(&mut self.output);
+                    obj.insert("output".into(), Value::String(text));
                 }
                 if obj.get("status").is_none_or(Value::is_null) {
                     obj.insert("status".into(), Value::String("complete".into()));
@@ -221,16 +260,17 @@ impl StreamRules {
     }
 
     /// Offers `chunk {text}` by its text alone (what [`StreamRules::push`] does for that
-    /// event, without its JSON value): the chunk's seq, or `None` once the stream takes no
-    /// more events.
-    pub fn push_text(&mut self, text: &str) -> Option<Seq> {
+    /// event, without its JSON value): the chunk's seq; `Err(None)` once the stream takes
+    /// no more events; `Err(Some(error))` when the text outgrew its bound (see
+    /// [`Pushed::Cut`]).
+    pub fn push_text(&mut self, text: &str) -> Result<Seq, Option<Event>> {
         if self.phase != Phase::Open {
-            return None;
+            return Err(None);
         }
-        self.output.push_str(text);
+        self.take_text(text).map_err(Some)?;
         let seq = self.next_seq;
         self.next_seq += 1;
-        Some(seq)
+        Ok(seq)
     }
 
     /// Closes the stream: the missing terminal event (if any) and the one `end`.
@@ -250,7 +290,7 @@ impl StreamRules {
                     // Stopped "completed" is a normal completion, never an `error` event.
                     Finish::Completed | Finish::Stopped(EndReason::Completed) => (
                         EventKind::Completion,
-                        json!({"status": "complete", "output": self.output}),
+                        json!({"status": "complete", "output": std::mem::take(&mut self.output)}),
                         EndReason::Completed,
                     ),
                     Finish::Failed {
@@ -263,7 +303,7 @@ impl StreamRules {
                     ),
                     Finish::Stopped(r @ (EndReason::Cancelled | EndReason::Shutdown)) => (
                         EventKind::Completion,
-                        json!({"status": r.as_str(), "output": self.output}),
+                        json!({"status": r.as_str(), "output": std::mem::take(&mut self.output)}),
                         r,
                     ),
                     Finish::Stopped(r) => (
@@ -285,7 +325,7 @@ impl StreamRules {
         self.phase == Phase::Ended
     }
 
-    /// The concatenated `chunk.text` so far.
+    /// The concatenated `chunk.text` so far (until a completion carries it away).
     pub fn output(&self) -> &str {
         &self.output
     }
@@ -397,6 +437,34 @@ mod tests {
         });
         assert_eq!(end.len(), 1, "the completion is already the terminal event");
         assert_eq!(end[0].data["reason"], "completed");
+    }
+
+    #[test]
+    fn text_past_its_bound_ends_the_stream_with_an_error() {
+        let mut r = StreamRules::with_max_output(5);
+        r.start("r", "chat");
+        assert_eq!(r.push_text("abc"), Ok(1));
+        let Err(Some(e)) = r.push_text("def") else {
+            panic!("the second chunk goes past 5 bytes");
+        };
+        assert_eq!(e.event, EventKind::Error);
+        assert_eq!(e.seq, Some(2));
+        assert_eq!(e.data["error_type"], OUTPUT_TOO_LARGE);
+        assert_eq!(r.push_text("x"), Err(None));
+        let end = r.finish(Finish::Completed);
+        assert_eq!(end.len(), 1);
+        assert_eq!(end[0].end_reason(), Some("error"));
+        // The same through a chunk's JSON value.
+        let mut r = StreamRules::with_max_output(2);
+        r.start("r", "chat");
+        assert!(matches!(
+            r.push(EventKind::Chunk, json!({"text": "abc"})),
+            Pushed::Cut(_)
+        ));
+        assert_eq!(
+            r.push(EventKind::Chunk, json!({"text": "a"})),
+            Pushed::AfterTerminal
+        );
     }
 
     #[test]
@@ -689,10 +757,15 @@ mod tests {
                                 Pushed::AfterTerminal => {
                                     prop_assert!(false, "refused an event while open: {:?}", kind)
                                 }
+                                Pushed::Cut(e) => {
+                                    prop_assert!(false, "cut without a bound on the text: {:?}", e)
+                                }
                             }
                         }
                     }
-                    prop_assert_eq!(r.output(), chunks.as_str());
+                    if !terminal_seen {
+                        prop_assert_eq!(r.output(), chunks.as_str());
+                    }
                 }
                 let closing = r.finish(how.clone());
                 prop_assert_eq!(closing.len(), if terminal_seen { 1 } else { 2 });

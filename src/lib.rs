@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod auth;
 pub mod bridge;
+pub mod capacity;
 pub mod config;
 pub mod engine;
 pub mod error;

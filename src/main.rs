@@ -203,6 +203,14 @@ async fn shutdown_signal() {
     }
 }
 
+/// This machine's memory (Linux `/proc/meminfo`), when it can be read.
+fn machine_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let mut problems = Vec::new();
     let config = match Config::load(config.as_deref()) {
@@ -244,6 +252,16 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             config.routes_file.display(),
             flags.display()
         );
+        let worst = config.worst_case();
+        println!("{worst}");
+        if let Some(machine) = machine_memory()
+            && worst.total() > machine
+        {
+            println!(
+                "warning: the worst case is more than this machine's memory ({:.1} MiB): lower limits.max_live_bytes, replay.max_total_bytes or limits.max_connections before a client finds it",
+                machine as f64 / (1024.0 * 1024.0)
+            );
+        }
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(

@@ -59,6 +59,8 @@ pub struct Metrics {
     flags_version: IntGauge,
     engine_errors: IntCounterVec,
     streams_held: IntGauge,
+    live_bytes: IntGauge,
+    connections: IntGauge,
     runtime_tasks: IntGauge,
 }
 
@@ -270,6 +272,20 @@ impl Metrics {
                 ),
                 "streams_held"
             ),
+            live_bytes: reg!(
+                IntGauge::new(
+                    "switchyard_live_bytes",
+                    "Memory live streams hold (their logs and text), against limits.max_live_bytes. Read at scrape time."
+                ),
+                "live_bytes"
+            ),
+            connections: reg!(
+                IntGauge::new(
+                    "switchyard_connections",
+                    "Connections open now, against limits.max_connections. Read at scrape time."
+                ),
+                "connections"
+            ),
             runtime_tasks: reg!(
                 IntGauge::new(
                     "switchyard_runtime_tasks",
@@ -308,11 +324,16 @@ impl Metrics {
         Arc::new(m)
     }
 
-    /// Sets the gauges read at scrape time: the streams the hub holds, and the tasks alive
-    /// in the runtime this is called from.
-    pub fn sample(&self, streams_held: usize) {
+    /// Sets the gauges read at scrape time: the streams the hub holds, the memory live
+    /// streams hold, the open connections, and the tasks alive in the runtime this is
+    /// called from.
+    pub fn sample(&self, streams_held: usize, live_bytes: u64, connections: usize) {
         self.streams_held
             .set(i64::try_from(streams_held).unwrap_or(i64::MAX));
+        self.live_bytes
+            .set(i64::try_from(live_bytes).unwrap_or(i64::MAX));
+        self.connections
+            .set(i64::try_from(connections).unwrap_or(i64::MAX));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let tasks = rt.metrics().num_alive_tasks();
             self.runtime_tasks

@@ -8,7 +8,12 @@
 //! This module owns connections only; requests are the router's business.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use axum::http::{HeaderValue, header};
+use axum::response::IntoResponse;
 
 use axum::Router;
 use hyper::server::conn::http1;
@@ -19,6 +24,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::bridge::Bridge;
+use crate::capacity::Refused;
+use crate::error::ApiError;
 use crate::transport::{cors, http, polling, socketio};
 
 /// After the streams are drained, how long open connections get to close by themselves.
@@ -85,6 +92,38 @@ fn assemble(bridge: Bridge) -> (Router, SocketIo, polling::Pacer) {
     (router, io, pacer)
 }
 
+/// Refused connections answered at once; past this many, more are closed unanswered.
+const MAX_REFUSING: usize = 1024;
+
+/// Answers a connection over `limits.max_connections` (or the per-address limit): its
+/// request gets 429 `over_capacity` (WebSocket upgrades included) and the connection
+/// closes. The request is read first, so the client sees the answer rather than a reset.
+fn refuse(
+    conn: &http1::Builder,
+    stream: tokio::net::TcpStream,
+    refused: Refused,
+    refusing: &Arc<AtomicUsize>,
+) {
+    tracing::debug!(%refused, "connection refused");
+    if refusing.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
+        refusing.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let (conn, refusing) = (conn.clone(), refusing.clone());
+    tokio::spawn(async move {
+        let service = hyper::service::service_fn(move |_req| async move {
+            let mut resp = ApiError::Connections(refused).into_response();
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Ok::<_, std::convert::Infallible>(resp)
+        });
+        let _ = conn.serve_connection(TokioIo::new(stream), service).await;
+        refusing.fetch_sub(1, Ordering::AcqRel);
+    });
+}
+
 /// Serves until `shutdown` resolves, then drains the streams, closes the sockets and
 /// returns once connections are closed (or after a bounded wait).
 pub async fn run(
@@ -101,6 +140,8 @@ pub async fn run(
         .max_header_size(limits.max_header_bytes)
         .max_headers(MAX_HEADERS);
     let service = TowerToHyperService::new(router);
+    let refusing = Arc::new(AtomicUsize::new(0));
+    let connections = bridge.connections().clone();
 
     // Connections are accepted through the drain (a new request then gets 503 `draining`);
     // once the streams have ended, each connection is asked to close after its response.
@@ -115,7 +156,7 @@ pub async fn run(
     };
     tokio::pin!(drained);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut drained => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -130,9 +171,17 @@ pub async fn run(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
+        let slot = match connections.open(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                refuse(&conn, stream, refused, &refusing);
+                continue;
+            }
+        };
         let mut closing = closing_rx.clone();
         let (conn, service) = (conn.clone(), service.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             // Made inside the task: its buffers belong to the worker that serves it, and
             // the connection is stored once in the task, not also as a captured value.
             let served = conn

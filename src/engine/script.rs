@@ -42,7 +42,7 @@ impl Default for ScriptLimits {
     fn default() -> Self {
         ScriptLimits {
             max_chunks: 100_000,
-            max_chunk_bytes: 65_536,
+            max_chunk_bytes: 4096,
             max_interval_ms: 60_000,
             max_tool_calls: 100,
             fault_drills: false,

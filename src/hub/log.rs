@@ -37,6 +37,9 @@ use crate::transport::encode::Frames;
 /// Bytes an entry holds beyond its line(s): the entry and its reference counts (one
 /// allocation), the line's allocation, its slot in the log, and the allocator's header of
 /// each allocation.
+/// How often a stream paused for the live budget looks whether memory was freed.
+const BUDGET_RECHECK: Duration = Duration::from_millis(50);
+
 const ENTRY_OVERHEAD: u64 = std::mem::size_of::<Entry>() as u64 + 16 + 8 + 2 * 16;
 
 /// When a subscriber counts as not keeping up, and how long a producer waits for one.
@@ -56,6 +59,66 @@ impl Default for LagPolicy {
             stall: Duration::from_secs(10),
         }
     }
+}
+
+/// Memory all live streams hold together (their logs and their accumulated text), against
+/// `limits.max_live_bytes`. Past three quarters of it, a stream holding more than its
+/// share (the budget over `limits.max_streams`) stops growing and the logs keep only what
+/// some subscriber has not read, so new streams still fit; at the whole of it, new
+/// streams are refused.
+#[derive(Debug)]
+pub struct LiveBudget {
+    used: AtomicU64,
+    max: u64,
+    share: u64,
+}
+
+impl LiveBudget {
+    pub fn new(max: u64, streams: usize) -> LiveBudget {
+        LiveBudget {
+            used: AtomicU64::new(0),
+            max,
+            share: max / streams.max(1) as u64,
+        }
+    }
+
+    /// Bytes live streams hold now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// Whether new streams must be refused.
+    pub fn exhausted(&self) -> bool {
+        self.used() >= self.max
+    }
+
+    /// Whether the budget is under pressure (past three quarters).
+    fn pressed(&self) -> bool {
+        self.used() > self.max / 4 * 3
+    }
+
+    fn charge(&self, from: u64, to: u64) {
+        if to > from {
+            self.used.fetch_add(to - from, Ordering::Relaxed);
+        } else {
+            self.used.fetch_sub(from - to, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What bounds one stream, from the configuration.
+#[derive(Debug, Clone)]
+pub struct StreamBounds {
+    /// `replay.max_bytes`: memory its log may hold.
+    pub max_bytes: u64,
+    pub lag: LagPolicy,
+    /// `limits.max_output_bytes`: most bytes of text (the chunks' concatenation).
+    pub max_output: usize,
+    pub budget: Arc<LiveBudget>,
 }
 
 /// One logged event: its neutral line and the wire encodings made from it, made once and
@@ -99,11 +162,25 @@ struct Log {
     chunked: bool,
     /// Where neutral lines are encoded before being stored at their exact size.
     scratch: Vec<u8>,
-    /// The next seq of each live cursor, by slot (`None`: a free slot).
-    positions: Vec<Option<Seq>>,
-    /// A lower bound of the positions of the cursors that are not lagged: while the
-    /// oldest entry's seq is below it, no cursor needs that entry.
+    /// Each cursor's state, by slot.
+    positions: Vec<Slot>,
+    /// A lower bound of the positions of the live cursors: while the oldest entry's seq
+    /// is below it, no cursor needs that entry.
     min_position: Seq,
+    /// What this stream counts in the live budget now (its log and its text).
+    charged: u64,
+    /// Finished and handed over to the hub's retention: no longer counted as live.
+    released: bool,
+}
+
+/// A cursor's place in the log.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Slot {
+    Free,
+    /// Reading; the seq of the next event it will read.
+    Live(Seq),
+    /// Cut for not keeping up: no longer a subscriber, it reads only its `Lagged`.
+    Cut,
 }
 
 impl Log {
@@ -117,12 +194,27 @@ impl Log {
         self.min_position = self
             .positions
             .iter()
-            .flatten()
-            .copied()
+            .filter_map(|s| match s {
+                Slot::Live(p) => Some(*p),
+                _ => None,
+            })
             .filter(|&p| p >= front)
             .min()
             .unwrap_or(Seq::MAX);
         self.min_position == front
+    }
+
+    /// Cuts the live cursors whose next event is gone; returns how many.
+    fn cut_lagged(&mut self) -> usize {
+        let first = self.first_seq;
+        let mut cut = 0;
+        for slot in &mut self.positions {
+            if matches!(slot, Slot::Live(p) if *p < first) {
+                *slot = Slot::Cut;
+                cut += 1;
+            }
+        }
+        cut
     }
 }
 
@@ -138,6 +230,7 @@ pub struct Stream {
     log: Mutex<Log>,
     max_bytes: u64,
     lag: LagPolicy,
+    budget: Arc<LiveBudget>,
     /// Whether entries count room for a mapped encoding (the route has one).
     mapped: bool,
     /// Wakes waiting cursors; `waiting` says whether any cursor waits.
@@ -164,7 +257,7 @@ impl Stream {
         session_id: Option<Arc<str>>,
         subject: Option<Arc<str>>,
         origin: Transport,
-        (max_bytes, lag): (usize, LagPolicy),
+        bounds: StreamBounds,
         metrics: StreamMetrics,
     ) -> Stream {
         let mapped = route.socketio.is_some() || route.http.emit.is_mapped();
@@ -176,7 +269,7 @@ impl Stream {
             origin,
             created: Instant::now(),
             log: Mutex::new(Log {
-                rules: StreamRules::new(),
+                rules: StreamRules::with_max_output(bounds.max_output),
                 entries: VecDeque::new(),
                 first_seq: 0,
                 retained: 0,
@@ -185,9 +278,12 @@ impl Stream {
                 scratch: Vec::new(),
                 positions: Vec::new(),
                 min_position: 0,
+                charged: 0,
+                released: false,
             }),
-            max_bytes: max_bytes as u64,
-            lag,
+            max_bytes: bounds.max_bytes,
+            lag: bounds.lag,
+            budget: bounds.budget,
             mapped,
             appended: Notify::new(),
             waiting: AtomicBool::new(false),
@@ -276,23 +372,71 @@ impl Stream {
     /// cursor (which is then lagged), or when the log is twice over (an engine that did
     /// not wait for room) and `hard` is set. Returns whether the log is within `max_bytes`.
     fn evict(&self, log: &mut Log, now_ms: u64, hard: bool) -> bool {
-        while log.retained > self.max_bytes && log.entries.len() > 1 {
-            let Some(front) = log.entries.front() else {
+        // Under memory pressure a log keeps only what some subscriber has not read yet.
+        let target = if self.budget.pressed() {
+            0
+        } else {
+            self.max_bytes
+        };
+        while log.retained > target && log.entries.len() > 1 {
+            let Some(front_at) = log.entries.front().map(|e| u64::from(e.at_ms)) else {
                 break;
             };
-            let stale = self.subscribers() > 0
-                && now_ms.saturating_sub(u64::from(front.at_ms)) >= self.stall_ms();
             // With no subscriber at all the log is kept for a resumer: the producer waits.
             let needed = self.subscribers() == 0 || log.front_needed();
-            if needed && !stale && (!hard || log.retained <= 2 * self.max_bytes) {
-                return false;
+            if needed {
+                let over = log.retained > self.max_bytes;
+                let stale =
+                    self.subscribers() > 0 && now_ms.saturating_sub(front_at) >= self.stall_ms();
+                let forced = hard && log.retained > 2 * self.max_bytes;
+                if !(forced || stale && (over || self.budget.pressed())) {
+                    break;
+                }
             }
             if let Some(old) = log.entries.pop_front() {
                 log.retained -= old.retained(self.mapped);
                 log.first_seq += 1;
             }
+            if needed {
+                self.cut(log);
+            }
         }
-        true
+        self.charge(log);
+        log.retained <= self.max_bytes
+    }
+
+    /// The cursors whose next event was just evicted stop being subscribers: the stream
+    /// no longer waits for them, and one left with none is orphaned.
+    fn cut(&self, log: &mut Log) {
+        let cut = log.cut_lagged();
+        if cut > 0 && self.subscribers.fetch_sub(cut, Ordering::AcqRel) == cut {
+            self.orphaned.notify_one();
+        }
+    }
+
+    /// Brings what this stream counts in the live budget up to date.
+    fn charge(&self, log: &mut Log) {
+        if log.released {
+            return;
+        }
+        let now = log.retained + log.rules.output().len() as u64;
+        self.budget.charge(log.charged, now);
+        log.charged = now;
+    }
+
+    /// The stream has finished: it no longer counts in the live budget (the hub's
+    /// retention of finished streams accounts for it from now on).
+    pub fn release_budget(&self) {
+        let mut log = self.log();
+        self.charge(&mut log);
+        self.budget.charge(log.charged, 0);
+        log.charged = 0;
+        log.released = true;
+    }
+
+    /// Under memory pressure, a stream holding more than its share stops growing.
+    fn over_share(&self, log: &Log) -> bool {
+        self.budget.pressed() && log.charged > self.budget.share
     }
 
     fn stall_ms(&self) -> u64 {
@@ -311,7 +455,9 @@ impl Stream {
         loop {
             let deadline = {
                 let mut log = self.log();
-                if self.evict(&mut log, self.now_ms(), true) {
+                let room = self.evict(&mut log, self.now_ms(), true);
+                let pressed = self.over_share(&log);
+                if room && !pressed {
                     self.paused.store(false, Ordering::Release);
                     return;
                 }
@@ -319,8 +465,11 @@ impl Stream {
                 self.producer_waiting.store(true, Ordering::SeqCst);
                 self.paused.store(true, Ordering::Release);
                 let front_at = log.entries.front().map_or(0, |e| u64::from(e.at_ms));
-                (self.subscribers() > 0)
-                    .then(|| self.created + Duration::from_millis(front_at + self.stall_ms() + 1))
+                let stall = (self.subscribers() > 0)
+                    .then(|| self.created + Duration::from_millis(front_at + self.stall_ms() + 1));
+                // Memory elsewhere is freed without telling this stream: look again soon.
+                let budget = pressed.then(|| Instant::now() + BUDGET_RECHECK);
+                stall.into_iter().chain(budget).min()
             };
             match deadline {
                 Some(at) => {
@@ -426,13 +575,13 @@ impl Stream {
             let mut log = self.log();
             self.subscribers.fetch_add(1, Ordering::AcqRel);
             log.min_position = log.min_position.min(seq);
-            match log.positions.iter().position(Option::is_none) {
+            match log.positions.iter().position(|s| *s == Slot::Free) {
                 Some(free) => {
-                    log.positions[free] = Some(seq);
+                    log.positions[free] = Slot::Live(seq);
                     free
                 }
                 None => {
-                    log.positions.push(Some(seq));
+                    log.positions.push(Slot::Live(seq));
                     log.positions.len() - 1
                 }
             }
@@ -472,6 +621,10 @@ impl Sink for Stream {
                 tracing::warn!(request_id = %self.id, event = kind.as_str(), "engine wrote a reserved event; ignored");
                 return true;
             }
+            Pushed::Cut(error) => {
+                self.append(&mut log, error, now);
+                false
+            }
             Pushed::AfterTerminal => false,
         };
         drop(log);
@@ -485,8 +638,15 @@ impl Sink for Stream {
         }
         let now = self.now_ms();
         let mut log = self.log();
-        let Some(seq) = log.rules.push_text(text) else {
-            return false;
+        let seq = match log.rules.push_text(text) {
+            Ok(seq) => seq,
+            Err(None) => return false,
+            Err(Some(error)) => {
+                self.append(&mut log, error, now);
+                drop(log);
+                self.engine_wrote(now);
+                return false;
+            }
         };
         self.first_chunk(&mut log);
         let frames = Frames::chunk(seq, text, &mut log.scratch);
@@ -500,8 +660,9 @@ impl Sink for Stream {
         let mut log = self.log();
         // Over budget: what the readers have read since the last write can go first.
         let full = log.retained > self.max_bytes && !self.evict(&mut log, self.now_ms(), true);
+        let wait = full || self.over_share(&log);
         drop(log);
-        full.then(|| self.wait_room().boxed())
+        wait.then(|| self.wait_room().boxed())
     }
 }
 
@@ -592,6 +753,7 @@ impl Cursor {
         let stream = &self.stream;
         let mut log = stream.log();
         if self.next < log.first_seq {
+            self.cut(&mut log);
             return Some(Batch::Lagged);
         }
         let idx = (self.next - log.first_seq) as usize;
@@ -600,13 +762,14 @@ impl Cursor {
             if lag > stream.lag.max_lag_bytes
                 && stream.now_ms().saturating_sub(u64::from(first.at_ms)) >= stream.stall_ms()
             {
+                self.cut(&mut log);
                 return Some(Batch::Lagged);
             }
             let take = (log.entries.len() - idx).min(max.max(1));
             let batch: Vec<Arc<Entry>> = log.entries.range(idx..idx + take).cloned().collect();
             self.next += take as u64;
-            if let Some(p) = log.positions.get_mut(self.slot) {
-                *p = Some(self.next);
+            if let Some(p @ Slot::Live(_)) = log.positions.get_mut(self.slot) {
+                *p = Slot::Live(self.next);
             }
             drop(log);
             stream.wake_producer();
@@ -619,15 +782,27 @@ impl Cursor {
     }
 }
 
+impl Cursor {
+    /// This subscriber stops keeping up: it is no longer counted (once).
+    fn cut(&self, log: &mut Log) {
+        if let Some(slot) = log.positions.get_mut(self.slot)
+            && matches!(slot, Slot::Live(_))
+        {
+            *slot = Slot::Cut;
+            if self.stream.subscribers.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.stream.orphaned.notify_one();
+            }
+        }
+    }
+}
+
 impl Drop for Cursor {
     fn drop(&mut self) {
         {
             let mut log = self.stream.log();
-            if let Some(p) = log.positions.get_mut(self.slot) {
-                *p = None;
-            }
-            if self.stream.subscribers.fetch_sub(1, Ordering::AcqRel) == 1 {
-                self.stream.orphaned.notify_one();
+            self.cut(&mut log);
+            if let Some(slot) = log.positions.get_mut(self.slot) {
+                *slot = Slot::Free;
             }
         }
         self.stream.wake_producer();

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tokio::sync::{mpsc, watch};
 
-pub use log::{Batch, Cursor, Entry, LagPolicy, Stream};
+pub use log::{Batch, Cursor, Entry, LagPolicy, LiveBudget, Stream, StreamBounds};
 
 use crate::error::ApiError;
 use crate::metrics::StreamMetrics;
@@ -35,6 +35,10 @@ pub struct HubConfig {
     pub replay_max_bytes: usize,
     /// When a subscriber counts as not keeping up (and how long a producer waits for it).
     pub lag: LagPolicy,
+    /// Most bytes of text one stream may accumulate (`limits.max_output_bytes`).
+    pub max_output_bytes: usize,
+    /// Memory all live streams together may hold (`limits.max_live_bytes`).
+    pub max_live_bytes: u64,
     /// Approximate memory all finished streams together may hold for resume; past it
     /// the oldest are dropped before their retention ends.
     pub replay_max_total_bytes: u64,
@@ -55,6 +59,7 @@ struct Tap {
 
 pub struct Hub {
     config: HubConfig,
+    budget: Arc<LiveBudget>,
     streams: DashMap<RequestId, Arc<Stream>>,
     sessions: DashMap<Arc<str>, Vec<Tap>>,
     running: AtomicUsize,
@@ -68,6 +73,7 @@ pub struct Hub {
 impl Hub {
     pub fn new(config: HubConfig) -> Arc<Hub> {
         Arc::new(Hub {
+            budget: Arc::new(LiveBudget::new(config.max_live_bytes, config.max_streams)),
             config,
             streams: DashMap::new(),
             sessions: DashMap::new(),
@@ -91,6 +97,11 @@ impl Hub {
         origin: Transport,
         metrics: StreamMetrics,
     ) -> Result<(Arc<Stream>, Cursor), ApiError> {
+        if self.budget.exhausted() {
+            return Err(ApiError::OverBudget {
+                limit: self.budget.max(),
+            });
+        }
         let max = self.config.max_streams;
         if self.running.fetch_add(1, Ordering::AcqRel) >= max {
             self.running.fetch_sub(1, Ordering::AcqRel);
@@ -110,7 +121,12 @@ impl Hub {
             session_id.clone(),
             subject,
             origin,
-            (self.config.replay_max_bytes, self.config.lag),
+            StreamBounds {
+                max_bytes: self.config.replay_max_bytes as u64,
+                lag: self.config.lag,
+                max_output: self.config.max_output_bytes,
+                budget: self.budget.clone(),
+            },
             metrics.clone(),
         ));
         match self.streams.entry(id.clone()) {
@@ -166,6 +182,7 @@ impl Hub {
     /// slot and keeps it resumable for the retention time.
     pub fn finished(self: &Arc<Self>, stream: &Arc<Stream>) {
         self.release_slots(stream);
+        stream.release_budget();
         let bytes = stream.retained_bytes();
         {
             let mut kept = self.retained_queue();
@@ -204,6 +221,11 @@ impl Hub {
                     .remove_if(&stream.id, |_, s| Arc::ptr_eq(s, &stream));
             }
         }
+    }
+
+    /// Memory live streams hold (their logs and text), against `limits.max_live_bytes`.
+    pub fn live_bytes(&self) -> u64 {
+        self.budget.used()
     }
 
     /// Approximate memory held by finished streams kept for resume, in bytes.
@@ -365,6 +387,8 @@ mod tests {
             max_streams_per_subject: 0,
             replay_max_bytes: 1 << 20,
             lag: LagPolicy::default(),
+            max_output_bytes: 1 << 20,
+            max_live_bytes: 1 << 30,
             replay_max_total_bytes: 30_000,
             retention: Duration::from_secs(60),
         });
@@ -387,6 +411,8 @@ mod tests {
             max_streams_per_subject: 1,
             replay_max_bytes: 1 << 20,
             lag: LagPolicy::default(),
+            max_output_bytes: 1 << 20,
+            max_live_bytes: 1 << 30,
             replay_max_total_bytes: 1 << 30,
             retention: Duration::from_secs(60),
         });
@@ -427,6 +453,8 @@ mod tests {
                 max_lag_bytes: 1024,
                 stall,
             },
+            max_output_bytes: 1 << 20,
+            max_live_bytes: 1 << 30,
             replay_max_total_bytes: 1 << 30,
             retention: Duration::from_secs(60),
         })

@@ -578,6 +578,8 @@ engine = { kind = "script" }
             max_streams_per_subject: 0,
             replay_max_bytes: 1 << 20,
             lag: crate::hub::LagPolicy::default(),
+            max_output_bytes: 1 << 20,
+            max_live_bytes: 1 << 30,
             replay_max_total_bytes: 1 << 30,
             retention: Duration::from_secs(1),
         });

@@ -74,7 +74,11 @@ async fn unknown_route(req: Request) -> ApiError {
 }
 
 async fn metrics(State(b): State<Bridge>) -> Response {
-    b.metrics().sample(b.hub().held());
+    b.metrics().sample(
+        b.hub().held(),
+        b.hub().live_bytes(),
+        b.connections().count(),
+    );
     let mut resp = b.metrics().render().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -25,6 +25,7 @@ use tokio::task::AbortHandle;
 
 use super::encode::{self, LegacyFrame};
 use crate::bridge::Bridge;
+use crate::capacity::Connections;
 use crate::engine::Caller;
 use crate::error::ApiError;
 use crate::event::{EventKind, slow_consumer_events};
@@ -65,8 +66,10 @@ struct SocketCtx {
     /// The session named in the handshake, followed from the handshake on so no stream
     /// starting while the connection completes is missed.
     handshake_session: Mutex<Option<SessionFollow>>,
-    /// Counted in `switchyard_socketio_connections` and not yet gone.
+    /// Counted in `switchyard_socketio_connections` (and in the socket limit) and not
+    /// yet gone.
     open: AtomicBool,
+    connections: Arc<Connections>,
 }
 
 /// A stream a socket receives, or received: kept after its delivery ended for as long as
@@ -88,6 +91,7 @@ impl SocketCtx {
     fn gone(&self, metrics: &Metrics, namespace: &str) {
         if self.open.swap(false, Ordering::AcqRel) {
             metrics.socket_disconnected(namespace);
+            self.connections.socket_gone();
         }
         self.abort_all();
     }
@@ -140,6 +144,10 @@ fn handshake(b: &Bridge, socket: &SocketRef, auth: Option<Value>) -> Result<(), 
     if b.is_draining() {
         return Err(format!("{}: {}", "draining", ApiError::Draining));
     }
+    if let Err(refused) = b.connections().socket_fits() {
+        let e = ApiError::Connections(refused);
+        return Err(format!("{}: {e}", e.error_type()));
+    }
     let mut auth = match auth {
         Some(Value::Object(map)) if !map.is_empty() => map,
         _ => query_auth(socket),
@@ -174,6 +182,7 @@ fn handshake(b: &Bridge, socket: &SocketRef, auth: Option<Value>) -> Result<(), 
         sessions: Mutex::new(HashMap::new()),
         handshake_session: Mutex::new(handshake_session),
         open: AtomicBool::new(false),
+        connections: b.connections().clone(),
     }));
     Ok(())
 }
@@ -274,6 +283,7 @@ fn on_connect(b: &Bridge, socket: SocketRef) {
         return;
     };
     b.metrics().socket_connected(socket.ns());
+    b.connections().socket_connected();
     ctx.open.store(true, Ordering::Release);
     let metrics = b.metrics().clone();
     socket.on_disconnect(move |s: SocketRef| {

@@ -28,10 +28,10 @@ fn assert_completed(events: &[Value], chunks: usize, what: &str) {
 
 /// Bursts produced at once, far larger than `limits.max_lag_bytes` (1 MiB) and, for the
 /// last, than `replay.max_bytes` (8 MiB): a client reading at full speed gets them whole,
-/// on NDJSON and on SSE, with the shipped limits.
+/// on NDJSON and on SSE, with the shipped lag and replay limits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_speed_reader_gets_every_burst_whole() {
-    let s = Server::default().await;
+    let s = Server::start(bulk_config()).await;
     for chunks in [40usize, 160] {
         let body = json!({"options": {"chunks": chunks, "chunk_bytes": 65536}});
         let text = read_all(http().post(s.url(CHAT)).json(&body).send().await.unwrap()).await;
@@ -78,7 +78,7 @@ async fn a_small_replay_buffer_paces_the_engine_instead_of_cutting_the_reader() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_member_at_loopback_speed_gets_a_burst_started_over_http() {
     const CHUNKS: usize = 160;
-    let s = Server::default().await;
+    let s = Server::start(bulk_config()).await;
     let session = "burst-room";
     let mut spec = sio_spec(
         &s,
@@ -117,7 +117,7 @@ async fn a_room_member_at_loopback_speed_gets_a_burst_started_over_http() {
 async fn a_stalled_reader_holds_the_stream_back_no_longer_than_slow_consumer_secs() {
     const CHUNKS: usize = 2000;
     const BYTES: usize = 16 * 1024; // 32 MiB in all: more than any kernel buffers hold
-    let mut c = config();
+    let mut c = bulk_config();
     c.replay.max_bytes = 1 << 20;
     c.limits.max_lag_bytes = 256 * 1024;
     c.limits.slow_consumer_secs = 1;

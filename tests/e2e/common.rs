@@ -52,6 +52,21 @@ pub fn routes_file(routes_toml: &str) -> PathBuf {
     path
 }
 
+/// A test config for bulk streams: the shipped routes with 64 KiB chunks allowed, and room
+/// for 64 MiB of text per stream.
+pub fn bulk_config() -> Config {
+    let shipped = std::fs::read_to_string(repo().join("routes.toml")).unwrap();
+    let routes = shipped.replace("max_chunk_bytes = 4096", "max_chunk_bytes = 65536");
+    assert_ne!(
+        routes, shipped,
+        "the shipped chat route sets max_chunk_bytes = 4096"
+    );
+    let mut c = config();
+    c.routes_file = routes_file(&routes);
+    c.limits.max_output_bytes = 64 << 20;
+    c
+}
+
 /// A test config: the shipped routes, a copy of the shipped flags, tight timings.
 pub fn config() -> Config {
     let mut c = Config {

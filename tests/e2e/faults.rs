@@ -578,7 +578,7 @@ async fn stalled_readers_on_both_transports_end_alone_and_fast_readers_keep_thei
     // later, is cut (the log holds the whole stream: nobody else is held back).
     const CHUNKS: u64 = 300;
     const BYTES: u64 = 32 * 1024;
-    let mut c = config();
+    let mut c = bulk_config();
     c.limits.max_lag_bytes = 64 * 1024;
     c.limits.slow_consumer_secs = 1;
     c.limits.socketio_buffer = 16;

@@ -313,7 +313,7 @@ async fn client_gone_cancels_the_engine_work() {
 
 #[tokio::test]
 async fn an_http_reader_that_stops_longer_than_slow_consumer_secs_is_cut() {
-    let mut c = config();
+    let mut c = bulk_config();
     c.limits.max_lag_bytes = 64 * 1024;
     c.limits.slow_consumer_secs = 1;
     c.replay.max_bytes = 64 << 20;
