@@ -505,6 +505,26 @@ mod tests {
     }
 
     #[test]
+    fn the_worst_case_adds_up_the_bounds() {
+        let mut c = Config::default();
+        c.replay.max_bytes = 1 << 20;
+        c.limits.max_output_bytes = 2 << 20;
+        c.limits.max_live_bytes = 100 << 20;
+        c.replay.max_total_bytes = 10 << 20;
+        c.limits.max_connections = 100;
+        let w = c.worst_case();
+        assert_eq!(w.per_stream, 5 << 20);
+        assert_eq!(w.live, 200 << 20, "twice the budget");
+        assert_eq!(w.retained, 10 << 20);
+        assert_eq!(w.connections, 100 * CONNECTION_COST);
+        assert_eq!(w.total(), (210 << 20) + 100 * CONNECTION_COST);
+        // Few streams: never more than they can hold.
+        c.limits.max_streams = 3;
+        assert_eq!(c.worst_case().live, 15 << 20);
+        assert!(w.to_string().contains("total"));
+    }
+
+    #[test]
     fn typos_and_bad_values_are_refused() {
         Jail::expect_with(|jail| {
             jail.create_file("a.toml", "[limits]\nmax_stream = 7\n")?;

@@ -484,7 +484,7 @@ async fn the_panic_drill_is_refused_where_the_route_does_not_enable_it() {
 /// A lean Socket.IO v5 client over WebSocket, for volume and for readers that stop
 /// reading (the Node and Python clients always read). It speaks just enough: the
 /// Engine.IO open, the namespace connect, events, acks and pongs.
-struct Lean {
+pub(crate) struct Lean {
     ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
     next_ack: u64,
 }
@@ -492,7 +492,11 @@ struct Lean {
 impl Lean {
     /// Connects to `/` with the handshake `auth`; `rcvbuf` shrinks the socket's receive
     /// buffer, so a client that stops reading is felt by the server at once.
-    async fn connect(addr: std::net::SocketAddr, auth: Value, rcvbuf: Option<u32>) -> Lean {
+    pub(crate) async fn connect(
+        addr: std::net::SocketAddr,
+        auth: Value,
+        rcvbuf: Option<u32>,
+    ) -> Lean {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         if let Some(n) = rcvbuf {
             socket.set_recv_buffer_size(n).unwrap();
@@ -532,7 +536,7 @@ impl Lean {
     }
 
     /// Emits `event` with `data` and an ack id; returns the id.
-    async fn emit(&mut self, event: &str, data: Value) -> u64 {
+    pub(crate) async fn emit(&mut self, event: &str, data: Value) -> u64 {
         let id = self.next_ack;
         self.next_ack += 1;
         self.send_text(format!("42{id}{}", json!([event, data])))
@@ -555,7 +559,7 @@ impl Lean {
     }
 
     /// Reads with a deadline; `None` when the connection closed.
-    async fn next_within(&mut self, limit: Duration) -> Option<(String, Value)> {
+    pub(crate) async fn next_within(&mut self, limit: Duration) -> Option<(String, Value)> {
         tokio::time::timeout(limit, self.next())
             .await
             .expect("a Socket.IO packet in time")
@@ -992,7 +996,7 @@ async fn http_stream(
 }
 
 /// Starts the real binary on an ephemeral port with `env`; returns it and its address.
-async fn spawn_switchyard(env: &[(&str, String)]) -> (tokio::process::Child, String) {
+pub(crate) async fn spawn_switchyard(env: &[(&str, String)]) -> (tokio::process::Child, String) {
     use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap().keep();
     let flags = shipped_flags_dir();
@@ -1346,7 +1350,7 @@ async fn census(scraper: &reqwest::Client, base: &str) -> Census {
 }
 
 /// Resident memory of a process, in bytes.
-fn rss(pid: u32) -> u64 {
+pub(crate) fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: u64 = status
         .lines()
