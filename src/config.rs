@@ -209,7 +209,7 @@ impl Default for Limits {
             header_timeout_secs: 30,
             max_lag_bytes: 1024 * 1024,
             slow_consumer_secs: 10,
-            max_output_bytes: 8 * 1024 * 1024,
+            max_output_bytes: 1024 * 1024,
             max_live_bytes: 1024 * 1024 * 1024,
             socketio_max_payload: 1_000_000,
             socketio_buffer: 128,

@@ -445,6 +445,32 @@ fn valid_route_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
 }
 
+/// A `[route.http]` key that takes one of a few names: the first choice when absent,
+/// `None` (with the problem reported) when it names none of them.
+fn one_of<T: Copy>(
+    table: Option<&toml::Table>,
+    key: &str,
+    what: &str,
+    choices: &[(&str, T)],
+    p: &mut RouteProblems<'_>,
+) -> Option<T> {
+    let value = match table.and_then(|t| t.get(key)) {
+        None => return choices.first().map(|c| c.1),
+        Some(v) => v,
+    };
+    let found = value
+        .as_str()
+        .and_then(|s| choices.iter().find(|c| c.0 == s).map(|c| c.1));
+    if found.is_none() {
+        let names: Vec<String> = choices.iter().map(|c| format!("\"{}\"", c.0)).collect();
+        p.add(
+            format!("http.{key}"),
+            format!("`{value}` is not {what} (expected {})", names.join(" or ")),
+        );
+    }
+    found
+}
+
 fn parse_http(v: Option<&toml::Value>, p: &mut RouteProblems<'_>) -> Option<HttpSide> {
     let (path, table) = match v {
         Some(toml::Value::String(s)) => (Some(s.clone()), None),
@@ -503,32 +529,31 @@ fn parse_http(v: Option<&toml::Value>, p: &mut RouteProblems<'_>) -> Option<Http
             ok = false;
         }
     }
-    let sse_framing = match table.and_then(|t| t.get("sse_framing")) {
-        None => SseFraming::Named,
-        Some(toml::Value::String(s)) if s == "named" => SseFraming::Named,
-        Some(toml::Value::String(s)) if s == "data_only" => SseFraming::DataOnly,
-        Some(other) => {
-            p.add(
-                "http.sse_framing",
-                format!("`{other}` is not a framing (expected \"named\" or \"data_only\")"),
-            );
-            ok = false;
-            SseFraming::Named
-        }
-    };
-    let default_format = match table.and_then(|t| t.get("default_format")) {
-        None => HttpFormat::Ndjson,
-        Some(toml::Value::String(s)) if s == "ndjson" => HttpFormat::Ndjson,
-        Some(toml::Value::String(s)) if s == "sse" => HttpFormat::Sse,
-        Some(other) => {
-            p.add(
-                "http.default_format",
-                format!("`{other}` is not a response format (expected \"sse\" or \"ndjson\")"),
-            );
-            ok = false;
-            HttpFormat::Ndjson
-        }
-    };
+    let sse_framing = one_of(
+        table,
+        "sse_framing",
+        "a framing",
+        &[
+            ("named", SseFraming::Named),
+            ("data_only", SseFraming::DataOnly),
+        ],
+        p,
+    )
+    .unwrap_or_else(|| {
+        ok = false;
+        SseFraming::Named
+    });
+    let default_format = one_of(
+        table,
+        "default_format",
+        "a response format",
+        &[("ndjson", HttpFormat::Ndjson), ("sse", HttpFormat::Sse)],
+        p,
+    )
+    .unwrap_or_else(|| {
+        ok = false;
+        HttpFormat::Ndjson
+    });
     let request = parse_request_template(table.and_then(|t| t.get("request")), "http", p);
     let emit = parse_emit_map(
         table.and_then(|t| t.get("emit")),

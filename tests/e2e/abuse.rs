@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::common::*;
-use crate::faults::{Lean, rss, spawn_switchyard};
+use crate::faults::{Lean, proc_status_bytes, rss, spawn_switchyard};
 
 /// A stream whose text outgrows `limits.max_output_bytes` ends with its own error, on
 /// HTTP and on Socket.IO: never a completion with a cut-short text.
@@ -330,11 +330,18 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// Latency of the three transports for a well-behaved client: (NDJSON, SSE, Socket.IO).
-async fn well_behaved(base: &str, addr: std::net::SocketAddr, rounds: usize) -> [Duration; 3] {
+/// Median latency of the three transports for a well-behaved client, over at least
+/// `rounds` rounds and at least `window`: (NDJSON, SSE, Socket.IO).
+async fn well_behaved(
+    base: &str,
+    addr: std::net::SocketAddr,
+    rounds: usize,
+    window: Duration,
+) -> [Duration; 3] {
     let mut lean = Lean::connect(addr, json!({}), None).await;
     let (mut n, mut s, mut k) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
+    let start = Instant::now();
+    while n.len() < rounds || start.elapsed() < window {
         n.push(small_stream(base, false).await);
         s.push(small_stream(base, true).await);
         k.push(small_socket_stream(&mut lean).await);
@@ -342,18 +349,9 @@ async fn well_behaved(base: &str, addr: std::net::SocketAddr, rounds: usize) -> 
     [median(n), median(s), median(k)]
 }
 
+/// Peak resident memory of a process, in bytes.
 fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .unwrap();
-    kb * 1024
+    proc_status_bytes(pid, "VmHWM:")
 }
 
 const MIB: u64 = 1 << 20;
@@ -379,7 +377,7 @@ async fn one_anonymous_client_cannot_take_the_bridges_memory() {
     let pid = child.id().unwrap();
     let base = format!("http://{addr}");
     let sock: std::net::SocketAddr = addr.parse().unwrap();
-    let unloaded = well_behaved(&base, sock, 5).await;
+    let unloaded = well_behaved(&base, sock, 5, Duration::ZERO).await;
     let huge = json!({"messages": [{"role": "user", "content": "x"}],
                       "options": {"chunks": 100000, "chunk_bytes": 4096}});
 
@@ -415,7 +413,9 @@ async fn one_anonymous_client_cannot_take_the_bridges_memory() {
             .unwrap();
         attackers.push(conn);
     }
-    let during = well_behaved(&base, sock, 5).await;
+    // Through the whole attack: its streams fill the budget, their readers are cut
+    // (slow_consumer_secs), and they are cancelled (orphan grace), each with its text.
+    let during = well_behaved(&base, sock, 5, Duration::from_secs(6)).await;
     let peak_attack2 = peak_rss(pid);
     drop(attackers);
     let after = rss(pid);

@@ -1351,10 +1351,15 @@ async fn census(scraper: &reqwest::Client, base: &str) -> Census {
 
 /// Resident memory of a process, in bytes.
 pub(crate) fn rss(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmRSS:")
+}
+
+/// A size field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:` for the peak), in bytes.
+pub(crate) fn proc_status_bytes(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .unwrap()
         .trim()
         .trim_end_matches(" kB")
