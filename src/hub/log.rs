@@ -15,6 +15,9 @@
 //! end). A cursor that keeps reading is never cut, whatever the producer's bursts; one more
 //! than `max_lag_bytes` behind whose next event has waited `stall` for it is, even while
 //! memory allows more.
+//!
+//! Each stream charges what it holds (its log and the text kept for its completion) to
+//! the hub's [`LiveBudget`] as it changes, and releases it when it finishes.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

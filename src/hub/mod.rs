@@ -1,7 +1,8 @@
 //! The stream hub: every live or recently finished stream, and the session taps.
 //!
-//! Owns the registry (request id → [`Stream`]), the capacity and duplicate checks, the
-//! retention of finished streams for resume, and session following (a tap receives a
+//! Owns the registry (request id → [`Stream`]), the capacity and duplicate checks (the
+//! live memory budget among them), the retention of finished streams for resume, and
+//! session following (a tap receives a
 //! cursor on every stream of its session). It never encodes for a wire, never runs an
 //! engine, and never blocks a producer on a subscriber.
 
