@@ -32,8 +32,6 @@ use crate::routes::{RouteName, Routes};
 
 /// How often shutdown re-checks whether streams have finished.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
-/// After the last stream ended at shutdown, how long subscribers get to write it out.
-const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct Bridge {
@@ -279,8 +277,9 @@ impl Bridge {
         for s in &rest {
             s.stop(EndReason::Shutdown);
         }
-        wait_until(FLUSH_LIMIT, || hub.running() == 0).await;
-        wait_until(FLUSH_LIMIT, || {
+        let flush = Duration::from_secs(self.inner.config.shutdown.flush_secs);
+        wait_until(flush, || hub.running() == 0).await;
+        wait_until(flush, || {
             hub.live_streams().is_empty() && rest.iter().all(|s| s.subscribers() == 0)
         })
         .await;

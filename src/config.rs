@@ -251,11 +251,25 @@ pub struct ShutdownConfig {
     /// Seconds running streams get to finish after SIGTERM/Ctrl-C before they are ended
     /// with `shutdown`.
     pub grace_secs: u64,
+    /// Seconds subscribers get, once the last stream has ended, to write out its last
+    /// events before session followers are closed.
+    pub flush_secs: u64,
+    /// Seconds Socket.IO clients on long-polling get, after that, to fetch their last
+    /// packets before the sockets are closed (closing drops what a poll has not fetched).
+    pub poll_flush_secs: u64,
+    /// Seconds open connections get, at the very end, to close by themselves before the
+    /// process exits anyway.
+    pub close_secs: u64,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig { grace_secs: 30 }
+        ShutdownConfig {
+            grace_secs: 30,
+            flush_secs: 5,
+            poll_flush_secs: 2,
+            close_secs: 5,
+        }
     }
 }
 
@@ -454,6 +468,14 @@ mod tests {
             assert_eq!(c.limits.max_lag_bytes, 1 << 20);
             assert_eq!(c.limits.slow_consumer_secs, 10);
             assert_eq!(c.shutdown.grace_secs, 30);
+            assert_eq!(
+                (
+                    c.shutdown.flush_secs,
+                    c.shutdown.poll_flush_secs,
+                    c.shutdown.close_secs
+                ),
+                (5, 2, 5)
+            );
             Ok(())
         });
     }

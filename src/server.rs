@@ -28,9 +28,6 @@ use crate::capacity::Refused;
 use crate::error::ApiError;
 use crate::transport::{cors, http, polling, socketio};
 
-/// After the streams are drained, how long open connections get to close by themselves.
-const CLOSE_LIMIT: Duration = Duration::from_secs(5);
-
 /// Most headers in one request head (hyper's default is 100).
 const MAX_HEADERS: usize = 100;
 
@@ -50,10 +47,6 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
-
-/// After the drain, how long polling clients get to fetch their last packets before the
-/// sockets are closed (closing drops what a polling session has not fetched yet).
-const POLL_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 /// The whole service: HTTP routes, with Socket.IO at `/socket.io/`.
 pub fn app(bridge: Bridge) -> (Router, SocketIo) {
@@ -134,6 +127,11 @@ pub async fn run(
     let (router, io, pacer) = assemble(bridge.clone());
     tokio::spawn(bridge.flags().clone().watch());
     let limits = &bridge.config().limits;
+    let shutdown_limits = &bridge.config().shutdown;
+    // After the drain: how long polling clients get to fetch their last packets, then how
+    // long open connections get to close by themselves.
+    let poll_flush = Duration::from_secs(shutdown_limits.poll_flush_secs);
+    let close_limit = Duration::from_secs(shutdown_limits.close_secs);
     let mut conn = http1::Builder::new();
     conn.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(limits.header_timeout_secs))
@@ -149,9 +147,7 @@ pub async fn run(
     let drained = async move {
         shutdown.await;
         bridge.drain().await;
-        pacer
-            .flushed(std::time::Instant::now(), POLL_FLUSH_LIMIT)
-            .await;
+        pacer.flushed(std::time::Instant::now(), poll_flush).await;
         io.close().await;
     };
     tokio::pin!(drained);
@@ -204,7 +200,7 @@ pub async fn run(
     drop(closing_rx);
     closing.send_replace(true);
     // Every connection task holds a receiver: all closed once none is left.
-    if tokio::time::timeout(CLOSE_LIMIT, closing.closed())
+    if tokio::time::timeout(close_limit, closing.closed())
         .await
         .is_err()
     {
