@@ -33,6 +33,15 @@ use crate::routes::{RouteName, Routes};
 /// How often shutdown re-checks whether streams have finished.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
+/// Why a bridge could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error(transparent)]
+    Flags(#[from] FlagsError),
+    #[error("route {route}: its engine cannot start: {error}")]
+    Engine { route: String, error: EngineError },
+}
+
 #[derive(Clone)]
 pub struct Bridge {
     inner: Arc<Inner>,
@@ -51,15 +60,24 @@ struct Inner {
 }
 
 impl Bridge {
-    /// Builds the bridge; fails when the flags file cannot be loaded.
-    pub fn new(config: Config, routes: Routes) -> Result<Bridge, FlagsError> {
+    /// Builds the bridge; fails when the flags file cannot be loaded or an engine cannot
+    /// be built.
+    pub fn new(config: Config, routes: Routes) -> Result<Bridge, BridgeError> {
         let names = routes.iter().map(|r| r.name.to_string()).collect();
         let metrics = Metrics::new(&routes);
         let flags = FlagStore::open(&config.flags_dir, names, metrics.clone())?;
         let engines = routes
             .iter()
-            .map(|r| (r.name.clone(), r.engine.build()))
-            .collect();
+            .map(|r| {
+                r.engine
+                    .build()
+                    .map(|e| (r.name.clone(), e))
+                    .map_err(|error| BridgeError::Engine {
+                        route: r.name.to_string(),
+                        error,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
         let hub = Hub::new(HubConfig {
             max_streams: config.limits.max_streams,
             max_streams_per_subject: config.limits.max_streams_per_subject,

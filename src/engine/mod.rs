@@ -136,12 +136,14 @@ impl EngineSpec {
         }
     }
 
-    pub fn build(&self) -> Arc<dyn Engine> {
-        match self {
+    /// The engine, ready to serve; fails when it cannot be (an upstream client that cannot
+    /// be built), at start-up rather than on every request.
+    pub fn build(&self) -> Result<Arc<dyn Engine>, EngineError> {
+        Ok(match self {
             EngineSpec::Script(limits) => Arc::new(script::ScriptEngine::new(limits.clone())),
-            EngineSpec::Ndjson(spec) => Arc::new(ndjson::NdjsonEngine::new(spec.clone())),
-            EngineSpec::Chat(spec) => Arc::new(openai::ChatEngine::new(spec.clone())),
-        }
+            EngineSpec::Ndjson(spec) => Arc::new(ndjson::NdjsonEngine::new(spec.clone())?),
+            EngineSpec::Chat(spec) => Arc::new(openai::ChatEngine::new(spec.clone())?),
+        })
     }
 
     /// The engine kind, as in routes.toml.

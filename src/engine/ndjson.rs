@@ -49,9 +49,10 @@ pub struct NdjsonEngine {
 }
 
 impl NdjsonEngine {
-    pub fn new(spec: NdjsonSpec) -> NdjsonEngine {
-        let client = spec.upstream.client().unwrap_or_default();
-        NdjsonEngine { spec, client }
+    /// Fails when its HTTP client cannot be built (the bridge then refuses to start).
+    pub fn new(spec: NdjsonSpec) -> Result<NdjsonEngine, EngineError> {
+        let client = spec.upstream.client()?;
+        Ok(NdjsonEngine { spec, client })
     }
 }
 

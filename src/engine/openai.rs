@@ -79,9 +79,10 @@ pub struct ChatEngine {
 }
 
 impl ChatEngine {
-    pub fn new(spec: ChatSpec) -> ChatEngine {
-        let client = spec.upstream.client().unwrap_or_default();
-        ChatEngine { spec, client }
+    /// Fails when its HTTP client cannot be built (the bridge then refuses to start).
+    pub fn new(spec: ChatSpec) -> Result<ChatEngine, EngineError> {
+        let client = spec.upstream.client()?;
+        Ok(ChatEngine { spec, client })
     }
 }
 
