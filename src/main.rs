@@ -4,10 +4,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod cli;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchyard::config::Config;
-use switchyard::flags::{Flags, client};
+use switchyard::flags::Flags;
 use switchyard::routes::Routes;
 use switchyard::{Bridge, server};
 
@@ -51,7 +53,7 @@ enum Command {
 #[command(next_help_heading = "Admin API")]
 struct FlagsConn {
     /// Base URL of the bridge.
-    #[arg(long, global = true, env = "SWITCHYARD_URL", default_value = client::DEFAULT_URL)]
+    #[arg(long, global = true, env = "SWITCHYARD_URL", default_value = cli::flags::DEFAULT_URL)]
     url: String,
     /// Admin bearer token (prefer the environment variable).
     #[arg(
@@ -74,7 +76,7 @@ enum FlagsCmd {
     /// Every route's flag table, the flags version and the last reload result.
     List,
     /// Replace a route's whole flag table (absent options take their defaults).
-    Set(client::SetArgs),
+    Set(cli::flags::SetArgs),
     /// Kill switch: put a route back to legacy (Socket.IO) at once.
     Rollback {
         /// Route name, as in routes.toml.
@@ -89,20 +91,20 @@ enum FlagsCmd {
 }
 
 fn flags(conn: FlagsConn, command: FlagsCmd) -> anyhow::Result<ExitCode> {
-    use client::FlagsCommand;
+    use cli::flags::FlagsCommand;
     let cmd = match command {
         FlagsCmd::List => FlagsCommand::List,
         FlagsCmd::Set(args) => FlagsCommand::Set(args),
         FlagsCmd::Rollback { route } => FlagsCommand::Rollback { route },
         FlagsCmd::History { limit } => FlagsCommand::History { limit },
     };
-    let opts = client::ClientOptions {
+    let opts = cli::flags::ClientOptions {
         url: conn.url,
         token: conn.token,
         actor: conn.actor,
         json: conn.json,
     };
-    println!("{}", client::run_blocking(&opts, &cmd)?);
+    println!("{}", cli::flags::run_blocking(&opts, &cmd)?);
     Ok(ExitCode::SUCCESS)
 }
 

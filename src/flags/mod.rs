@@ -10,15 +10,14 @@
 //!   [`Enforcement`] (what a request on a given transport gets).
 //! - [`store`]: the flags in force, `flags.toml` (watched, written atomically) and the
 //!   audit log; the only part that does file I/O.
-//! - [`client`]: the `switchyard flags` ops command's calls to the admin API.
 //!
 //! [`model`] and [`eval`] must not touch: no I/O, no file watching, no HTTP, no metrics,
 //! no locks, no clock. Reading and writing `flags.toml` and `audit.jsonl`, reloading and
-//! the admin API live in [`store`], [`client`] and the admin routes, and call in here;
+//! the admin API live in [`store`] and the admin routes (and the `switchyard flags`
+//! command of the binary, over HTTP), and call in here;
 //! everything in [`model`] and [`eval`] is a pure function of its arguments, and
 //! evaluation does not allocate.
 
-pub mod client;
 pub mod eval;
 pub mod model;
 pub mod store;

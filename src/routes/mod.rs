@@ -436,7 +436,8 @@ fn parse_route(raw: &toml::Value, p: &mut RouteProblems<'_>) -> Option<Route> {
     })
 }
 
-fn valid_route_name(s: &str) -> bool {
+/// Route names: 1 to 64 of a-z, 0-9, `_`, `-`, starting with a letter.
+pub fn valid_route_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 64

@@ -5,13 +5,15 @@
 //! actionable line ([`ClientError`]), and the human (tables) and `--json` rendering of the
 //! answers. [`run`] returns the text to print, so every command is testable without a terminal.
 //!
-//! Must not: read or write server state or files (`flags/flags.toml`, `flags/audit.jsonl`),
-//! or use the server's flag types. It speaks JSON over HTTP only ([`serde_json::Value`]), so it
-//! works against any bridge that serves the admin API, and it never prints the token.
+//! Must not: read or write server state or files (`flags/flags.toml`, `flags/audit.jsonl`).
+//! It speaks to a running bridge over HTTP only, and it never prints the token. Its local
+//! checks are the server's own rules ([`Mode`], [`Sticky`], [`Percent`], [`SubjectRef`],
+//! route names), so an input the CLI refuses is one the bridge would refuse.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use switchyard::flags::{Mode, Percent, Sticky, SubjectRef};
 
 /// Where the bridge listens unless `--url` / `SWITCHYARD_URL` says otherwise.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
@@ -19,10 +21,6 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 /// The whole exchange (connect, send, read the answer) must finish within this.
 const TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-const MODES: [&str; 4] = ["legacy", "dual", "rollout", "new"];
-const STICKY_KEYS: [&str; 3] = ["user", "session", "tenant"];
-const SUBJECT_KINDS: [&str; 3] = ["user", "session", "tenant"];
 
 /// How to reach the admin API and how to print its answers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -208,13 +206,15 @@ pub fn plan(cmd: &FlagsCommand) -> Result<Call, ClientError> {
 
 /// Builds the whole route table a `set` sends, with every field explicit.
 pub fn build_table(args: &SetArgs) -> Result<Value, ClientError> {
-    let mode = args.mode.trim();
-    if !MODES.contains(&mode) {
+    let Some(mode) = Mode::parse(args.mode.trim()) else {
+        let modes: Vec<&str> = Mode::ALL.iter().map(|m| m.as_str()).collect();
+        let (last, rest) = modes.split_last().unwrap_or((&"", &[]));
         return Err(invalid(format!(
-            "invalid --mode '{}': expected legacy, dual, rollout or new",
-            args.mode
+            "invalid --mode '{}': expected {} or {last}",
+            args.mode,
+            rest.join(", ")
         )));
-    }
+    };
     let basis_points = match &args.percent {
         None => 0,
         Some(p) => parse_percent(p).ok_or_else(|| {
@@ -224,13 +224,12 @@ pub fn build_table(args: &SetArgs) -> Result<Value, ClientError> {
         })?,
     };
     let sticky = match &args.sticky {
-        None => "user",
-        Some(s) if STICKY_KEYS.contains(&s.trim()) => s.trim(),
-        Some(s) => {
-            return Err(invalid(format!(
+        None => Sticky::default(),
+        Some(s) => Sticky::parse(s.trim()).ok_or_else(|| {
+            invalid(format!(
                 "invalid --sticky '{s}': expected user, session or tenant"
-            )));
-        }
+            ))
+        })?,
     };
     let allow = check_entries("--allow", &args.allow)?;
     let deny = check_entries("--deny", &args.deny)?;
@@ -240,53 +239,29 @@ pub fn build_table(args: &SetArgs) -> Result<Value, ClientError> {
         )));
     }
     Ok(json!({
-        "mode": mode,
+        "mode": mode.as_str(),
         "percent": f64::from(basis_points) / 100.0,
-        "sticky": sticky,
+        "sticky": sticky.as_str(),
         "allow": allow,
         "deny": deny,
         "strict": args.strict,
     }))
 }
 
-/// Parses a percentage with at most two decimals into basis points (`25.37` → 2537), exactly,
-/// as the bridge does; `None` when malformed or outside 0..=100. A trailing `%` is accepted.
+/// Parses a percentage into basis points (`25.37` → 2537) by the bridge's own rule
+/// ([`Percent`]: at most two decimals, `0..=100`, converted exactly); `None` when it
+/// refuses it. A trailing `%` is accepted.
 pub fn parse_percent(text: &str) -> Option<u32> {
     let t = text.trim();
     let t = t.strip_suffix('%').unwrap_or(t).trim_end();
-    let (int, frac) = match t.split_once('.') {
-        Some((i, f)) => (i, f),
-        None => (t, ""),
-    };
-    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if int.is_empty()
-        || int.len() > 3
-        || !digits(int)
-        || frac.len() > 2
-        || !digits(frac)
-        || (t.contains('.') && frac.is_empty())
-    {
-        return None;
-    }
-    let int: u32 = int.parse().ok()?;
-    let frac: u32 = match frac.len() {
-        0 => 0,
-        1 => frac.parse::<u32>().ok()? * 10,
-        _ => frac.parse().ok()?,
-    };
-    let bp = int * 100 + frac;
-    (bp <= 10_000).then_some(bp)
+    t.parse::<Percent>()
+        .ok()
+        .map(|p| u32::from(p.basis_points()))
 }
 
-/// Route names as routes.toml allows them: 1 to 64 of a-z, 0-9, `_`, `-`, starting with a letter.
+/// Route names as routes.toml allows them (the routes file's own rule).
 fn check_route(route: &str) -> Result<(), ClientError> {
-    let b = route.as_bytes();
-    let ok = !b.is_empty()
-        && b.len() <= 64
-        && b[0].is_ascii_lowercase()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-');
-    if ok {
+    if switchyard::routes::valid_route_name(route) {
         Ok(())
     } else {
         Err(invalid(format!(
@@ -301,8 +276,8 @@ fn check_entries(option: &str, entries: &[String]) -> Result<Vec<String>, Client
     for raw in entries {
         let entry = raw.trim();
         let ok = entry
-            .split_once(':')
-            .is_some_and(|(kind, value)| SUBJECT_KINDS.contains(&kind) && !value.trim().is_empty());
+            .parse::<SubjectRef>()
+            .is_ok_and(|r| !r.value.trim().is_empty());
         if !ok {
             return Err(invalid(format!(
                 "invalid {option} '{raw}': expected kind:value with kind user, session or tenant (e.g. user:alice)"
@@ -1033,11 +1008,14 @@ mod tests {
         assert_eq!(parse_percent("0"), Some(0));
         assert_eq!(parse_percent("100.00"), Some(10_000));
         for bad in [
-            "25.375", "100.01", "101", "-1", "abc", "", ".5", "5.", "1e2", "0x10", "1000", "+5",
-            "2 5",
+            "25.375", "100.01", "101", "-1", "abc", "", "0x10", "1000", "2 5", "1e3",
         ] {
             assert_eq!(parse_percent(bad), None, "{bad:?} should be refused");
         }
+        // The bridge's own rule: any decimal literal with the same exact value.
+        assert_eq!(parse_percent(".5"), Some(50));
+        assert_eq!(parse_percent("+5"), Some(500));
+        assert_eq!(parse_percent("2.537e1"), Some(2537));
         assert_eq!(format_percent(25.0), "25");
         assert_eq!(format_percent(25.37), "25.37");
         assert_eq!(format_percent(9.95), "9.95");
