@@ -29,6 +29,10 @@ BUILTINS = {
     "__interval": "15s", "__interval_ms": "15000",
     "__range": "5m", "__range_s": "300", "__range_ms": "300000",
 }
+# Dashboard variables the check substitutes itself: every instance, and each transport in
+# turn (as a repeated panel shows one per transport).
+INSTANCE_ALL = ".*"
+TRANSPORTS = ["socketio", "ndjson", "sse"]
 VAR_RE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)(?::\w+)?\]\]|\$(\w+)")
 
 
@@ -176,17 +180,20 @@ def collect(dash_path):
     board = os.path.basename(dash_path).removesuffix(".json")
     exprs = []
     for p in walk_panels(d.get("panels")):
+        # A panel with `noValue` shows it when its query is empty (latency quantiles before
+        # any sample, SPEC 9): an empty answer is then what it should get.
+        may_be_empty = bool(((p.get("fieldConfig") or {}).get("defaults") or {}).get("noValue"))
         for t in p.get("targets") or []:
             if t.get("expr"):
-                exprs.append((f"{board}: {p.get('title', '?')} [{t.get('refId', '?')}]", t["expr"]))
+                exprs.append((f"{board}: {p.get('title', '?')} [{t.get('refId', '?')}]", t["expr"], may_be_empty))
     for a in d.get("annotations", {}).get("list", []):
         if a.get("builtIn"):
             continue
         found = {e for e in ((a.get("target") or {}).get("expr"), a.get("expr")) if e}
         if not found:
-            exprs.append((f"{board}: annotation {a.get('name')}", ""))
+            exprs.append((f"{board}: annotation {a.get('name')}", "", False))
         for e in sorted(found):
-            exprs.append((f"{board}: annotation {a.get('name')}", e))
+            exprs.append((f"{board}: annotation {a.get('name')}", e, False))
     variables = [v for v in d.get("templating", {}).get("list", []) if v.get("type") == "query"]
     return board, exprs, variables
 
@@ -207,13 +214,17 @@ def label_values(prom, q):
     return doc.get("data", []), None
 
 
-def substitute(expr, route):
+def substitute(expr, route, transport=""):
     unknown = []
 
     def repl(m):
         name = m.group(1) or m.group(2) or m.group(3)
         if name == "route":
             return route
+        if name == "instance":
+            return INSTANCE_ALL
+        if name == "transport":
+            return transport
         if name in BUILTINS:
             return BUILTINS[name]
         unknown.append(name)
@@ -236,7 +247,7 @@ def cmd_queries(prom, *dash_paths):
     print("\nTemplate variables")
     for board, _, variables in boards:
         for v in variables:
-            q = var_query(v)
+            q, _ = substitute(var_query(v), "")
             vals, err = label_values(prom, q)
             if err or not vals:
                 failures += 1
@@ -251,9 +262,11 @@ def cmd_queries(prom, *dash_paths):
 
     # Unique expressions, in order, with every place each one is used.
     uses = {}
+    may_be_empty = {}
     for _, exprs, _ in boards:
-        for where, expr in exprs:
+        for where, expr, empty_ok in exprs:
             uses.setdefault(expr, []).append(where)
+            may_be_empty[expr] = may_be_empty.get(expr, True) and empty_ok
 
     print(f"\nPromQL expressions ({len(uses)} unique; $route = {', '.join(routes)}; "
           f"$__rate_interval={BUILTINS['__rate_interval']}, $__interval={BUILTINS['__interval']}, "
@@ -261,12 +274,14 @@ def cmd_queries(prom, *dash_paths):
     print(f"  {'#':>3}  {'result':<6}  {'series per route':<46}  expression  (used in)")
     for i, (expr, wheres) in enumerate(uses.items(), start=1):
         per_route = routes if re.search(r"\$\{?route\b|\[\[route", expr) else [None]
+        per_transport = TRANSPORTS if re.search(r"\$\{?transport\b|\[\[transport", expr) else [None]
         cells, ok = [], bool(expr)
         if not expr:
             cells.append("no expr")
-        for route in per_route:
-            q, unknown = substitute(expr, route or "")
-            tag = f"{route}:" if route else ""
+        for route, transport in ((r, t) for r in per_route for t in per_transport):
+            q, unknown = substitute(expr, route or "", transport or "")
+            tag = ":".join(x for x in (route, transport) if x)
+            tag = f"{tag}:" if tag else ""
             if unknown:
                 ok = False
                 cells.append(f"{tag}unknown ${','.join(unknown)}")
@@ -284,7 +299,9 @@ def cmd_queries(prom, *dash_paths):
             else:
                 n = len(result or [])
                 nan = sum(1 for s in result or [] if str((s.get("value") or [0, ""])[1]).lower() == "nan")
-            if n == 0:
+            if n == 0 and may_be_empty.get(expr):
+                cells.append(f"{tag}no data")
+            elif n == 0:
                 ok = False
                 cells.append(f"{tag}EMPTY")
             else:
