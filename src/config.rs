@@ -440,9 +440,10 @@ impl Config {
         }
     }
 
-    /// `flags_dir/flags.toml`.
+    /// The flags file `serve` would read: `flags_dir/flags.toml`, or on a first run the
+    /// `flags.example.toml` it is created from.
     pub fn flags_file(&self) -> PathBuf {
-        self.flags_dir.join("flags.toml")
+        crate::flags::store::flags_source(&self.flags_dir)
     }
 }
 

@@ -1143,7 +1143,7 @@ strict = false          # rollout: refuse a request on the transport its subject
         assert!(f.get("agent").is_none());
         assert!(std::ptr::eq(f.route("agent"), f.route("tools")));
 
-        let shipped = include_str!("../../flags/flags.toml");
+        let shipped = include_str!("../../flags/flags.example.toml");
         let f = Flags::parse_toml(shipped, KNOWN).unwrap();
         for r in KNOWN {
             assert_eq!(f.route(r).mode, Mode::Dual, "{r}");

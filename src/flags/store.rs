@@ -63,14 +63,61 @@ pub struct FlagStore {
     metrics: Arc<Metrics>,
 }
 
+/// The flags file the bridge reads and writes, in the flags directory.
+pub const FLAGS_FILE: &str = "flags.toml";
+/// The shipped flags beside it: the tracked tree keeps only this example, and the live file
+/// (and the audit log) are runtime state, created from it on first run.
+pub const EXAMPLE_FILE: &str = "flags.example.toml";
+
+/// The file whose flags a bridge started on `dir` serves: `flags.toml`, or on a first run
+/// (no `flags.toml` yet) the example it would be created from.
+pub fn flags_source(dir: &Path) -> PathBuf {
+    let file = dir.join(FLAGS_FILE);
+    let example = dir.join(EXAMPLE_FILE);
+    if !file.exists() && example.exists() {
+        example
+    } else {
+        file
+    }
+}
+
+/// On a first run, creates `dir/flags.toml` from the example beside it; returns whether it
+/// did. A directory without either is left alone (reading it then fails clearly).
+fn create_from_example(dir: &Path) -> std::io::Result<bool> {
+    let file = dir.join(FLAGS_FILE);
+    let example = dir.join(EXAMPLE_FILE);
+    if file.exists() || !example.exists() {
+        return Ok(false);
+    }
+    write_atomically(&file, &std::fs::read_to_string(&example)?)?;
+    Ok(true)
+}
+
 impl FlagStore {
-    /// Loads `dir/flags.toml`; a missing or invalid file is an error at start-up.
+    /// Loads `dir/flags.toml` (created from `flags.example.toml` on a first run); a missing
+    /// or invalid file is an error at start-up.
     pub fn open(
         dir: &Path,
         routes: Vec<String>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<FlagStore>, FlagsError> {
-        let file = dir.join("flags.toml");
+        let file = dir.join(FLAGS_FILE);
+        match create_from_example(dir) {
+            Ok(true) => tracing::info!(
+                "created {} from {} (first run)",
+                file.display(),
+                EXAMPLE_FILE
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                return Err(FlagsError {
+                    problems: vec![format!(
+                        "{}: cannot create it from {EXAMPLE_FILE}: {e}",
+                        file.display()
+                    )],
+                });
+            }
+        }
         let text = std::fs::read_to_string(&file).map_err(|e| FlagsError {
             problems: vec![format!(
                 "{}: cannot read the flags file: {e}",
@@ -353,6 +400,25 @@ mod tests {
         let metrics = Metrics::new(&crate::routes::Routes::default());
         let s = FlagStore::open(dir.path(), vec!["chat".into(), "agent".into()], metrics).unwrap();
         (dir, s)
+    }
+
+    #[test]
+    fn a_first_run_creates_the_flags_file_from_the_example() {
+        let dir = tempfile::tempdir().unwrap();
+        let example = "version = 4\n[route.chat]\nmode = \"dual\"\n";
+        std::fs::write(dir.path().join(EXAMPLE_FILE), example).unwrap();
+        assert_eq!(flags_source(dir.path()), dir.path().join(EXAMPLE_FILE));
+        let metrics = Metrics::new(&crate::routes::Routes::default());
+        let s = FlagStore::open(dir.path(), vec!["chat".into()], metrics).unwrap();
+        assert_eq!(s.current().version, 4);
+        let file = dir.path().join(FLAGS_FILE);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), example);
+        assert_eq!(flags_source(dir.path()), file);
+        // From then on the live file is the truth; the example is never read again.
+        std::fs::write(&file, "version = 5\n").unwrap();
+        let metrics = Metrics::new(&crate::routes::Routes::default());
+        let s = FlagStore::open(dir.path(), vec!["chat".into()], metrics).unwrap();
+        assert_eq!(s.current().version, 5);
     }
 
     #[test]

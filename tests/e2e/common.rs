@@ -40,9 +40,10 @@ pub fn flags_dir(flags_toml: &str) -> PathBuf {
     dir
 }
 
-/// A fresh flags directory holding a copy of the shipped `flags/flags.toml`.
+/// A fresh flags directory holding a copy of the shipped flags (`flags/flags.example.toml`,
+/// what a first run starts from).
 pub fn shipped_flags_dir() -> PathBuf {
-    flags_dir(&std::fs::read_to_string(repo().join("flags/flags.toml")).unwrap())
+    flags_dir(&std::fs::read_to_string(repo().join("flags/flags.example.toml")).unwrap())
 }
 
 /// A fresh routes file holding `routes_toml`.
