@@ -10,13 +10,14 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::bridge::Bridge;
 use crate::error::ApiError;
 use crate::flags::RouteFlag;
-use crate::flags::store::{ChangeError, Changed};
+use crate::flags::store::{AuditEntry, ChangeError, Changed, ReloadStatus};
+use std::collections::BTreeMap;
 
 /// Most audit entries one call returns.
 const MAX_AUDIT: usize = 1000;
@@ -70,14 +71,28 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The answer of `GET /admin/flags` (the `switchyard flags` client reads it as this type).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlagsListing {
+    pub version: u64,
+    pub routes: BTreeMap<String, RouteFlag>,
+    pub reload: ReloadStatus,
+}
+
+/// The answer of `GET /admin/audit`: newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+}
+
 async fn list(State(b): State<Bridge>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&b, &headers)?;
     let flags = b.flags().current();
-    Ok(axum::Json(json!({
-        "version": flags.version,
-        "routes": flags.routes,
-        "reload": b.flags().status(),
-    }))
+    Ok(axum::Json(FlagsListing {
+        version: flags.version,
+        routes: flags.routes.clone(),
+        reload: b.flags().status(),
+    })
     .into_response())
 }
 
@@ -95,7 +110,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 }
 
 fn changed(c: Changed) -> Response {
-    axum::Json(json!({"version": c.version, "route": c.route, "flag": c.flag})).into_response()
+    axum::Json(c).into_response()
 }
 
 fn change_error(e: ChangeError) -> ApiError {
@@ -152,7 +167,10 @@ async fn audit(
 ) -> Result<Response, ApiError> {
     authorize(&b, &headers)?;
     let limit = q.limit.unwrap_or(100).min(MAX_AUDIT);
-    Ok(axum::Json(json!({"entries": b.flags().audit(limit)})).into_response())
+    Ok(axum::Json(AuditPage {
+        entries: b.flags().audit(limit),
+    })
+    .into_response())
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchyard::flags::{Mode, Percent, Sticky, SubjectRef};
+use switchyard::admin::{AuditPage, FlagsListing};
+use switchyard::flags::store::Changed;
+use switchyard::flags::{Mode, Percent, RouteFlag, Sticky, SubjectRef};
 
 /// Where the bridge listens unless `--url` / `SWITCHYARD_URL` says otherwise.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
@@ -517,62 +519,47 @@ fn render(
     answer: &Value,
     base: &str,
 ) -> Result<String, ClientError> {
-    let shape = |what: &str| ClientError::BadResponse {
-        url: base.to_owned(),
-        reason: format!("the answer has no {what}"),
-    };
-    match cmd {
-        FlagsCommand::List if !answer.get("routes").is_some_and(Value::is_object) => {
-            return Err(shape("`routes` object"));
-        }
-        FlagsCommand::History { .. } if !answer.get("entries").is_some_and(Value::is_array) => {
-            return Err(shape("`entries` list"));
-        }
-        FlagsCommand::Set(_) | FlagsCommand::Rollback { .. }
-            if !answer.get("flag").is_some_and(Value::is_object) =>
-        {
-            return Err(shape("`flag` object"));
-        }
-        _ => {}
+    // The answers are read as the admin API's own types: a bridge that answers something
+    // else is reported, never half-rendered.
+    fn read<T: serde::de::DeserializeOwned>(answer: &Value, base: &str) -> Result<T, ClientError> {
+        T::deserialize(answer).map_err(|e| ClientError::BadResponse {
+            url: base.to_owned(),
+            reason: format!("the answer is not the admin API's: {e}"),
+        })
     }
+    let text = match cmd {
+        FlagsCommand::List => render_list(&read(answer, base)?),
+        FlagsCommand::Set(args) => render_set(&args.route, &read(answer, base)?),
+        FlagsCommand::Rollback { route } => render_rollback(route, &read(answer, base)?),
+        FlagsCommand::History { .. } => render_history(&read(answer, base)?),
+    };
     if json {
         return Ok(serde_json::to_string_pretty(answer).unwrap_or_else(|_| answer.to_string()));
     }
-    Ok(match cmd {
-        FlagsCommand::List => render_list(answer),
-        FlagsCommand::Set(args) => render_set(&args.route, answer),
-        FlagsCommand::Rollback { route } => render_rollback(route, answer),
-        FlagsCommand::History { .. } => render_history(answer),
-    })
+    Ok(text)
 }
 
 /// `GET /admin/flags` as a table, routes sorted by name, then the version and reload line.
-pub fn render_list(answer: &Value) -> String {
-    let mut routes: Vec<(&String, &Value)> = answer
-        .get("routes")
-        .and_then(Value::as_object)
-        .map(|m| m.iter().collect())
-        .unwrap_or_default();
-    routes.sort_by(|a, b| a.0.cmp(b.0));
-    let mut out = if routes.is_empty() {
+pub fn render_list(answer: &FlagsListing) -> String {
+    let mut out = if answer.routes.is_empty() {
         "no route has a flag table (every route is legacy)".to_owned()
     } else {
-        let rows: Vec<Vec<String>> = routes
+        let rows: Vec<Vec<String>> = answer
+            .routes
             .iter()
             .map(|(name, flag)| {
-                let mode = mode_of(flag);
                 vec![
-                    (*name).clone(),
-                    mode.to_owned(),
-                    if mode == "rollout" {
-                        format!("{}%", percent_of(flag))
+                    name.clone(),
+                    flag.mode.as_str().to_owned(),
+                    if flag.mode == Mode::Rollout {
+                        format!("{}%", percent_text(flag.percent))
                     } else {
                         "-".to_owned()
                     },
-                    sticky_of(flag).to_owned(),
-                    if strict_of(flag) { "yes" } else { "no" }.to_owned(),
-                    list_cell(&entries_of(flag, "allow")),
-                    list_cell(&entries_of(flag, "deny")),
+                    flag.sticky.as_str().to_owned(),
+                    if flag.strict { "yes" } else { "no" }.to_owned(),
+                    list_cell(&entries(&flag.allow)),
+                    list_cell(&entries(&flag.deny)),
                 ]
             })
             .collect();
@@ -584,51 +571,50 @@ pub fn render_list(answer: &Value) -> String {
         )
     };
     out.push('\n');
-    out.push_str(&format!("flags version {}", scalar(answer.get("version"))));
-    if let Some(reload) = answer.get("reload").filter(|r| r.is_object()) {
-        let at = reload
-            .get("at")
-            .and_then(Value::as_str)
-            .map(|at| format!(" at {at}"))
-            .unwrap_or_default();
-        if reload.get("ok").and_then(Value::as_bool).unwrap_or(true) {
-            out.push_str(&format!(" · last reload ok{at}"));
-        } else {
-            let error = reload
-                .get("error")
-                .and_then(Value::as_str)
-                .map(one_line)
-                .unwrap_or_else(|| "no details".to_owned());
-            out.push_str(&format!(
-                " · last reload FAILED{at}: {error} (the last good flags are still served)"
-            ));
-        }
+    out.push_str(&format!("flags version {}", answer.version));
+    let reload = &answer.reload;
+    let at = if reload.at.is_empty() {
+        String::new()
+    } else {
+        format!(" at {}", reload.at)
+    };
+    if reload.ok {
+        out.push_str(&format!(" · last reload ok{at}"));
+    } else {
+        let error = reload
+            .error
+            .as_deref()
+            .map(one_line)
+            .unwrap_or_else(|| "no details".to_owned());
+        out.push_str(&format!(
+            " · last reload FAILED{at}: {error} (the last good flags are still served)"
+        ));
     }
     out
 }
 
 /// `GET /admin/audit` as a table, in the order given (newest first).
-pub fn render_history(answer: &Value) -> String {
-    let entries = answer
-        .get("entries")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    if entries.is_empty() {
+pub fn render_history(answer: &AuditPage) -> String {
+    if answer.entries.is_empty() {
         return "no flag changes recorded yet".to_owned();
     }
-    let rows: Vec<Vec<String>> = entries
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            one_line(s)
+        }
+    };
+    let rows: Vec<Vec<String>> = answer
+        .entries
         .iter()
         .map(|e| {
             vec![
-                text_or_dash(e.get("ts")),
-                text_or_dash(e.get("actor")),
-                text_or_dash(e.get("route")),
-                describe_change(
-                    e.get("before").unwrap_or(&Value::Null),
-                    e.get("after").unwrap_or(&Value::Null),
-                ),
-                scalar(e.get("version")),
+                dash(&e.ts),
+                dash(&e.actor),
+                dash(&e.route),
+                describe_change(e.before.as_ref(), e.after.as_ref()),
+                e.version.to_string(),
             ]
         })
         .collect();
@@ -636,36 +622,30 @@ pub fn render_history(answer: &Value) -> String {
 }
 
 /// One audit entry's change in words: `dual → rollout 25%`, `(none) → legacy`,
-/// `rollout 25%: allow +user:bob`. A table that is not an object (`null`) is `(none)`.
-pub fn describe_change(before: &Value, after: &Value) -> String {
-    let none = "(none)".to_owned();
-    let short = |v: &Value| {
-        if v.is_object() {
-            flag_short(v)
-        } else {
-            none.clone()
-        }
-    };
-    if !after.is_object() {
+/// `rollout 25%: allow +user:bob`. A route without a table (`None`) is `(none)`.
+pub fn describe_change(before: Option<&RouteFlag>, after: Option<&RouteFlag>) -> String {
+    let short = |f: Option<&RouteFlag>| f.map_or_else(|| "(none)".to_owned(), flag_short);
+    let Some(after_flag) = after else {
         return format!("{} → (none)", short(before));
-    }
+    };
     let (b, a) = (short(before), short(after));
     let mut parts = Vec::new();
     if b != a {
         parts.push(format!("{b} → {a}"));
     }
-    let fresh = !before.is_object();
-    let (sb, sa) = (sticky_of(before), sticky_of(after));
+    let default = RouteFlag::LEGACY;
+    let before_flag = before.unwrap_or(&default);
+    let (sb, sa) = (before_flag.sticky.as_str(), after_flag.sticky.as_str());
     if sb != sa {
-        parts.push(if fresh {
+        parts.push(if before.is_none() {
             format!("sticky {sa}")
         } else {
             format!("sticky {sb} → {sa}")
         });
     }
-    if strict_of(before) != strict_of(after) {
+    if before_flag.strict != after_flag.strict {
         parts.push(
-            if strict_of(after) {
+            if after_flag.strict {
                 "strict on"
             } else {
                 "strict off"
@@ -673,8 +653,18 @@ pub fn describe_change(before: &Value, after: &Value) -> String {
             .to_owned(),
         );
     }
-    for key in ["allow", "deny"] {
-        let (eb, ea) = (entries_of(before, key), entries_of(after, key));
+    for (key, eb, ea) in [
+        (
+            "allow",
+            entries(&before_flag.allow),
+            entries(&after_flag.allow),
+        ),
+        (
+            "deny",
+            entries(&before_flag.deny),
+            entries(&after_flag.deny),
+        ),
+    ] {
         let mut diff: Vec<String> = ea
             .iter()
             .filter(|e| !eb.contains(e))
@@ -697,82 +687,63 @@ pub fn describe_change(before: &Value, after: &Value) -> String {
 }
 
 /// `chat: rollout 25% (sticky user) · version 8`.
-pub fn render_set(route: &str, answer: &Value) -> String {
-    let route = answer.get("route").and_then(Value::as_str).unwrap_or(route);
-    let flag = answer.get("flag").unwrap_or(&Value::Null);
-    let mode = mode_of(flag);
+pub fn render_set(route: &str, answer: &Changed) -> String {
+    let route = if answer.route.is_empty() {
+        route
+    } else {
+        &answer.route
+    };
+    let flag = &answer.flag;
     let mut line = format!("{route}: {}", flag_short(flag));
     let mut notes = Vec::new();
-    if mode == "rollout" {
-        notes.push(format!("sticky {}", sticky_of(flag)));
+    if flag.mode == Mode::Rollout {
+        notes.push(format!("sticky {}", flag.sticky.as_str()));
     }
-    if strict_of(flag) {
+    if flag.strict {
         notes.push("strict".to_owned());
     }
     if !notes.is_empty() {
         line.push_str(&format!(" ({})", notes.join(", ")));
     }
-    for key in ["allow", "deny"] {
-        let entries = entries_of(flag, key);
-        if !entries.is_empty() {
-            line.push_str(&format!(" · {key} {}", list_cell(&entries)));
+    for (key, list) in [("allow", &flag.allow), ("deny", &flag.deny)] {
+        if !list.is_empty() {
+            line.push_str(&format!(" · {key} {}", list_cell(&entries(list))));
         }
     }
-    line.push_str(&format!(" · version {}", scalar(answer.get("version"))));
+    line.push_str(&format!(" · version {}", answer.version));
     line
 }
 
 /// `chat rolled back to legacy · version 9`.
-pub fn render_rollback(route: &str, answer: &Value) -> String {
-    let route = answer.get("route").and_then(Value::as_str).unwrap_or(route);
-    let flag = answer.get("flag").unwrap_or(&Value::Null);
+pub fn render_rollback(route: &str, answer: &Changed) -> String {
+    let route = if answer.route.is_empty() {
+        route
+    } else {
+        &answer.route
+    };
     format!(
         "{route} rolled back to {} · version {}",
-        mode_of(flag),
-        scalar(answer.get("version"))
+        answer.flag.mode.as_str(),
+        answer.version
     )
 }
 
 /// `rollout 25%` for a rollout, else the mode alone.
-fn flag_short(flag: &Value) -> String {
-    let mode = mode_of(flag);
-    if mode == "rollout" {
-        format!("rollout {}%", percent_of(flag))
+fn flag_short(flag: &RouteFlag) -> String {
+    if flag.mode == Mode::Rollout {
+        format!("rollout {}%", percent_text(flag.percent))
     } else {
-        mode.to_owned()
+        flag.mode.as_str().to_owned()
     }
 }
 
-fn mode_of(flag: &Value) -> &str {
-    flag.get("mode").and_then(Value::as_str).unwrap_or("?")
+fn entries(list: &[SubjectRef]) -> Vec<String> {
+    list.iter().map(ToString::to_string).collect()
 }
 
-fn sticky_of(flag: &Value) -> &str {
-    flag.get("sticky").and_then(Value::as_str).unwrap_or("user")
-}
-
-fn strict_of(flag: &Value) -> bool {
-    flag.get("strict").and_then(Value::as_bool).unwrap_or(false)
-}
-
-fn entries_of(flag: &Value, key: &str) -> Vec<String> {
-    flag.get(key)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A table's percent as written by a person: `25`, `12.5`, `25.37` (two decimals at most).
-fn percent_of(flag: &Value) -> String {
-    match flag.get("percent") {
-        None | Some(Value::Null) => "0".to_owned(),
-        Some(Value::String(s)) => s.clone(),
-        Some(v) => v.as_f64().map_or_else(|| v.to_string(), format_percent),
-    }
+/// A percent as written by a person: `25`, `12.5`, `25.37`.
+fn percent_text(p: Percent) -> String {
+    format_percent(p.as_f64())
 }
 
 /// `25.0` → `25`, `12.5` → `12.5`, `25.37` → `25.37` (rounded to basis points first).
@@ -793,23 +764,6 @@ fn list_cell(entries: &[String]) -> String {
         0 => "-".to_owned(),
         1..=3 => entries.join(","),
         n => format!("{},+{} more", entries[..2].join(","), n - 2),
-    }
-}
-
-fn scalar(v: Option<&Value>) -> String {
-    match v {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        Some(Value::Bool(b)) => b.to_string(),
-        _ => "?".to_owned(),
-    }
-}
-
-fn text_or_dash(v: Option<&Value>) -> String {
-    match v {
-        None | Some(Value::Null) => "-".to_owned(),
-        Some(Value::String(s)) if s.is_empty() => "-".to_owned(),
-        other => one_line(&scalar(other)),
     }
 }
 
@@ -845,6 +799,33 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The answers as the bridge sends them (JSON), read as the client reads them: these
+    // wrappers shadow the typed renderers, so each test states its answer as JSON.
+    fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> T {
+        T::deserialize(v).unwrap_or_else(|e| panic!("not an admin API answer: {e}: {v}"))
+    }
+
+    fn render_list(answer: &Value) -> String {
+        super::render_list(&typed(answer))
+    }
+
+    fn render_history(answer: &Value) -> String {
+        super::render_history(&typed(answer))
+    }
+
+    fn render_set(route: &str, answer: &Value) -> String {
+        super::render_set(route, &typed(answer))
+    }
+
+    fn render_rollback(route: &str, answer: &Value) -> String {
+        super::render_rollback(route, &typed(answer))
+    }
+
+    fn describe_change(before: &Value, after: &Value) -> String {
+        let flag = |v: &Value| (!v.is_null()).then(|| typed::<RouteFlag>(v));
+        super::describe_change(flag(before).as_ref(), flag(after).as_ref())
+    }
 
     fn sample_list() -> Value {
         json!({

@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{Flags, FlagsError, Mode, RouteFlag};
@@ -22,7 +21,7 @@ use crate::routes::template::iso8601;
 pub const WATCH_EVERY: Duration = Duration::from_millis(500);
 
 /// The result of the last (re)load of the flags file.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ReloadStatus {
     pub ok: bool,
     pub error: Option<String>,
@@ -42,12 +41,34 @@ pub enum ChangeError {
     Io(#[from] std::io::Error),
 }
 
-/// A change the admin API made (or found unnecessary).
-#[derive(Debug, Clone, PartialEq)]
+/// A change the admin API made (or found unnecessary): also the answer of
+/// `PUT /admin/flags/{route}` and of the rollback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Changed {
     pub version: u64,
     pub route: String,
     pub flag: RouteFlag,
+}
+
+/// One line of `audit.jsonl`, and one entry of `GET /admin/audit`: who changed which
+/// route's table from what to what (`None`: the route had no table), and the version after.
+/// Text fields read leniently (absent or `null` is empty), so a line written by hand or by
+/// an older bridge still reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub ts: String,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub actor: String,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub route: String,
+    pub before: Option<RouteFlag>,
+    pub after: Option<RouteFlag>,
+    pub version: u64,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 pub struct FlagStore {
@@ -321,12 +342,21 @@ impl FlagStore {
         after: Option<RouteFlag>,
         version: u64,
     ) {
-        let line = json!({"ts": now(), "actor": actor, "route": route, "before": before, "after": after, "version": version});
-        let result = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.audit)
-            .and_then(|mut f| {
+        let entry = AuditEntry {
+            ts: now(),
+            actor: actor.to_string(),
+            route: route.to_string(),
+            before,
+            after,
+            version,
+        };
+        let result = serde_json::to_string(&entry)
+            .map_err(std::io::Error::other)
+            .and_then(|line| {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.audit)?;
                 writeln!(f, "{line}")?;
                 f.sync_data()
             });
@@ -337,7 +367,7 @@ impl FlagStore {
     }
 
     /// The newest `limit` audit entries, newest first.
-    pub fn audit(&self, limit: usize) -> Vec<Value> {
+    pub fn audit(&self, limit: usize) -> Vec<AuditEntry> {
         let text = std::fs::read_to_string(&self.audit).unwrap_or_default();
         text.lines()
             .rev()
@@ -452,7 +482,8 @@ mod tests {
     #[tokio::test]
     async fn changes_bump_the_version_write_the_file_and_are_audited() {
         let (dir, s) = store("version = 4\n");
-        let flag = RouteFlag::from_json(&json!({"mode": "rollout", "percent": 12.5})).unwrap();
+        let flag =
+            RouteFlag::from_json(&serde_json::json!({"mode": "rollout", "percent": 12.5})).unwrap();
         let c = s.put("chat", flag.clone(), Some(4), "alice").await.unwrap();
         assert_eq!(c.version, 5);
         let same = s.put("chat", flag.clone(), None, "alice").await.unwrap();
@@ -471,9 +502,10 @@ mod tests {
         assert_eq!(parsed, *s.current());
         let audit = s.audit(10);
         assert_eq!(audit.len(), 2);
-        assert_eq!(audit[0]["actor"], "pager");
-        assert_eq!(audit[0]["before"], Value::Null, "agent had no table");
-        assert_eq!(audit[1]["after"]["percent"], 12.5);
+        assert_eq!(audit[0].actor, "pager");
+        assert_eq!(audit[0].before, None, "agent had no table");
+        let after = audit[1].after.as_ref().expect("chat's new table");
+        assert_eq!(after.percent.basis_points(), 1250);
     }
 
     #[tokio::test]
@@ -488,6 +520,6 @@ mod tests {
         assert!(status.ok);
         assert_eq!(s.current().version, 5);
         assert_eq!(s.current().route("chat").mode, Mode::New);
-        assert_eq!(s.audit(1)[0]["actor"], "file");
+        assert_eq!(s.audit(1)[0].actor, "file");
     }
 }
