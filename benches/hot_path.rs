@@ -78,13 +78,25 @@ fn encode(c: &mut Criterion) {
     let event = chunk();
     let mut group = c.benchmark_group("encode");
     group.bench_function("ndjson", |b| {
-        b.iter(|| black_box(encode_http(black_box(&event), &stream, Wire::Ndjson)))
+        b.iter(|| {
+            black_box(encode_http(
+                black_box(&event),
+                &stream.describe(),
+                Wire::Ndjson,
+            ))
+        })
     });
     group.bench_function("sse", |b| {
-        b.iter(|| black_box(encode_http(black_box(&event), &stream, Wire::Sse)))
+        b.iter(|| {
+            black_box(encode_http(
+                black_box(&event),
+                &stream.describe(),
+                Wire::Sse,
+            ))
+        })
     });
     group.bench_function("socketio_legacy", |b| {
-        b.iter(|| black_box(encode_legacy(black_box(&event), &stream)))
+        b.iter(|| black_box(encode_legacy(black_box(&event), &stream.describe())))
     });
     group.finish();
 }
@@ -173,7 +185,7 @@ fn per_event(c: &mut Criterion) {
                 if let Some(Batch::Events(entries)) = cursor.try_batch(1) {
                     let mut out = BytesMut::with_capacity(128);
                     for e in &entries {
-                        black_box(write_http(e, &stream, Wire::Ndjson, &mut out));
+                        black_box(write_http(e, &stream.describe(), Wire::Ndjson, &mut out));
                         if counting {
                             counters.delivered(e.kind);
                         }
@@ -191,7 +203,7 @@ fn per_event(c: &mut Criterion) {
                 if let Some(Batch::Events(entries)) = cursor.try_batch(1) {
                     let mut out = BytesMut::with_capacity(128);
                     for e in &entries {
-                        black_box(write_http(e, &stream, Wire::Ndjson, &mut out));
+                        black_box(write_http(e, &stream.describe(), Wire::Ndjson, &mut out));
                     }
                     black_box(out);
                 }

@@ -4,6 +4,7 @@
 //! `seq`, puts `started` first and exactly one `end` last, and fills `completion.output`.
 //! It knows nothing of transports, engines or the hub's storage.
 
+use bytes::{BufMut, Bytes};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -148,6 +149,106 @@ enum Phase {
     /// `completion` or `error` written; only `end` may follow.
     Terminal(EndReason),
     Ended,
+}
+
+/// An event's neutral NDJSON line (`{"event":…,"seq":…,"data":…}` and a newline): what
+/// a stream's log stores, made once when the event is logged, and what every unmapped
+/// wire is cut from (the data JSON is located, never parsed again to be copied).
+#[derive(Debug, Clone)]
+pub struct Line {
+    bytes: Bytes,
+    /// Where the event's `data` JSON starts (it ends before the final `}\n`).
+    data_at: u32,
+}
+
+impl Line {
+    /// Encodes `event`, using `scratch` (cleared first) as the work buffer so that the line
+    /// is stored in one allocation of its exact size.
+    pub fn of(event: &Event, scratch: &mut Vec<u8>) -> Line {
+        Line::encode(event.event, event.seq, scratch, |out| {
+            // Serialising a Value into memory cannot fail.
+            let _ = serde_json::to_writer(out, &event.data);
+        })
+    }
+
+    /// The line of `chunk {text}`: the same bytes as [`Line::of`] of that event, without
+    /// building its JSON value (the per-token path).
+    pub fn chunk(seq: Seq, text: &str, scratch: &mut Vec<u8>) -> Line {
+        Line::encode(EventKind::Chunk, Some(seq), scratch, |out| {
+            out.extend_from_slice(b"{\"text\":");
+            let _ = serde_json::to_writer(&mut *out, text);
+            out.push(b'}');
+        })
+    }
+
+    fn encode(
+        kind: EventKind,
+        seq: Option<Seq>,
+        scratch: &mut Vec<u8>,
+        data: impl FnOnce(&mut Vec<u8>),
+    ) -> Line {
+        scratch.clear();
+        scratch.extend_from_slice(b"{\"event\":\"");
+        scratch.extend_from_slice(kind.as_str().as_bytes());
+        scratch.push(b'"');
+        if let Some(seq) = seq {
+            scratch.extend_from_slice(b",\"seq\":");
+            put_u64(scratch, seq);
+        }
+        scratch.extend_from_slice(b",\"data\":");
+        let data_at = scratch.len();
+        data(scratch);
+        scratch.extend_from_slice(b"}\n");
+        Line {
+            bytes: Bytes::copy_from_slice(scratch),
+            data_at: u32::try_from(data_at).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The whole line, newline included.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The event's `data`, as JSON text.
+    pub fn data_json(&self) -> &[u8] {
+        let end = self.bytes.len().saturating_sub(2);
+        self.bytes
+            .get(self.data_at as usize..end)
+            .unwrap_or(b"null")
+    }
+
+    /// The event again (its `data` parsed back), given its kind and seq.
+    pub fn decode(&self, kind: EventKind, seq: Option<Seq>) -> Event {
+        Event {
+            event: kind,
+            seq,
+            data: serde_json::from_slice(self.data_json()).unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// Appends the decimal digits of `n` (as `itoa` would write them).
+pub fn put_u64(out: &mut impl BufMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[i..]);
 }
 
 /// The stream rules of SPEC section 1, as a small state machine. Every event of every

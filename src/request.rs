@@ -178,6 +178,15 @@ pub fn parse_session_id(s: &str) -> Result<Arc<str>, ApiError> {
     Ok(s.into())
 }
 
+/// What an encoder knows of a stream: its id, its route and its session. A plain
+/// description, never the live stream (its log, its lock, its subscribers).
+#[derive(Clone, Copy, Debug)]
+pub struct StreamDesc<'a> {
+    pub id: &'a RequestId,
+    pub route: &'a crate::routes::Route,
+    pub session_id: Option<&'a str>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,9 +19,10 @@
 //! Each stream charges what it holds (its log and the text kept for its completion) to
 //! the hub's [`LiveBudget`] as it changes, and releases it when it finishes.
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -31,11 +32,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Sink;
-use crate::event::{EndReason, Event, EventKind, Finish, Pushed, Seq, StreamRules};
+use crate::event::{EndReason, Event, EventKind, Finish, Line, Pushed, Seq, StreamRules};
 use crate::metrics::StreamMetrics;
-use crate::request::{RequestId, Transport};
+use crate::request::{RequestId, StreamDesc, Transport};
 use crate::routes::Route;
-use crate::transport::encode::Frames;
 
 /// Bytes an entry holds beyond its line(s): the entry and its reference counts (one
 /// allocation), the line's allocation, its slot in the log, and the allocator's header of
@@ -133,13 +133,27 @@ pub struct Entry {
     pub seq: Seq,
     /// Bytes appended to the stream before this entry.
     pub offset: u64,
-    pub frames: Frames,
+    /// The event's neutral line: what the log stores.
+    pub line: Line,
+    /// Whatever the adapters make from the line once and share (mapped encodings): opaque
+    /// to the hub, filled on first use.
+    cache: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 impl Entry {
     /// This entry's encoded size (its neutral NDJSON line): what lag is measured in.
     pub fn size(&self) -> u64 {
-        self.frames.neutral_len() as u64
+        self.line.len() as u64
+    }
+
+    /// The logged event, decoded from its line (for the encodings made from it).
+    pub fn event(&self) -> Event {
+        self.line.decode(self.kind, Some(self.seq))
+    }
+
+    /// The adapters' per-entry cache (see the field).
+    pub fn cache(&self) -> &OnceLock<Box<dyn Any + Send + Sync>> {
+        &self.cache
     }
 
     pub fn end(&self) -> u64 {
@@ -302,6 +316,15 @@ impl Stream {
         }
     }
 
+    /// What an encoder may know of this stream.
+    pub fn describe(&self) -> StreamDesc<'_> {
+        StreamDesc {
+            id: &self.id,
+            route: &self.route,
+            session_id: self.session_id.as_deref(),
+        }
+    }
+
     fn log(&self) -> MutexGuard<'_, Log> {
         // A poisoned lock only means a panic elsewhere while holding it; the log itself
         // is always left consistent (every mutation is a single push/pop), so go on.
@@ -329,7 +352,7 @@ impl Stream {
             .map(str::to_string);
         let now = self.now_ms();
         for ev in events {
-            let frames = Frames::new(&ev, &mut log.scratch);
+            let frames = Line::of(&ev, &mut log.scratch);
             let seq = ev.seq.unwrap_or(log.rules.next_seq().saturating_sub(1));
             // The last two events never cut a reader: they end the stream, so what the log
             // holds beyond `max_bytes` is theirs alone and goes with the stream.
@@ -346,23 +369,24 @@ impl Stream {
     }
 
     fn append(&self, log: &mut Log, event: Event, now_ms: u64) {
-        let frames = Frames::new(&event, &mut log.scratch);
+        let frames = Line::of(&event, &mut log.scratch);
         let seq = event.seq.unwrap_or(log.rules.next_seq().saturating_sub(1));
         self.append_frames(log, event.event, seq, frames, now_ms);
     }
 
-    fn append_frames(&self, log: &mut Log, kind: EventKind, seq: Seq, frames: Frames, now_ms: u64) {
+    fn append_frames(&self, log: &mut Log, kind: EventKind, seq: Seq, frames: Line, now_ms: u64) {
         self.push_entry(log, kind, seq, frames, now_ms);
         self.evict(log, now_ms, true);
     }
 
-    fn push_entry(&self, log: &mut Log, kind: EventKind, seq: Seq, frames: Frames, now_ms: u64) {
+    fn push_entry(&self, log: &mut Log, kind: EventKind, seq: Seq, line: Line, now_ms: u64) {
         let entry = Arc::new(Entry {
             kind,
             at_ms: u32::try_from(now_ms).unwrap_or(u32::MAX),
             seq,
             offset: log.total,
-            frames,
+            line,
+            cache: OnceLock::new(),
         });
         log.total += entry.size();
         // Memory held counts the entry itself too, so many tiny events stay bounded.
@@ -652,7 +676,7 @@ impl Sink for Stream {
             }
         };
         self.first_chunk(&mut log);
-        let frames = Frames::chunk(seq, text, &mut log.scratch);
+        let frames = Line::chunk(seq, text, &mut log.scratch);
         self.append_frames(&mut log, EventKind::Chunk, seq, frames, now);
         drop(log);
         self.engine_wrote(now);

@@ -1,10 +1,13 @@
 //! Event → wire bytes: NDJSON lines, SSE frames, legacy Socket.IO payloads. The only place
 //! wire bytes are made.
 //!
-//! Every logged event carries a [`Frames`] cache, so each wire format is encoded once per
-//! event and shared by all its subscribers, never once per subscriber. Route mappings
+//! The log stores each event's neutral line (the core's [`crate::event::Line`]); the
+//! neutral wires are cut from it while copying, and the mapped encodings are made once per
+//! event into the entry's opaque cache and shared by all its subscribers, never once per
+//! subscriber. Encoders see a plain [`StreamDesc`], never the live stream. Route mappings
 //! (`emit` templates, SSE framing) are applied here and nowhere else.
 
+use std::borrow::Cow;
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::SystemTime;
 
@@ -13,8 +16,10 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::event::put_u64;
 use crate::event::{Event, EventKind};
-use crate::hub::{Entry, Stream};
+use crate::hub::Entry;
+use crate::request::StreamDesc;
 use crate::routes::template::iso8601;
 use crate::routes::{Emit, EmitContext, EmitMap, SseFraming};
 
@@ -62,104 +67,29 @@ impl Wire {
 }
 
 /// A legacy Socket.IO event, ready to emit: name and pre-serialised payload.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LegacyFrame {
     pub event: Arc<str>,
     pub payload: Box<RawValue>,
 }
 
-/// The encodings of one logged event. The neutral NDJSON line is made at append time (it
-/// also sizes the entry, and every unmapped HTTP wire is cut from it while copying); the
-/// mapped encodings (legacy Socket.IO payloads, `[route.http] emit` dialects) are made on
-/// first use, from the event decoded back from that line, and kept in a box allocated
-/// only when one is needed. The log keeps no `Value`: an entry is its line and a header.
-pub struct Frames {
-    neutral: Bytes,
-    /// Where the event's `data` JSON starts in `neutral` (it ends before the final `}\n`).
-    data_at: u32,
-    mapped: OnceLock<Box<Mapped>>,
-}
-
+/// What is made once per logged event from its neutral line and shared by every
+/// subscriber: the mapped encodings (legacy Socket.IO payloads, `[route.http] emit`
+/// dialects), made on first use from the event decoded back from the line, kept in the
+/// entry's cache (allocated only when one is needed).
 #[derive(Default)]
 struct Mapped {
     http: [OnceLock<Option<Bytes>>; 2],
     legacy: OnceLock<Option<LegacyFrame>>,
 }
 
-impl Frames {
-    /// Encodes `event`'s neutral line, using `scratch` (cleared first) as the work buffer
-    /// so that the line is stored in one allocation of its exact size.
-    pub fn new(event: &Event, scratch: &mut Vec<u8>) -> Frames {
-        Frames::encode(event.event, event.seq, scratch, |out| {
-            // Serialising a Value into memory cannot fail.
-            let _ = serde_json::to_writer(out, &event.data);
-        })
-    }
-
-    /// The frames of `chunk {text}`: the same bytes as [`Frames::new`] of that event.
-    pub fn chunk(seq: u64, text: &str, scratch: &mut Vec<u8>) -> Frames {
-        Frames::encode(EventKind::Chunk, Some(seq), scratch, |out| {
-            out.extend_from_slice(b"{\"text\":");
-            let _ = serde_json::to_writer(&mut *out, text);
-            out.push(b'}');
-        })
-    }
-
-    fn encode(
-        kind: EventKind,
-        seq: Option<u64>,
-        scratch: &mut Vec<u8>,
-        data: impl FnOnce(&mut Vec<u8>),
-    ) -> Frames {
-        scratch.clear();
-        scratch.extend_from_slice(b"{\"event\":\"");
-        scratch.extend_from_slice(kind.as_str().as_bytes());
-        scratch.push(b'"');
-        if let Some(seq) = seq {
-            scratch.extend_from_slice(b",\"seq\":");
-            put_u64(scratch, seq);
-        }
-        scratch.extend_from_slice(b",\"data\":");
-        let data_at = scratch.len();
-        data(scratch);
-        scratch.extend_from_slice(b"}\n");
-        Frames {
-            neutral: Bytes::copy_from_slice(scratch),
-            data_at: u32::try_from(data_at).unwrap_or(u32::MAX),
-            mapped: OnceLock::new(),
-        }
-    }
-
-    pub fn neutral_len(&self) -> usize {
-        self.neutral.len()
-    }
-
-    /// The neutral NDJSON line, newline included.
-    pub fn neutral(&self) -> &[u8] {
-        &self.neutral
-    }
-
-    /// The event's `data`, as JSON text.
-    pub fn data_json(&self) -> &[u8] {
-        let end = self.neutral.len().saturating_sub(2);
-        self.neutral
-            .get(self.data_at as usize..end)
-            .unwrap_or(b"null")
-    }
-
-    fn mapped(&self) -> &Mapped {
-        self.mapped.get_or_init(Box::default)
-    }
-}
-
-impl Entry {
-    /// The logged event, decoded from its neutral line (for the mapped encodings).
-    pub fn event(&self) -> Event {
-        Event {
-            event: self.kind,
-            seq: Some(self.seq),
-            data: serde_json::from_slice(self.frames.data_json()).unwrap_or(Value::Null),
-        }
+impl Mapped {
+    /// The entry's mapped encodings (created on first use).
+    fn of(entry: &Entry) -> Option<&Mapped> {
+        entry
+            .cache()
+            .get_or_init(|| Box::new(Mapped::default()))
+            .downcast_ref::<Mapped>()
     }
 }
 
@@ -167,13 +97,13 @@ impl Entry {
 /// mapping drops it. The neutral wires are cut from the neutral line as they are copied
 /// (nothing encoded, nothing allocated per subscriber); mapped ones are encoded once per
 /// event and shared.
-pub fn write_http(entry: &Entry, stream: &Stream, wire: Wire, out: &mut BytesMut) -> bool {
-    let f = &entry.frames;
+pub fn write_http(entry: &Entry, stream: &StreamDesc<'_>, wire: Wire, out: &mut BytesMut) -> bool {
+    let f = &entry.line;
     let kind = entry.kind.as_str().as_bytes();
     let http = &stream.route.http;
     let neutral = matches!(http.emit.rule(entry.kind), Emit::Neutral);
     match wire {
-        Wire::Ndjson if neutral => out.extend_from_slice(f.neutral()),
+        Wire::Ndjson if neutral => out.extend_from_slice(f.as_bytes()),
         Wire::Sse if neutral && http.sse_framing == SseFraming::Named => {
             out.extend_from_slice(b"id: ");
             put_u64(out, entry.seq);
@@ -184,7 +114,7 @@ pub fn write_http(entry: &Entry, stream: &Stream, wire: Wire, out: &mut BytesMut
             out.extend_from_slice(b"\n\n");
         }
         Wire::Sse if neutral => {
-            let line = f.neutral();
+            let line = f.as_bytes();
             out.extend_from_slice(b"data: ");
             out.extend_from_slice(&line[..line.len().saturating_sub(1)]);
             out.extend_from_slice(b"\n\n");
@@ -217,30 +147,20 @@ pub fn write_http(entry: &Entry, stream: &Stream, wire: Wire, out: &mut BytesMut
             });
         }
         Wire::Ndjson | Wire::Sse => {
-            let frame = f.mapped().http[wire.slot()]
-                .get_or_init(|| encode_http(&entry.event(), stream, wire));
-            match frame {
-                Some(bytes) => out.extend_from_slice(bytes),
-                None => return false,
+            let encode = || encode_http(&entry.event(), stream, wire);
+            match Mapped::of(entry) {
+                Some(m) => match m.http[wire.slot()].get_or_init(encode) {
+                    Some(bytes) => out.extend_from_slice(bytes),
+                    None => return false,
+                },
+                None => match encode() {
+                    Some(bytes) => out.extend_from_slice(&bytes),
+                    None => return false,
+                },
             }
         }
     }
     true
-}
-
-/// Decimal digits of `n`, as `itoa` would write them.
-fn put_u64(out: &mut impl BufMut, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.put_slice(&digits[i..]);
 }
 
 fn json_str(out: &mut BytesMut, s: &str) {
@@ -248,18 +168,17 @@ fn json_str(out: &mut BytesMut, s: &str) {
 }
 
 /// The legacy Socket.IO event for a logged event, or `None` if the route drops it.
-pub fn legacy_frame<'a>(entry: &'a Entry, stream: &Stream) -> Option<&'a LegacyFrame> {
-    entry
-        .frames
-        .mapped()
-        .legacy
-        .get_or_init(|| encode_legacy(&entry.event(), stream))
-        .as_ref()
+pub fn legacy_frame<'a>(entry: &'a Entry, stream: &StreamDesc<'_>) -> Option<Cow<'a, LegacyFrame>> {
+    let encode = || encode_legacy(&entry.event(), stream);
+    match Mapped::of(entry) {
+        Some(m) => m.legacy.get_or_init(encode).as_ref().map(Cow::Borrowed),
+        None => encode().map(Cow::Owned),
+    }
 }
 
 /// Encodes an event that is not in the log (heartbeats, a subscriber's own
 /// `slow_consumer` end) for an HTTP subscriber.
-pub fn encode_http(event: &Event, stream: &Stream, wire: Wire) -> Option<Bytes> {
+pub fn encode_http(event: &Event, stream: &StreamDesc<'_>, wire: Wire) -> Option<Bytes> {
     match wire {
         Wire::Ndjson | Wire::Sse => {
             let http = &stream.route.http;
@@ -317,7 +236,7 @@ pub fn session_heartbeat(event: &Event, wire: Wire) -> Bytes {
 }
 
 /// Encodes an event for a Socket.IO subscriber of `stream` (uncached).
-pub fn encode_legacy(event: &Event, stream: &Stream) -> Option<LegacyFrame> {
+pub fn encode_legacy(event: &Event, stream: &StreamDesc<'_>) -> Option<LegacyFrame> {
     let Some(sio) = &stream.route.socketio else {
         return neutral_legacy(event, stream);
     };
@@ -366,7 +285,7 @@ fn now_iso8601() -> String {
     })
 }
 
-fn neutral_legacy(event: &Event, stream: &Stream) -> Option<LegacyFrame> {
+fn neutral_legacy(event: &Event, stream: &StreamDesc<'_>) -> Option<LegacyFrame> {
     #[derive(Serialize)]
     struct Neutral<'a> {
         request_id: &'a str,
@@ -389,7 +308,7 @@ enum Rendered<'a> {
     Dropped,
 }
 
-fn render<'a>(map: &'a EmitMap, event: &Event, stream: &Stream) -> Rendered<'a> {
+fn render<'a>(map: &'a EmitMap, event: &Event, stream: &StreamDesc<'_>) -> Rendered<'a> {
     match map.rule(event.event) {
         Emit::Neutral => Rendered::Neutral,
         Emit::Dropped => Rendered::Dropped,
@@ -404,7 +323,7 @@ fn render<'a>(map: &'a EmitMap, event: &Event, stream: &Stream) -> Rendered<'a> 
                 seq: event.seq,
                 data: &event.data,
                 request_id: stream.id.as_str(),
-                session_id: stream.session_id.as_deref(),
+                session_id: stream.session_id,
                 route: &stream.route.name,
                 now: &now,
             };
@@ -541,6 +460,8 @@ fn raw<T: Serialize>(v: &T) -> Option<Box<RawValue>> {
 mod tests {
     use super::*;
     use crate::event::EventKind;
+    use crate::event::Line;
+    use crate::hub::Stream;
     use crate::hub::{Hub, HubConfig};
     use crate::request::{RequestId, Transport};
     use crate::routes::Routes;
@@ -633,12 +554,12 @@ engine = { kind = "script" }
                 seq: Some(12),
                 data: json!({ "text": text }),
             };
-            let by_text = Frames::chunk(12, text, &mut scratch);
-            let by_event = Frames::new(&event, &mut scratch);
-            assert_eq!(by_text.neutral(), by_event.neutral());
+            let by_text = Line::chunk(12, text, &mut scratch);
+            let by_event = Line::of(&event, &mut scratch);
+            assert_eq!(by_text.as_bytes(), by_event.as_bytes());
             assert_eq!(
-                by_text.neutral(),
-                &encode_http(&event, &stream("chat"), Wire::Ndjson).unwrap()[..]
+                by_text.as_bytes(),
+                &encode_http(&event, &stream("chat").describe(), Wire::Ndjson).unwrap()[..]
             );
             let data: Value = serde_json::from_slice(by_text.data_json()).unwrap();
             assert_eq!(data, json!({ "text": text }));
@@ -659,8 +580,8 @@ engine = { kind = "script" }
                 Wire::SessionSse,
             ] {
                 let mut out = BytesMut::new();
-                let written = write_http(&entry, &s, wire, &mut out);
-                let encoded = encode_http(&event, &s, wire);
+                let written = write_http(&entry, &s.describe(), wire, &mut out);
+                let encoded = encode_http(&event, &s.describe(), wire);
                 assert_eq!(written, encoded.is_some(), "{route} {wire:?}");
                 assert_eq!(
                     &out[..],
@@ -669,8 +590,8 @@ engine = { kind = "script" }
                 );
             }
             // The mapped legacy frame is made from the decoded event, once.
-            let a = legacy_frame(&entry, &s).map(|f| f.payload.get().to_string());
-            let b = encode_legacy(&event, &s).map(|f| f.payload.get().to_string());
+            let a = legacy_frame(&entry, &s.describe()).map(|f| f.payload.get().to_string());
+            let b = encode_legacy(&event, &s.describe()).map(|f| f.payload.get().to_string());
             assert_eq!(a, b, "{route}");
         }
     }
@@ -679,16 +600,16 @@ engine = { kind = "script" }
     fn neutral_ndjson_and_named_sse() {
         let s = stream("chat");
         assert_eq!(
-            encode_http(&chunk(), &s, Wire::Ndjson).unwrap(),
+            encode_http(&chunk(), &s.describe(), Wire::Ndjson).unwrap(),
             "{\"event\":\"chunk\",\"seq\":3,\"data\":{\"text\":\"Hel\"}}\n"
         );
         assert_eq!(
-            encode_http(&chunk(), &s, Wire::Sse).unwrap(),
+            encode_http(&chunk(), &s.describe(), Wire::Sse).unwrap(),
             "id: 3\nevent: chunk\ndata: {\"text\":\"Hel\"}\n\n"
         );
         let hb = Event::heartbeat(7);
         assert_eq!(
-            encode_http(&hb, &s, Wire::Sse).unwrap(),
+            encode_http(&hb, &s.describe(), Wire::Sse).unwrap(),
             "event: heartbeat\ndata: {\"timestamp\":7}\n\n"
         );
     }
@@ -697,11 +618,11 @@ engine = { kind = "script" }
     fn session_wire_carries_the_request_id() {
         let s = stream("chat");
         assert_eq!(
-            encode_http(&chunk(), &s, Wire::SessionNdjson).unwrap(),
+            encode_http(&chunk(), &s.describe(), Wire::SessionNdjson).unwrap(),
             "{\"request_id\":\"r1\",\"route\":\"chat\",\"event\":\"chunk\",\"seq\":3,\"data\":{\"text\":\"Hel\"}}\n"
         );
         assert!(
-            encode_http(&chunk(), &s, Wire::SessionSse)
+            encode_http(&chunk(), &s.describe(), Wire::SessionSse)
                 .unwrap()
                 .starts_with(b"id: r1:3\nevent: chunk\ndata: {\"request_id\"")
         );
@@ -711,15 +632,15 @@ engine = { kind = "script" }
     fn http_mapping_and_data_only_framing() {
         let s = stream("old");
         assert_eq!(
-            encode_http(&chunk(), &s, Wire::Sse).unwrap(),
+            encode_http(&chunk(), &s.describe(), Wire::Sse).unwrap(),
             "data: {\"delta\":\"Hel\"}\n\n"
         );
         assert_eq!(
-            encode_http(&chunk(), &s, Wire::Ndjson).unwrap(),
+            encode_http(&chunk(), &s.describe(), Wire::Ndjson).unwrap(),
             "{\"delta\":\"Hel\"}\n"
         );
         assert_eq!(
-            encode_http(&Event::heartbeat(1), &s, Wire::Sse).unwrap(),
+            encode_http(&Event::heartbeat(1), &s.describe(), Wire::Sse).unwrap(),
             ": heartbeat\n\n"
         );
         let end = Event {
@@ -728,7 +649,7 @@ engine = { kind = "script" }
             data: json!({"reason": "completed"}),
         };
         assert!(
-            encode_http(&end, &s, Wire::Ndjson).is_none(),
+            encode_http(&end, &s.describe(), Wire::Ndjson).is_none(),
             "unmapped types are dropped"
         );
     }
@@ -736,7 +657,7 @@ engine = { kind = "script" }
     #[test]
     fn legacy_mapped_neutral_and_dropped() {
         let s = stream("chat");
-        let f = encode_legacy(&chunk(), &s).unwrap();
+        let f = encode_legacy(&chunk(), &s.describe()).unwrap();
         assert_eq!(&*f.event, "chat_chunk");
         assert_eq!(f.payload.get(), r#"{"chunk":"Hel","n":3,"sid":"s1"}"#);
         let end = Event {
@@ -744,9 +665,9 @@ engine = { kind = "script" }
             seq: Some(4),
             data: json!({"reason": "completed"}),
         };
-        assert!(encode_legacy(&end, &s).is_none());
+        assert!(encode_legacy(&end, &s.describe()).is_none());
         let a = stream("agent");
-        let f = encode_legacy(&chunk(), &a).unwrap();
+        let f = encode_legacy(&chunk(), &a.describe()).unwrap();
         assert_eq!(&*f.event, "chunk");
         assert_eq!(
             f.payload.get(),

@@ -358,7 +358,7 @@ fn stream_response(b: &Bridge, cursor: Cursor, wire: Wire, status: StatusCode) -
     let stream = cursor.stream().clone();
     let counters = b.metrics().subscriber(&stream.route.name, wire.transport());
     let heartbeat = move || {
-        let hb = encode::encode_http(&Event::heartbeat(now_ms()), &stream, wire);
+        let hb = encode::encode_http(&Event::heartbeat(now_ms()), &stream.describe(), wire);
         if hb.is_some() {
             counters.delivered(EventKind::Heartbeat);
         }
@@ -418,7 +418,8 @@ fn cursor_frames(cursor: Cursor, d: Delivery) -> impl Stream<Item = Bytes> + Sen
                     let mut out = BytesMut::with_capacity(size as usize);
                     let mut ended = false;
                     for e in &entries {
-                        if encode::write_http(e, r.cursor.stream(), r.d.wire, &mut out) {
+                        if encode::write_http(e, &r.cursor.stream().describe(), r.d.wire, &mut out)
+                        {
                             r.counters.delivered(e.kind);
                         }
                         ended |= e.kind == EventKind::End;
@@ -449,7 +450,7 @@ fn slow_consumer(cursor: &Cursor, seq: u64, d: &Delivery, counters: &EventCounte
         .slow_consumer(&stream.route.name, d.wire.transport());
     let mut out = BytesMut::new();
     for ev in slow_consumer_events(seq) {
-        if let Some(f) = encode::encode_http(&ev, stream, d.wire) {
+        if let Some(f) = encode::encode_http(&ev, &stream.describe(), d.wire) {
             out.extend_from_slice(&f);
             counters.delivered(ev.event);
         }

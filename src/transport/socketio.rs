@@ -547,8 +547,8 @@ async fn pump(socket: &SocketRef, mut cursor: Cursor, d: &Delivery) {
         match cursor.next_batch(MAX_BATCH).await {
             Batch::Events(entries) => {
                 for e in &entries {
-                    if let Some(frame) = encode::legacy_frame(e, &stream) {
-                        match emit(socket, frame, || cursor.stalled_at(e), None).await {
+                    if let Some(frame) = encode::legacy_frame(e, &stream.describe()) {
+                        match emit(socket, &frame, || cursor.stalled_at(e), None).await {
                             Ok(()) => d.counters.delivered(e.kind),
                             Err(Stop::Gone) => return,
                             Err(Stop::Lagging) => {
@@ -583,7 +583,7 @@ async fn farewell(socket: &SocketRef, cursor: Cursor, seq: u64, d: &Delivery) {
         .slow_consumer(&stream.route.name, Transport::Socketio);
     let deadline = tokio::time::Instant::now() + FAREWELL_LIMIT;
     for ev in slow_consumer_events(seq) {
-        let Some(frame) = encode::encode_legacy(&ev, &stream) else {
+        let Some(frame) = encode::encode_legacy(&ev, &stream.describe()) else {
             continue;
         };
         if emit(socket, &frame, || false, Some(deadline))
