@@ -218,3 +218,34 @@ export function assertWellFormed(assert, events) {
   assert.equal(events.filter((e) => e.event === "end").length, 1);
   assert.ok(["completion", "error"].includes(events.at(-2).event));
 }
+
+/**
+ * A fetch whose first response body breaks after `cutAfter` bytes and whose later GETs
+ * (the resumes) wait for `gate`: the connection "drops" and stays down until released.
+ */
+export function droppingFetch(cutAfter, gate = Promise.resolve()) {
+  let first = true;
+  return async (url, init = {}) => {
+    if ((init.method ?? "GET") === "GET") await gate;
+    const res = await fetch(url, init);
+    if (!first || !res.ok) return res;
+    first = false;
+    const reader = res.body.getReader();
+    let passed = 0;
+    const body = new ReadableStream({
+      async pull(c) {
+        const r = await reader.read();
+        if (r.done) return c.close();
+        if (passed + r.value.length > cutAfter) {
+          c.enqueue(r.value.subarray(0, cutAfter - passed));
+          reader.cancel().catch(() => {});
+          return c.error(new TypeError("network error"));
+        }
+        passed += r.value.length;
+        c.enqueue(r.value);
+      },
+    });
+    return new Response(body, { status: res.status, headers: res.headers });
+  };
+}
+

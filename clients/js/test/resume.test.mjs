@@ -3,7 +3,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { stream, isChunk, isCompletion, ResumeError } from "../dist/index.js";
-import { startBridge, startCuttingProxy, assertWellFormed, readNdjson, waitFor } from "./helpers.mjs";
+import { startBridge, startCuttingProxy, assertWellFormed, readNdjson, waitFor, droppingFetch } from "./helpers.mjs";
 
 let bridge;
 let small;
@@ -89,7 +89,7 @@ test("hundreds of random cuts: zero lost or duplicated events", { timeout: 90_00
     assert.equal(events.at(-1).data.reason, "completed");
   }
   console.log(
-    `# resume: ${results.length} streams, ${proxy.stats.connections} connections, ${proxy.stats.cuts} cuts, ` +
+    `resume: ${results.length} streams, ${proxy.stats.connections} connections, ${proxy.stats.cuts} cuts, ` +
       `${reconnects} reconnects, ${delivered} events delivered, ${lost} lost, ${duplicated} duplicated`,
   );
   assert.equal(results.length, STREAMS);
@@ -97,36 +97,6 @@ test("hundreds of random cuts: zero lost or duplicated events", { timeout: 90_00
   assert.equal(duplicated, 0);
   assert.ok(proxy.stats.cuts >= 200, `only ${proxy.stats.cuts} cuts`);
 });
-
-/**
- * A fetch whose first response body breaks after `cutAfter` bytes and whose later GETs
- * (the resumes) wait for `gate`: the connection "drops" and stays down until released.
- */
-function droppingFetch(cutAfter, gate) {
-  let first = true;
-  return async (url, init = {}) => {
-    if ((init.method ?? "GET") === "GET") await gate;
-    const res = await fetch(url, init);
-    if (!first || !res.ok) return res;
-    first = false;
-    const reader = res.body.getReader();
-    let passed = 0;
-    const body = new ReadableStream({
-      async pull(c) {
-        const r = await reader.read();
-        if (r.done) return c.close();
-        if (passed + r.value.length > cutAfter) {
-          c.enqueue(r.value.subarray(0, cutAfter - passed));
-          reader.cancel().catch(() => {});
-          return c.error(new TypeError("network error"));
-        }
-        passed += r.value.length;
-        c.enqueue(r.value);
-      },
-    });
-    return new Response(body, { status: res.status, headers: res.headers });
-  };
-}
 
 test("410 resume_gap: the events missed were evicted meanwhile", { timeout: 30_000 }, async () => {
   const id = `gap-${Date.now()}`;
