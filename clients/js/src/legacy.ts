@@ -195,7 +195,7 @@ class SocketEventStream implements EventStream {
   cancel(reason?: unknown): Promise<void> {
     if (!this.cancelled) {
       if (this.started && !this.done) this.socket.emit("cancel", { request_id: this.ctx.requestId });
-      this.finish(reason ?? abortReason(undefined));
+      this.finish(reason ?? abortReason(undefined), true);
       this.cancelled = Promise.resolve();
     }
     return this.cancelled;
@@ -278,12 +278,12 @@ class SocketEventStream implements EventStream {
     if (ev.event === "end") this.finish();
   }
 
-  private finish(error?: unknown): void {
+  private finish(error?: unknown, drop = false): void {
     if (this.done) return;
     this.done = true;
     for (const [name, h] of this.handlers) this.socket.off(name, h);
     this.handlers.length = 0;
-    if (error !== undefined) this.queue.fail(error);
+    if (error !== undefined) this.queue.fail(error, drop);
     else this.queue.close();
   }
 }

@@ -75,8 +75,10 @@ export class PushQueue<T> {
     this.closed = true;
     this.wake();
   }
-  fail(error: unknown): void {
+  /** Ends the queue with `error`; `drop` discards what was not read yet. */
+  fail(error: unknown, drop = false): void {
     if (this.closed) return;
+    if (drop) this.items = [];
     this.failure = { error };
     this.closed = true;
     this.wake();
