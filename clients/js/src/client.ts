@@ -7,7 +7,7 @@ import type { NeutralEvent } from "./events.js";
 import { chatLegacyRoute, legacyStream, type LegacyRoute, type LegacySocket } from "./legacy.js";
 import { evaluateFlag, type FlagEvaluation, type Subject, type Transport } from "./flags.js";
 import { stream, type EventStream, type StreamOptions } from "./stream.js";
-import type { HeadersLike } from "./util.js";
+import { headerRecord, type HeadersLike } from "./util.js";
 
 export interface MigratingRoute {
   /** HTTP path, when the route is not one of the shipped ones. */
@@ -30,6 +30,13 @@ export interface MigratingClientOptions {
   headers?: HeadersLike;
   /** Options for the HTTP path (format, retry, ...). */
   http?: Omit<StreamOptions, "baseUrl" | "signal" | "onEvent" | "headers">;
+  /**
+   * Development only (a bridge without `auth.jwt_secret`): send `subject` as the
+   * `x-user-id` / `x-tenant-id` headers, so the bridge evaluates HTTP requests for the
+   * same subject (a `strict` rollout refuses requests on the other transport). With auth
+   * on, the bearer token in `headers` names the subject instead.
+   */
+  subjectHeaders?: boolean;
   /** Transport when the flags cannot be read (default: `socketio` when there is a socket). */
   fallback?: Transport;
   fetch?: typeof fetch;
@@ -77,10 +84,15 @@ export function migratingClient(options: MigratingClientOptions): MigratingClien
     if (transport === "socketio" && options.socket && r.legacy) {
       return legacyStream(options.socket, route, r.legacy, body, opts);
     }
+    const headers = headerRecord(options.headers);
+    if (options.subjectHeaders) {
+      if (options.subject.user !== undefined) headers["x-user-id"] = options.subject.user;
+      if (options.subject.tenant !== undefined) headers["x-tenant-id"] = options.subject.tenant;
+    }
     return stream(r.path ?? route, body, {
       ...(options.http ?? {}),
       ...(options.baseUrl !== undefined ? { baseUrl: options.baseUrl } : {}),
-      ...(options.headers !== undefined ? { headers: options.headers } : {}),
+      headers,
       ...(options.fetch !== undefined ? { fetch: options.fetch } : {}),
       ...(opts.signal ? { signal: opts.signal } : {}),
       ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
@@ -99,6 +111,7 @@ class DeferredStream implements EventStream {
   private inner: EventStream | undefined;
   private opening: Promise<EventStream> | undefined;
   private cancelled: { reason: unknown } | undefined;
+  private returned = false;
 
   constructor(private readonly openFn: () => Promise<EventStream>) {}
 
@@ -116,6 +129,7 @@ class DeferredStream implements EventStream {
       this.opening = this.openFn().then((s) => {
         this.inner = s;
         if (this.cancelled) void s.cancel(this.cancelled.reason);
+        else if (this.returned) void s.return?.();
         return s;
       });
     }
@@ -125,6 +139,7 @@ class DeferredStream implements EventStream {
     return (await this.get()).next();
   }
   async return(): Promise<IteratorResult<NeutralEvent>> {
+    this.returned = true;
     if (this.inner?.return) return this.inner.return();
     return { value: undefined, done: true };
   }

@@ -185,3 +185,19 @@ test("a route on the neutral Socket.IO vocabulary (tools)", async () => {
   assert.deepEqual(shape(a), shape(b));
   assert.equal(a.filter((e) => e.event === "tool_event").length, 4);
 });
+
+test("strict rollout: subject headers keep a development bridge's HTTP requests on the subject's transport", async () => {
+  // chat:alice is bucket 2265: HTTP at 22.66 %.
+  await bridge.setFlag("chat", { mode: "rollout", percent: 22.66, sticky: "user", strict: true });
+  const withHeaders = migratingClient({ baseUrl: bridge.url, socket, subject: alice, flagsCacheMs: 0, subjectHeaders: true });
+  const s = withHeaders.stream("chat", { messages: [{ role: "user", content: "strict" }] });
+  assertWellFormed(assert, await s.collect());
+  assert.equal(s.transport, "http");
+  // Without them the bridge sees an anonymous request (no sticky key: Socket.IO's), refused.
+  const without = migratingClient({ baseUrl: bridge.url, socket, subject: alice, flagsCacheMs: 0 });
+  await assert.rejects(
+    without.stream("chat", { messages: [{ role: "user", content: "strict" }] }).collect(),
+    (e) => e instanceof StreamRefusedError && e.status === 409 && e.error_type === "route_not_migrated",
+  );
+  await bridge.setFlag("chat", { mode: "dual" });
+});

@@ -47,6 +47,7 @@ test("hundreds of random cuts: zero lost or duplicated events", { timeout: 90_00
   const STREAMS = 72;
   const CONCURRENCY = 8;
   let reconnects = 0;
+  let beforeFirstEvent = 0;
   let delivered = 0;
   let next = 0;
   const results = [];
@@ -59,7 +60,10 @@ test("hundreds of random cuts: zero lost or duplicated events", { timeout: 90_00
         baseUrl: proxy.url,
         format: j.format,
         retry: { baseDelayMs: 2, maxDelayMs: 40, maxAttempts: 40 },
-        onReconnect: () => reconnects++,
+        onReconnect: ({ after }) => {
+          reconnects++;
+          if (after === -1) beforeFirstEvent++;
+        },
         onEvent: () => delivered++,
       });
       for await (const e of s) events.push(e);
@@ -90,7 +94,8 @@ test("hundreds of random cuts: zero lost or duplicated events", { timeout: 90_00
   }
   console.log(
     `resume: ${results.length} streams, ${proxy.stats.connections} connections, ${proxy.stats.cuts} cuts, ` +
-      `${reconnects} reconnects, ${delivered} events delivered, ${lost} lost, ${duplicated} duplicated`,
+      `${reconnects} reconnects (${beforeFirstEvent} before the first event), ${delivered} events delivered, ` +
+      `${lost} lost, ${duplicated} duplicated`,
   );
   assert.equal(results.length, STREAMS);
   assert.equal(lost, 0);
@@ -180,4 +185,24 @@ test("without resume, a drop is a typed connection_lost", async () => {
     }).collect(),
     (e) => e instanceof ResumeError && e.error_type === "connection_lost",
   );
+});
+
+test("a POST that never reached the bridge is sent again, once", async () => {
+  let posts = 0;
+  const flaky = async (url, init = {}) => {
+    if (init.method === "POST" && ++posts === 1) throw new TypeError("fetch failed");
+    return fetch(url, init);
+  };
+  const reconnects = [];
+  const s = stream("chat", { messages: [{ role: "user", content: "second time lucky" }] }, {
+    baseUrl: bridge.url,
+    fetch: flaky,
+    retry: { baseDelayMs: 1 },
+    onReconnect: (r) => reconnects.push(r),
+  });
+  const events = await s.collect();
+  assertWellFormed(assert, events);
+  assert.equal(posts, 2);
+  assert.equal(reconnects.length, 1, "one resume attempt found nothing (404), then the POST again");
+  assert.equal(events[0].data.metadata.request_id, s.requestId);
 });
