@@ -44,4 +44,18 @@ npx tsc -p tsconfig.json
 npx tsc -p tsconfig.json --noEmit
 npx tsc -p test/tsconfig.json
 
+# What `npm publish` would ship, installed into an empty project and imported by name
+# (its `exports` and types), without socket.io-client (an optional peer).
+pack="$(mktemp -d)"
+trap 'rm -rf "$pack"' EXIT
+npm pack --silent --pack-destination "$pack" >/dev/null
+mkdir "$pack/app"
+( cd "$pack/app" && echo '{"name":"app","private":true,"type":"module"}' >package.json &&
+  npm install --silent --no-audit --no-fund "$pack"/switchyard-client-*.tgz &&
+  test -f node_modules/@switchyard/client/dist/index.d.ts &&
+  test ! -e node_modules/socket.io-client &&
+  node -e 'import("@switchyard/client").then((c) => { if (typeof c.stream !== "function" || typeof c.migratingClient !== "function") process.exit(1); })' ) ||
+  { echo "clients/js: the packed package does not install or import" >&2; exit 1; }
+echo "clients/js: the packed package installs and imports by name"
+
 node --test --test-reporter=spec "$@" test/*.test.mjs

@@ -187,6 +187,8 @@ class HttpEventStream implements EventStream {
   private failure: { error: unknown } | undefined;
   private posted = false;
   private postAttempts = 0;
+  /** The request id was made here: nobody else can have started a stream with it. */
+  private ownId = false;
   /** The POST's answer never arrived: the stream may or may not exist. */
   private maybeStarted = false;
   private attempt = 0;
@@ -214,6 +216,7 @@ class HttpEventStream implements EventStream {
       if (typeof given === "string") {
         this._requestId = given;
       } else if (opts.requestId !== false && given === undefined && (opts.requestId || !opts.map)) {
+        this.ownId = !opts.requestId;
         this._requestId = opts.requestId || newRequestId();
         payload = { ...(body as object), request_id: this._requestId };
       }
@@ -483,8 +486,9 @@ class HttpEventStream implements EventStream {
         return;
       }
       const err = (await errorFromResponse(res, StreamRefusedError, this._requestId)) as StreamRefusedError;
-      if (err.error_type === "duplicate_request" && this.postAttempts > 1 && this._requestId) {
-        // An earlier attempt of ours did start it.
+      if (err.error_type === "duplicate_request" && this._requestId && (this.postAttempts > 1 || this.ownId)) {
+        // An earlier attempt of ours did start it (ours, or one the browser or a proxy
+        // sent again by itself after a connection closed before any answer).
         this.posted = true;
         this.maybeStarted = false;
         return;

@@ -156,6 +156,7 @@ test("the package in headless Chromium", { skip: CHROMIUM ? false : "no chromium
         setTimeout(() => reject(new Error(`no result from the page within 60 s:\n${stderr}`)), 60_000).unref(),
       ),
     ]);
+    if (out.error !== undefined) console.log(`page error: ${out.error}`);
     assert.equal(out.error, undefined, out.error);
     assert.match(out.userAgent, /Chrome/);
     for (const events of [out.ndjson, out.sse]) {

@@ -206,3 +206,33 @@ test("a POST that never reached the bridge is sent again, once", async () => {
   assert.equal(reconnects.length, 1, "one resume attempt found nothing (404), then the POST again");
   assert.equal(events[0].data.metadata.request_id, s.requestId);
 });
+
+test("a POST sent twice underneath (a transparent retry) is resumed, not refused", async () => {
+  let posts = 0;
+  const doubling = async (url, init = {}) => {
+    if (init.method === "POST" && ++posts === 1) {
+      // The first copy starts the stream; its answer is lost and the request goes again.
+      const lost = await fetch(url, init);
+      await lost.body?.cancel();
+      posts++;
+    }
+    return fetch(url, init);
+  };
+  const events = await stream("chat", { messages: [{ role: "user", content: "sent twice" }] }, {
+    baseUrl: bridge.url,
+    fetch: doubling,
+    retry: { baseDelayMs: 1 },
+  }).collect();
+  assert.equal(posts, 2);
+  assertWellFormed(assert, events);
+  assert.equal(events.filter(isChunk).map((c) => c.data.text).join(""), "sent twice");
+  // With a request id of the app's own, a duplicate is the app's to resolve.
+  posts = 0;
+  await assert.rejects(
+    stream("chat", { request_id: `dup-${Date.now()}`, options: { chunks: 100, interval_ms: 10 } }, {
+      baseUrl: bridge.url,
+      fetch: doubling,
+    }).next(),
+    (e) => e.status === 409 && e.error_type === "duplicate_request",
+  );
+});
