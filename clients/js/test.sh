@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The client package's tests: install (npm ci), build (tsc), type-check, then the
+# node:test suites against the real bridge binary (and headless Chromium when present).
+#
+# The bridge binary: $SWITCHYARD_BIN, else <cargo target dir>/debug/switchyard (from
+# $CARGO_TARGET_DIR, else `cargo metadata`, else ../../target). Build it first
+# (`cargo build`; scripts/test's `cargo test` does).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+REPO="$(cd ../.. && pwd)"
+
+if [[ ! -d node_modules || package-lock.json -nt node_modules ]]; then
+  npm ci --no-audit --no-fund --loglevel=error
+  touch node_modules
+fi
+
+if [[ -z "${SWITCHYARD_BIN:-}" ]]; then
+  target="${CARGO_TARGET_DIR:-}"
+  if [[ -z "$target" ]] && command -v cargo >/dev/null 2>&1; then
+    target="$(cd "$REPO" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
+      node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{try{process.stdout.write(JSON.parse(s).target_directory)}catch{}})')"
+  fi
+  target="${target:-$REPO/target}"
+  [[ "$target" = /* ]] || target="$REPO/$target"
+  export SWITCHYARD_BIN="$target/debug/switchyard"
+fi
+if [[ ! -x "$SWITCHYARD_BIN" ]]; then
+  echo "clients/js: the bridge binary is missing at $SWITCHYARD_BIN: run \`cargo build\` first (or set SWITCHYARD_BIN)" >&2
+  exit 1
+fi
+
+if ! command -v chromium >/dev/null 2>&1 && [[ -z "${CHROMIUM_BIN:-}" ]]; then
+  if [[ "$(id -u)" = 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "clients/js: installing Chromium (Debian package) for the browser test"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "clients/js: no chromium on PATH and not root with apt-get: the browser test is skipped (Debian: sudo apt-get install chromium)"
+  fi
+fi
+
+rm -rf dist
+npx tsc -p tsconfig.json
+npx tsc -p tsconfig.json --noEmit
+npx tsc -p test/tsconfig.json
+
+# What `npm publish` would ship, installed into an empty project and imported by name
+# (its `exports` and types), without socket.io-client (an optional peer).
+pack="$(mktemp -d)"
+trap 'rm -rf "$pack"' EXIT
+npm pack --silent --pack-destination "$pack" >/dev/null
+mkdir "$pack/app"
+( cd "$pack/app" && echo '{"name":"app","private":true,"type":"module"}' >package.json &&
+  npm install --silent --no-audit --no-fund "$pack"/switchyard-client-*.tgz &&
+  test -f node_modules/@switchyard/client/dist/index.d.ts &&
+  test ! -e node_modules/socket.io-client &&
+  node -e 'import("@switchyard/client").then((c) => { if (typeof c.stream !== "function" || typeof c.migratingClient !== "function") process.exit(1); })' ) ||
+  { echo "clients/js: the packed package does not install or import" >&2; exit 1; }
+echo "clients/js: the packed package installs and imports by name"
+
+node --test --test-reporter=spec "$@" test/*.test.mjs
