@@ -1,7 +1,7 @@
 // Test support: the real bridge on an ephemeral port, its admin API, a TCP proxy that
 // cuts connections, and waiting on conditions (never fixed sleeps).
 import { spawn } from "node:child_process";
-import { cpSync, mkdtempSync, rmSync, existsSync, readFileSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, rmSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -33,7 +33,7 @@ export async function waitFor(fn, { timeoutMs = 10_000, what = "condition", step
 }
 
 /**
- * Starts the bridge binary with a temporary copy of flags/ (and optionally of
+ * Starts the bridge binary with a temporary copy of the shipped flags (and optionally of
  * routes.toml with extra routes appended). Returns {url, port, proc, stop, admin, ...}.
  */
 export async function startBridge({ env = {}, extraRoutes = "", flags = null } = {}) {
@@ -43,8 +43,10 @@ export async function startBridge({ env = {}, extraRoutes = "", flags = null } =
   }
   const dir = mkdtempSync(join(tmpdir(), "switchyard-js-"));
   const flagsDir = join(dir, "flags");
-  cpSync(join(REPO, "flags"), flagsDir, { recursive: true });
-  rmSync(join(flagsDir, "audit.jsonl"), { force: true });
+  // The shipped flags only (a checkout's own flags/flags.toml is runtime state): the
+  // bridge creates flags.toml from the example, as on a first run.
+  mkdirSync(flagsDir);
+  cpSync(join(REPO, "flags", "flags.example.toml"), join(flagsDir, "flags.example.toml"));
   if (flags !== null) writeFileSync(join(flagsDir, "flags.toml"), flags);
   const routesFile = join(dir, "routes.toml");
   writeFileSync(routesFile, readFileSync(join(REPO, "routes.toml"), "utf8") + "\n" + extraRoutes);
