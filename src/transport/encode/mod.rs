@@ -106,12 +106,12 @@ fn raw<T: Serialize>(v: &T) -> Option<Box<RawValue>> {
 mod tests {
     use super::*;
     use crate::event::EventKind;
-    use bytes::BytesMut;
     use crate::event::Line;
     use crate::hub::Stream;
     use crate::hub::{Hub, HubConfig};
     use crate::request::{RequestId, Transport};
     use crate::routes::Routes;
+    use bytes::BytesMut;
     use serde_json::json;
     use std::time::Duration;
 
