@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The client package's tests: install (npm ci), build (tsc), type-check, then the
-# node:test suites against the real bridge binary (and headless Chromium when present).
+# node:test suites against the real bridge binary (and headless Chromium when present,
+# the system's chromium driven by playwright-core: no browser is ever downloaded).
 #
 # The bridge binary: $SWITCHYARD_BIN, else <cargo target dir>/debug/switchyard (from
 # $CARGO_TARGET_DIR, else `cargo metadata`, else ../../target). Build it first

@@ -1,15 +1,17 @@
-// The built ESM package in headless Chromium (Debian's `chromium`): a page served by a
-// tiny static server of the test's own runs streams against the real bridge (a
-// cross-origin bridge, listed in cors.allowed_origins), including through the cutting
-// proxy, and posts what it saw back to the server.
+// The built ESM package in headless Chromium (Debian's `chromium`, driven by
+// playwright-core; never a downloaded browser): a page served by a tiny static server of
+// the test's own runs streams against the real bridge (a cross-origin bridge, listed in
+// cors.allowed_origins), including through the cutting proxy. The test reads what the
+// page saw with page.evaluate, checks that the page loaded nothing from anywhere but the
+// test's own loopback servers, and saves a screenshot under test-artifacts/.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
-import { spawn, execFileSync } from "node:child_process";
-import { readFile, mkdtemp, rm } from "node:fs/promises";
+import { execFileSync } from "node:child_process";
+import { readFile, mkdir } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { join, normalize } from "node:path";
-import { tmpdir } from "node:os";
+import { chromium } from "playwright-core";
 import { startBridge, startCuttingProxy, assertWellFormed, PKG, readNdjson } from "./helpers.mjs";
 
 function findChromium() {
@@ -24,26 +26,39 @@ function findChromium() {
   return null;
 }
 const CHROMIUM = findChromium();
+const ARTIFACTS = join(PKG, "test-artifacts");
 
 const MESSAGE = "héllo wörld 世界 🎉 naïve café ☕";
 
+// The page keeps what it saw in window.__result (set once, at the end or on the first
+// uncaught error) and shows its progress in #status, for the screenshot.
 const PAGE = `<!doctype html>
 <meta charset="utf-8">
 <title>switchyard client</title>
+<style>body { font: 14px monospace; margin: 16px; } h1 { font-size: 16px; }</style>
+<h1>@switchyard/client in Chromium</h1>
+<pre id="status">loading /dist/index.js</pre>
 <script type="module">
-import { stream, transportFor, isChunk, isEnd, StreamRefusedError } from "/dist/index.js";
+const statusEl = document.getElementById("status");
+const show = (line) => (statusEl.textContent += "\\n" + line);
+const finish = (out) => {
+  if (window.__result === undefined) window.__result = out;
+  show(out.error !== undefined ? "error: " + out.error : "done");
+};
+window.addEventListener("error", (e) => finish({ error: String(e.message) }));
+window.addEventListener("unhandledrejection", (e) => finish({ error: String(e.reason && e.reason.stack || e.reason) }));
 const q = new URLSearchParams(location.search);
 const bridge = q.get("bridge"), proxy = q.get("proxy"), id = q.get("id"), n = Number(q.get("n") || 20);
-const report = (out) => fetch("/result", { method: "POST", body: JSON.stringify(out) });
-window.addEventListener("error", (e) => report({ error: String(e.message) }));
-window.addEventListener("unhandledrejection", (e) => report({ error: String(e.reason && e.reason.stack || e.reason) }));
 const ask = (content, extra) => Object.assign({ messages: [{ role: "user", content }] }, extra);
 const out = { userAgent: navigator.userAgent };
 try {
+  const { stream, transportFor, isChunk, StreamRefusedError } = await import("/dist/index.js");
   out.ndjson = await stream("chat", ask(${JSON.stringify(MESSAGE)}, { options: { tool_calls: 1 } }), { baseUrl: bridge }).collect();
+  show("ndjson: " + out.ndjson.length + " events");
   const sse = stream("chat", ask(${JSON.stringify(MESSAGE)}), { baseUrl: bridge, format: "sse", requestId: false });
   out.sse = await sse.collect();
   out.sseRequestId = sse.requestId;
+  show("sse: " + out.sse.length + " events, request id " + sse.requestId);
   // Through the cutting proxy: resumed by itself. Chromium also resends by itself a POST
   // whose reused connection closed before any answer: the bridge then answers 409
   // duplicate_request to the copy, which the client must resume, not report.
@@ -58,6 +73,7 @@ try {
     }).collect());
   }
   out.reconnects = reconnects;
+  show("through the cutting proxy: " + n + " streams, " + reconnects + " reconnects");
   // Abort cancels on the server.
   const ac = new AbortController();
   const s = stream("chat", { request_id: id, options: { chunks: 500, interval_ms: 20 } }, { baseUrl: bridge, signal: ac.signal });
@@ -67,38 +83,30 @@ try {
   } catch (e) {
     out.abortError = e.name;
   }
+  show("abort: " + out.abortError);
   try {
     await stream("chat", { options: { chunks: "many" } }, { baseUrl: bridge }).next();
   } catch (e) {
     out.refused = { isTyped: e instanceof StreamRefusedError, status: e.status, error_type: e.error_type };
   }
+  show("refused: " + JSON.stringify(out.refused));
   out.transport = await transportFor("chat", { user: "alice" }, { baseUrl: bridge });
+  show("transport for alice: " + out.transport);
 } catch (e) {
   out.error = String(e && e.stack || e);
 }
-await report(out);
+finish(out);
 </script>`;
 
 let server;
 let bridge;
 let proxy;
-let resultResolve;
-const result = new Promise((r) => (resultResolve = r));
+let browser;
 
 before(async () => {
   if (!CHROMIUM) return;
   server = http.createServer(async (req, res) => {
     const path = new URL(req.url, "http://x").pathname;
-    if (req.method === "POST" && path === "/result") {
-      let body = "";
-      req.setEncoding("utf8");
-      req.on("data", (d) => (body += d));
-      req.on("end", () => {
-        res.end("ok");
-        resultResolve(JSON.parse(body));
-      });
-      return;
-    }
     if (path === "/" || path === "/index.html") {
       res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
       return res.end(PAGE);
@@ -120,46 +128,44 @@ before(async () => {
 });
 
 after(async () => {
+  await browser?.close().catch(() => {});
   await proxy?.close();
   await bridge?.stop();
   await new Promise((r) => (server ? server.close(r) : r()));
 });
 
-test("the package in headless Chromium", { skip: CHROMIUM ? false : "no chromium on PATH", timeout: 90_000 }, async () => {
-  const profile = await mkdtemp(join(tmpdir(), "switchyard-chromium-"));
+test("the package in headless Chromium", { skip: CHROMIUM ? false : "no chromium on PATH", timeout: 120_000 }, async () => {
+  const origin = `http://127.0.0.1:${server.address().port}`;
   const id = `browser-abort-${Date.now()}`;
-  const page = `http://127.0.0.1:${server.address().port}/index.html?bridge=${encodeURIComponent(bridge.url)}&proxy=${encodeURIComponent(proxy.url)}&id=${id}&n=${process.env.BROWSER_CUT_STREAMS ?? 20}`;
-  const browser = spawn(
-    CHROMIUM,
-    [
-      "--headless",
+  const url = `${origin}/index.html?bridge=${encodeURIComponent(bridge.url)}&proxy=${encodeURIComponent(proxy.url)}&id=${id}&n=${process.env.BROWSER_CUT_STREAMS ?? 20}`;
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    timeout: 30_000,
+    args: [
       "--no-sandbox",
       "--disable-gpu",
-      "--disable-dev-shm-usage",
       "--disable-background-networking",
       "--disable-component-update",
       "--disable-sync",
       "--no-first-run",
-      "--no-default-browser-check",
-      `--user-data-dir=${profile}`,
-      page,
     ],
-    { stdio: ["ignore", "ignore", "pipe"], detached: true },
-  );
-  let stderr = "";
-  browser.stderr.on("data", (d) => (stderr = (stderr + d).slice(-4000)));
-  const exited = new Promise((r) => browser.on("exit", r));
+  });
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const requests = [];
+  page.on("request", (r) => requests.push(`${r.method()} ${r.url()}`));
+  const consoleErrors = [];
+  page.on("console", (m) => m.type() === "error" && consoleErrors.push(m.text()));
+  let crashed = false;
+  page.on("crash", () => (crashed = true));
   try {
-    const out = await Promise.race([
-      result,
-      exited.then((code) => {
-        throw new Error(`chromium exited (${code}) before the page reported:\n${stderr}`);
-      }),
-      new Promise((_, reject) =>
-        setTimeout(() => reject(new Error(`no result from the page within 60 s:\n${stderr}`)), 60_000).unref(),
-      ),
-    ]);
-    if (out.error !== undefined) console.log(`page error: ${out.error}`);
+    await page.goto(url, { waitUntil: "domcontentloaded", timeout: 15_000 });
+    // Condition-polled: the page sets window.__result once, when done or on an error.
+    await page.waitForFunction(() => window.__result !== undefined, null, { polling: 100, timeout: 90_000 });
+    const out = await page.evaluate(() => window.__result);
+    if (out.error !== undefined) console.log(`page error: ${out.error}\nconsole errors: ${consoleErrors.join("\n")}`);
+    assert.equal(crashed, false, "the page crashed");
     assert.equal(out.error, undefined, out.error);
     assert.match(out.userAgent, /Chrome/);
     for (const events of [out.ndjson, out.sse]) {
@@ -179,14 +185,26 @@ test("the package in headless Chromium", { skip: CHROMIUM ? false : "no chromium
     assert.equal(replay.at(-1).data.reason, "cancelled");
     assert.deepEqual(out.refused, { isTyped: true, status: 400, error_type: "invalid_request" });
     assert.equal(out.transport, "socketio");
-    console.log(`browser: ${out.reconnects} reconnects over ${proxy.stats.cuts} proxy cuts; ${out.userAgent}`);
+
+    // Everything the page asked for came from the test's own loopback servers: the page
+    // and the built package from the static server, the streams from the bridge and the
+    // proxy.
+    const allowed = new Set([origin, bridge.url, proxy.url]);
+    const foreign = requests.filter((r) => !allowed.has(new URL(r.slice(r.indexOf(" ") + 1)).origin));
+    assert.deepEqual(foreign, [], "the page made requests outside the test's servers");
+    assert.ok(requests.includes(`GET ${origin}/dist/index.js`), "the page loaded the built package from the static server");
+    assert.ok(requests.some((r) => r.startsWith(`POST ${proxy.url}/`)), "the page streamed through the proxy");
+    assert.ok(requests.some((r) => r.startsWith(`POST ${bridge.url}/`)), "the page streamed from the bridge");
+    console.log(
+      `browser: ${out.reconnects} reconnects over ${proxy.stats.cuts} proxy cuts, ${requests.length} requests; ${out.userAgent}`,
+    );
   } finally {
-    try {
-      process.kill(-browser.pid, "SIGKILL");
-    } catch {
-      /* already gone */
-    }
-    await exited;
-    await rm(profile, { recursive: true, force: true });
+    await mkdir(ARTIFACTS, { recursive: true });
+    await page
+      .screenshot({ path: join(ARTIFACTS, "browser.png"), fullPage: true, timeout: 10_000 })
+      .catch((e) => console.log(`no screenshot: ${e.message}`));
+    await context.close().catch(() => {});
+    await browser.close();
+    browser = undefined;
   }
 });
