@@ -138,6 +138,18 @@ impl std::fmt::Display for WorstCase {
     }
 }
 
+/// True for `scheme://host[:port]` with nothing after it: the form browsers send in
+/// `Origin`, and the only form `cors.allowed_origins` takes (besides `"*"`).
+pub fn is_origin(s: &str) -> bool {
+    origin_authority(s).is_some_and(|a| !a.is_empty() && !a.contains(['/', '?', '#', ' ', '@']))
+}
+
+/// The `host[:port]` of an origin, or `None` when it has no scheme.
+pub fn origin_authority(origin: &str) -> Option<&str> {
+    let (scheme, rest) = origin.split_once("://")?;
+    (!scheme.is_empty()).then_some(rest)
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -376,7 +388,7 @@ impl Config {
             return bad("limits.header_timeout_secs must be at least 1");
         }
         for origin in &self.cors.allowed_origins {
-            if origin != "*" && !crate::transport::cors::is_origin(origin) {
+            if origin != "*" && !is_origin(origin) {
                 return Err(ConfigError::Value(format!(
                     "cors.allowed_origins: {origin:?} is not an origin (scheme://host[:port], no path) or \"*\""
                 )));

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::request::{Subject, Transport};
 
-use super::model::{Mode, RouteFlag};
+use super::model::{Flags, Mode, RouteFlag};
 
 /// MurmurHash3, x86 32-bit variant, over the concatenation of `parts`, without
 /// allocating: a partial 4-byte block is carried across part boundaries, so any split of
@@ -254,6 +254,30 @@ impl Enforcement {
 
     pub fn is_allowed(self) -> bool {
         matches!(self, Enforcement::Allowed { .. })
+    }
+}
+
+// The evaluation methods of the model's types live here, with the evaluation: the model
+// knows nothing of it.
+impl RouteFlag {
+    /// Evaluates this flag for `subject` on `route` (see [`evaluate`]).
+    #[inline]
+    pub fn evaluate(&self, route: &str, subject: &Subject) -> Evaluation {
+        evaluate(self, route, subject)
+    }
+
+    /// What a new request of `subject` on `used` gets (see [`Enforcement`]).
+    #[inline]
+    pub fn enforce(&self, route: &str, subject: &Subject, used: Transport) -> Enforcement {
+        Enforcement::decide(self.evaluate(route, subject), self.mode, self.strict, used)
+    }
+}
+
+impl Flags {
+    /// Evaluates route `name` for `subject` (see [`evaluate`]).
+    #[inline]
+    pub fn evaluate(&self, name: &str, subject: &Subject) -> Evaluation {
+        evaluate(self.route(name), name, subject)
     }
 }
 

@@ -14,9 +14,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
-use crate::request::{Subject, Transport};
-
-use super::eval::{self, Evaluation};
+use crate::request::Subject;
 
 /// A route's migration mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -437,18 +435,6 @@ impl RouteFlag {
         m.insert("strict".into(), self.strict.into());
         Value::Object(m)
     }
-
-    /// Evaluates this flag for `subject` on `route` (see [`eval::evaluate`]).
-    #[inline]
-    pub fn evaluate(&self, route: &str, subject: &Subject) -> Evaluation {
-        eval::evaluate(self, route, subject)
-    }
-
-    /// What a new request of `subject` on `used` gets (see [`eval::Enforcement`]).
-    #[inline]
-    pub fn enforce(&self, route: &str, subject: &Subject, used: Transport) -> eval::Enforcement {
-        eval::Enforcement::decide(self.evaluate(route, subject), self.mode, self.strict, used)
-    }
 }
 
 impl Default for RouteFlag {
@@ -641,12 +627,6 @@ impl Flags {
     #[inline]
     pub fn route(&self, name: &str) -> &RouteFlag {
         self.routes.get(name).unwrap_or(&LEGACY_FLAG)
-    }
-
-    /// Evaluates route `name` for `subject` (see [`eval::evaluate`]).
-    #[inline]
-    pub fn evaluate(&self, name: &str, subject: &Subject) -> Evaluation {
-        eval::evaluate(self.route(name), name, subject)
     }
 }
 

@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::config::CorsConfig;
+use crate::config::{CorsConfig, origin_authority as authority};
 use crate::error::ApiError;
 
 /// How long a browser may cache a preflight answer, in seconds.
@@ -48,17 +48,6 @@ impl Cors {
     fn allows(&self, origin: &str) -> bool {
         self.any || self.origins.contains(&origin.to_ascii_lowercase())
     }
-}
-
-/// True for `scheme://host[:port]` with nothing after it: the form browsers send.
-pub fn is_origin(s: &str) -> bool {
-    authority(s).is_some_and(|a| !a.is_empty() && !a.contains(['/', '?', '#', ' ', '@']))
-}
-
-/// The `host[:port]` of an origin, or `None` when it has no scheme.
-fn authority(origin: &str) -> Option<&str> {
-    let (scheme, rest) = origin.split_once("://")?;
-    (!scheme.is_empty()).then_some(rest)
 }
 
 /// Whether `origin` is the bridge's own origin as the client addressed it (`Host`). A
@@ -147,6 +136,7 @@ fn allow(h: &mut HeaderMap, origin: HeaderValue) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::is_origin;
 
     fn host(h: &str) -> HeaderMap {
         let mut m = HeaderMap::new();
