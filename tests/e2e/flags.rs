@@ -343,21 +343,6 @@ async fn get_json_auth(s: &Server, path: &str) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
-async fn eventually_async<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !f().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn hand_edits_reload_and_invalid_ones_keep_the_last_good_flags() {
     let s = Server::start(with_flags("version = 1\n[route.chat]\nmode = \"dual\"\n")).await;

@@ -222,13 +222,10 @@ async fn counters_move_by_exactly_what_happened() {
             .get(r#"switchyard_socketio_connections{namespace="/"}"#)
             .copied()
     };
-    for _ in 0..200 {
-        if sockets().await == Some(0.0) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!(sockets().await, Some(0.0));
+    eventually_async("the Socket.IO connections gauge is back at 0", || async {
+        sockets().await == Some(0.0)
+    })
+    .await;
     s.shutdown().await;
 }
 
