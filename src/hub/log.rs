@@ -40,6 +40,10 @@ use crate::routes::Route;
 /// Bytes an entry holds beyond its line(s): the entry and its reference counts (one
 /// allocation), the line's allocation, its slot in the log, and the allocator's header of
 /// each allocation.
+/// What a stream's charge to the live budget may lag behind what it holds (so the shared
+/// counter is touched once per this many bytes, not once per event).
+const CHARGE_STEP: u64 = 4096;
+
 /// How often a stream paused for the live budget looks whether memory was freed.
 const BUDGET_RECHECK: Duration = Duration::from_millis(50);
 
@@ -154,10 +158,6 @@ impl Entry {
     /// The adapters' per-entry cache (see the field).
     pub fn cache(&self) -> &OnceLock<Box<dyn Any + Send + Sync>> {
         &self.cache
-    }
-
-    pub fn end(&self) -> u64 {
-        self.offset + self.size()
     }
 
     /// Memory the log counts for it: the line, once more the line's size when the route
@@ -441,21 +441,24 @@ impl Stream {
         }
     }
 
-    /// Brings what this stream counts in the live budget up to date.
+    /// Brings what this stream counts in the live budget up to date, in steps of
+    /// [`CHARGE_STEP`]: the budget is shared by every stream, so it is not touched on
+    /// every event.
     fn charge(&self, log: &mut Log) {
         if log.released {
             return;
         }
         let now = log.retained + log.rules.output().len() as u64;
-        self.budget.charge(log.charged, now);
-        log.charged = now;
+        if now.abs_diff(log.charged) >= CHARGE_STEP {
+            self.budget.charge(log.charged, now);
+            log.charged = now;
+        }
     }
 
     /// The stream has finished: it no longer counts in the live budget (the hub's
     /// retention of finished streams accounts for it from now on).
     pub fn release_budget(&self) {
         let mut log = self.log();
-        self.charge(&mut log);
         self.budget.charge(log.charged, 0);
         log.charged = 0;
         log.released = true;

@@ -144,6 +144,17 @@ fn check_validates_the_shipped_files_and_lists_every_problem() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
+    // The worst case the shipped settings allow, by part, for sizing a container.
+    let report = String::from_utf8_lossy(&ok.stdout);
+    for part in [
+        "one stream",
+        "live streams",
+        "finished streams",
+        "connections",
+        "total",
+    ] {
+        assert!(report.contains(part), "{report}");
+    }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("routes.toml"),
