@@ -18,6 +18,14 @@
 //!
 //! Each stream charges what it holds (its log and the text kept for its completion) to
 //! the hub's [`LiveBudget`] as it changes, and releases it when it finishes.
+//!
+//! Where a log lives is its [`Backing`], the hub's one seam for storage: `Local` (memory
+//! only: an entry is visible to cursors once appended), `WriteThrough` (the owner's log,
+//! also written to a [`LogStore`]: an entry is visible once the store has committed it,
+//! so no cursor holds an event the store could lose), or `Mirror` (a copy of a log
+//! another process writes, fed entry by entry with [`Stream::mirror_append`]). Cursors,
+//! eviction, resume and the slow-consumer rule are the same code for all three: they read
+//! up to the `committed` watermark, which a local log keeps equal to its head.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -117,6 +125,33 @@ impl LiveBudget {
     }
 }
 
+/// Where a stream's log is written (see the module doc).
+#[derive(Clone, Default)]
+pub enum Backing {
+    #[default]
+    Local,
+    WriteThrough(Arc<dyn LogStore>),
+    Mirror,
+}
+
+/// A store a written-through log is committed to. `dirty` is called (outside the log's
+/// lock, at most once until the store took the pending entries with
+/// [`Stream::uncommitted`]) when entries past the committed watermark are waiting; the
+/// store then calls [`Stream::commit`] once it holds them. Must not block.
+pub trait LogStore: Send + Sync + 'static {
+    fn dirty(&self, stream: Arc<Stream>);
+}
+
+impl std::fmt::Debug for Backing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backing::Local => "Local",
+            Backing::WriteThrough(_) => "WriteThrough",
+            Backing::Mirror => "Mirror",
+        })
+    }
+}
+
 /// What bounds one stream, from the configuration.
 #[derive(Debug, Clone)]
 pub struct StreamBounds {
@@ -126,6 +161,7 @@ pub struct StreamBounds {
     /// `limits.max_output_bytes`: most bytes of text (the chunks' concatenation).
     pub max_output: usize,
     pub budget: Arc<LiveBudget>,
+    pub backing: Backing,
 }
 
 /// One logged event: its neutral line and the wire encodings made from it, made once and
@@ -188,6 +224,10 @@ struct Log {
     charged: u64,
     /// Finished and handed over to the hub's retention: no longer counted as live.
     released: bool,
+    /// Entries below this seq are visible to cursors (a local log: all of them).
+    committed: Seq,
+    /// The seq of the `end` entry, once logged.
+    end_seq: Option<Seq>,
 }
 
 /// A cursor's place in the log.
@@ -201,6 +241,16 @@ enum Slot {
 }
 
 impl Log {
+    /// The seq the next entry gets.
+    fn head(&self) -> Seq {
+        self.first_seq + self.entries.len() as u64
+    }
+
+    /// Whether every entry up to `end` is visible: nothing more will come.
+    fn ended_visible(&self) -> bool {
+        self.end_seq.is_some_and(|e| e < self.committed)
+    }
+
     /// Whether some live cursor has not read the oldest entry yet (cursors already past
     /// eviction are lagged and wait for nobody).
     fn front_needed(&mut self) -> bool {
@@ -265,9 +315,15 @@ pub struct Stream {
     /// Milliseconds since `created` of the last engine event (idle detection).
     last_event_ms: AtomicU64,
     metrics: StreamMetrics,
+    backing: Backing,
+    /// A written-through log's store was told of pending entries it has not taken yet.
+    queued: AtomicBool,
+    me: std::sync::Weak<Stream>,
 }
 
 impl Stream {
+    /// Built inside `Arc::new_cyclic` (`me`: its own handle, given to a write-through store).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         id: RequestId,
         route: Arc<Route>,
@@ -276,6 +332,7 @@ impl Stream {
         origin: Transport,
         bounds: StreamBounds,
         metrics: StreamMetrics,
+        me: std::sync::Weak<Stream>,
     ) -> Stream {
         let mapped = route.socketio.is_some() || route.http.emit.is_mapped();
         Stream {
@@ -297,6 +354,8 @@ impl Stream {
                 min_position: 0,
                 charged: 0,
                 released: false,
+                committed: 0,
+                end_seq: None,
             }),
             max_bytes: bounds.max_bytes,
             lag: bounds.lag,
@@ -313,6 +372,77 @@ impl Stream {
             stop_reason: Mutex::new(None),
             last_event_ms: AtomicU64::new(0),
             metrics,
+            backing: bounds.backing,
+            queued: AtomicBool::new(false),
+            me,
+        }
+    }
+
+    /// Whether this is a copy of a log another process writes.
+    pub fn is_mirror(&self) -> bool {
+        matches!(self.backing, Backing::Mirror)
+    }
+
+    /// Sets the seq of the first entry of an empty mirror (its copy starts there).
+    pub fn mirror_start_at(&self, seq: Seq) {
+        let mut log = self.log();
+        if log.entries.is_empty() {
+            log.first_seq = seq;
+            log.committed = seq;
+            log.min_position = log.min_position.min(seq);
+        }
+    }
+
+    /// Appends an entry copied from the log this one mirrors: only the next one in order
+    /// (`seq` = the head) is taken; returns whether it was.
+    pub fn mirror_append(&self, seq: Seq, kind: EventKind, line: Line) -> bool {
+        let now = self.now_ms();
+        let mut log = self.log();
+        if seq != log.head() || log.end_seq.is_some() {
+            return false;
+        }
+        self.push_entry(&mut log, kind, seq, line, now);
+        self.evict(&mut log, now, false);
+        drop(log);
+        self.publish();
+        true
+    }
+
+    /// The entries past the committed watermark (oldest first), for the store to write.
+    pub fn uncommitted(&self) -> Vec<Arc<Entry>> {
+        self.queued.store(false, Ordering::SeqCst);
+        let log = self.log();
+        let from = log.committed.saturating_sub(log.first_seq) as usize;
+        log.entries.range(from..).cloned().collect()
+    }
+
+    /// The store holds every entry below `upto`: cursors may read them.
+    pub fn commit(&self, upto: Seq) {
+        let mut log = self.log();
+        if upto <= log.committed {
+            return;
+        }
+        log.committed = upto.min(log.head());
+        let now = self.now_ms();
+        self.evict(&mut log, now, false);
+        drop(log);
+        self.publish();
+        self.wake_producer();
+    }
+
+    /// The seq below which entries are visible to cursors.
+    pub fn committed(&self) -> Seq {
+        self.log().committed
+    }
+
+    /// After an append: a local or mirrored entry is visible at once; a written-through
+    /// one once its store commits it (the store is told, once until it takes them).
+    fn appended(&self) {
+        if let Backing::WriteThrough(store) = &self.backing
+            && !self.queued.swap(true, Ordering::SeqCst)
+            && let Some(me) = self.me.upgrade()
+        {
+            store.dirty(me);
         }
     }
 
@@ -339,6 +469,7 @@ impl Stream {
         }
         drop(log);
         self.publish();
+        self.appended();
     }
 
     /// Writes the terminal event (if the engine did not) and `end`; returns the end reason
@@ -361,6 +492,7 @@ impl Stream {
         }
         drop(log);
         self.publish();
+        self.appended();
         if let Some(reason) = &reason {
             self.metrics
                 .finished(reason, self.created.elapsed().as_secs_f64());
@@ -392,6 +524,12 @@ impl Stream {
         // Memory held counts the entry itself too, so many tiny events stay bounded.
         log.retained += entry.retained(self.mapped);
         log.entries.push_back(entry);
+        if kind == EventKind::End {
+            log.end_seq = Some(seq);
+        }
+        if !matches!(self.backing, Backing::WriteThrough(_)) {
+            log.committed = seq + 1;
+        }
     }
 
     /// Evicts the oldest entries while the log is over `max_bytes`: freely those every
@@ -405,7 +543,7 @@ impl Stream {
         } else {
             self.max_bytes
         };
-        while log.retained > target && log.entries.len() > 1 {
+        while log.retained > target && log.entries.len() > 1 && log.first_seq < log.committed {
             let Some(front_at) = log.entries.front().map(|e| u64::from(e.at_ms)) else {
                 break;
             };
@@ -527,8 +665,9 @@ impl Stream {
         }
     }
 
+    /// Whether `end` is in the log (for a written-through log: even before its commit).
     pub fn is_ended(&self) -> bool {
-        self.log().rules.is_ended()
+        self.log().end_seq.is_some()
     }
 
     /// Asks the producer to stop; the first reason given wins. Returns false if the
@@ -595,7 +734,7 @@ impl Stream {
 
     /// The seq the next event will get (= number of events written).
     pub fn next_seq(&self) -> Seq {
-        self.log().rules.next_seq()
+        self.log().head()
     }
 
     /// A cursor that reads from `seq` on (it may be evicted already: the cursor then
@@ -709,6 +848,7 @@ impl Stream {
     fn engine_wrote(&self, now_ms: u64) {
         self.last_event_ms.store(now_ms, Ordering::Relaxed);
         self.publish();
+        self.appended();
     }
 }
 
@@ -787,7 +927,8 @@ impl Cursor {
             return Some(Batch::Lagged);
         }
         let idx = (self.next - log.first_seq) as usize;
-        if let Some(first) = log.entries.get(idx) {
+        let visible = (log.committed - log.first_seq) as usize;
+        if let Some(first) = log.entries.get(idx).filter(|_| idx < visible) {
             let lag = log.total - first.offset;
             if lag > stream.lag.max_lag_bytes
                 && stream.now_ms().saturating_sub(u64::from(first.at_ms)) >= stream.stall_ms()
@@ -795,7 +936,7 @@ impl Cursor {
                 self.cut(&mut log);
                 return Some(Batch::Lagged);
             }
-            let take = (log.entries.len() - idx).min(max.max(1));
+            let take = (visible - idx).min(max.max(1));
             let batch: Vec<Arc<Entry>> = log.entries.range(idx..idx + take).cloned().collect();
             self.next += take as u64;
             if let Some(p @ Slot::Live(_)) = log.positions.get_mut(self.slot) {
@@ -805,7 +946,7 @@ impl Cursor {
             stream.wake_producer();
             return Some(Batch::Events(batch));
         }
-        if log.rules.is_ended() {
+        if log.ended_visible() {
             return Some(Batch::End);
         }
         None

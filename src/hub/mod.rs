@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tokio::sync::{mpsc, watch};
 
-pub use log::{Batch, Cursor, Entry, LagPolicy, LiveBudget, Stream, StreamBounds};
+pub use log::{
+    Backing, Batch, Cursor, Entry, LagPolicy, LiveBudget, LogStore, Stream, StreamBounds,
+};
 
 use crate::error::ApiError;
 use crate::metrics::StreamMetrics;
@@ -69,11 +71,19 @@ pub struct Hub {
     retained: std::sync::Mutex<Retained>,
     next_tap: AtomicU64,
     closed: watch::Sender<bool>,
+    /// Where the logs of the streams started here are written.
+    backing: Backing,
 }
 
 impl Hub {
     pub fn new(config: HubConfig) -> Arc<Hub> {
+        Hub::with_backing(config, Backing::Local)
+    }
+
+    /// A hub whose streams' logs are written to `backing` (a cluster's store).
+    pub fn with_backing(config: HubConfig, backing: Backing) -> Arc<Hub> {
         Arc::new(Hub {
+            backing,
             budget: Arc::new(LiveBudget::new(config.max_live_bytes, config.max_streams)),
             config,
             streams: DashMap::new(),
@@ -116,20 +126,18 @@ impl Hub {
             self.running.fetch_sub(1, Ordering::AcqRel);
             return Err(e);
         }
-        let stream = Arc::new(Stream::new(
-            id.clone(),
-            route,
-            session_id.clone(),
-            subject,
-            origin,
-            StreamBounds {
-                max_bytes: self.config.replay_max_bytes as u64,
-                lag: self.config.lag,
-                max_output: self.config.max_output_bytes,
-                budget: self.budget.clone(),
-            },
-            metrics.clone(),
-        ));
+        let stream = Arc::new_cyclic(|me| {
+            Stream::new(
+                id.clone(),
+                route,
+                session_id.clone(),
+                subject,
+                origin,
+                self.bounds(self.backing.clone()),
+                metrics.clone(),
+                me.clone(),
+            )
+        });
         match self.streams.entry(id.clone()) {
             dashmap::Entry::Occupied(e) if !e.get().is_ended() => {
                 self.release_slots(&stream);
@@ -148,6 +156,69 @@ impl Hub {
             self.offer_to_taps(session, &stream);
         }
         Ok((stream, cursor))
+    }
+
+    fn bounds(&self, backing: Backing) -> StreamBounds {
+        StreamBounds {
+            max_bytes: self.config.replay_max_bytes as u64,
+            lag: self.config.lag,
+            max_output: self.config.max_output_bytes,
+            budget: self.budget.clone(),
+            backing,
+        }
+    }
+
+    /// The local copy of a stream another node runs: the one already held, or a new empty
+    /// mirror starting at `first` (fed with [`Stream::mirror_append`]; dropped
+    /// [`Hub::mirror_finished`] retention after its end). Taps of its session get it.
+    pub fn mirror(
+        self: &Arc<Self>,
+        id: RequestId,
+        route: Arc<Route>,
+        session_id: Option<Arc<str>>,
+        first: crate::event::Seq,
+        metrics: StreamMetrics,
+    ) -> (Arc<Stream>, bool) {
+        let mut created = false;
+        let stream = self
+            .streams
+            .entry(id.clone())
+            .or_insert_with(|| {
+                created = true;
+                let s = Arc::new_cyclic(|me| {
+                    Stream::new(
+                        id,
+                        route,
+                        session_id,
+                        None,
+                        Transport::Ndjson,
+                        self.bounds(Backing::Mirror),
+                        metrics,
+                        me.clone(),
+                    )
+                });
+                s.mirror_start_at(first);
+                s
+            })
+            .clone();
+        if created && let Some(session) = &stream.session_id {
+            self.offer_to_taps(session, &stream);
+        }
+        (stream, created)
+    }
+
+    /// A mirror ended (or is given up): kept for resume for the retention time, then
+    /// dropped like a finished stream.
+    pub fn mirror_finished(self: &Arc<Self>, stream: &Arc<Stream>) {
+        stream.release_budget();
+        self.retain(stream);
+    }
+
+    /// Drops a mirror at once (nobody reads it and it will not be fed any more).
+    pub fn drop_mirror(&self, stream: &Arc<Stream>) {
+        stream.release_budget();
+        self.streams
+            .remove_if(&stream.id, |_, s| Arc::ptr_eq(s, stream));
     }
 
     fn take_subject_slot(&self, key: &Arc<str>) -> Result<(), ApiError> {
@@ -175,7 +246,11 @@ impl Hub {
         if let Some(mut taps) = self.sessions.get_mut(session) {
             // A tap that cannot take one more cursor is too slow (or gone): drop it, which
             // ends its follower, rather than hold a stream back or queue without bound.
-            taps.retain(|tap| tap.tx.try_send(stream.subscribe_from(0)).is_ok());
+            taps.retain(|tap| {
+                tap.tx
+                    .try_send(stream.subscribe_from(stream.first_kept()))
+                    .is_ok()
+            });
         }
     }
 
@@ -184,6 +259,10 @@ impl Hub {
     pub fn finished(self: &Arc<Self>, stream: &Arc<Stream>) {
         self.release_slots(stream);
         stream.release_budget();
+        self.retain(stream);
+    }
+
+    fn retain(self: &Arc<Self>, stream: &Arc<Stream>) {
         let bytes = stream.retained_bytes();
         {
             let mut kept = self.retained_queue();
@@ -252,7 +331,7 @@ impl Hub {
     pub fn live_streams(&self) -> Vec<Arc<Stream>> {
         self.streams
             .iter()
-            .filter(|s| !s.is_ended())
+            .filter(|s| !s.is_ended() && !s.is_mirror())
             .map(|s| s.clone())
             .collect()
     }
@@ -567,5 +646,78 @@ mod tests {
         );
         assert!(matches!(stalled.try_batch(10), Some(Batch::Lagged)));
         assert!(first > 0);
+    }
+
+    /// A store that only records which streams have entries waiting.
+    #[derive(Default)]
+    struct Pending(std::sync::Mutex<Vec<Arc<Stream>>>);
+
+    impl LogStore for Pending {
+        fn dirty(&self, stream: Arc<Stream>) {
+            self.0.lock().unwrap().push(stream);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_written_through_log_shows_only_what_its_store_committed() {
+        let routes = Routes::parse(ROUTES, "test").unwrap();
+        let store = Arc::new(Pending::default());
+        let hub = Hub::with_backing(
+            HubConfig {
+                max_streams: 10,
+                max_streams_per_subject: 0,
+                replay_max_bytes: 1 << 20,
+                lag: LagPolicy::default(),
+                max_output_bytes: 1 << 20,
+                max_live_bytes: 1 << 30,
+                replay_max_total_bytes: 1 << 30,
+                retention: Duration::from_secs(60),
+            },
+            Backing::WriteThrough(store.clone()),
+        );
+        let (stream, mut cursor) = open(&hub, &routes, "wt");
+        assert!(stream.emit_chunk("a"));
+        assert!(stream.emit_chunk("b"));
+        assert!(cursor.try_batch(10).is_none(), "nothing committed yet");
+        assert_eq!(store.0.lock().unwrap().len(), 1, "told once");
+        let pending = stream.uncommitted();
+        assert_eq!(pending.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1, 2]);
+        stream.commit(2);
+        assert_eq!(read_all(&mut cursor), [0, 1]);
+        stream.finish(Finish::Completed);
+        assert!(stream.is_ended());
+        assert_eq!(store.0.lock().unwrap().len(), 2, "told again after taking");
+        let rest: Vec<_> = stream.uncommitted().iter().map(|e| e.seq).collect();
+        assert_eq!(rest, [2, 3, 4]);
+        assert!(cursor.try_batch(10).is_none());
+        stream.commit(5);
+        assert_eq!(read_all(&mut cursor), [2, 3, 4]);
+        assert!(matches!(cursor.try_batch(10), Some(Batch::End)));
+    }
+
+    #[tokio::test]
+    async fn a_mirror_takes_entries_in_order_only() {
+        let routes = Routes::parse(ROUTES, "test").unwrap();
+        let hub = small_hub(1 << 20, Duration::from_secs(60));
+        let route = routes.get("chat").unwrap().clone();
+        let metrics = Metrics::new(&routes);
+        let (mirror, created) = hub.mirror(
+            RequestId::parse("m1").unwrap(),
+            route.clone(),
+            None,
+            5,
+            metrics.stream(&route.name, Transport::Ndjson),
+        );
+        assert!(created && mirror.is_mirror());
+        let mut scratch = Vec::new();
+        let line = |seq, s: &mut Vec<u8>| crate::event::Line::chunk(seq, "x", s);
+        assert!(!mirror.mirror_append(6, EventKind::Chunk, line(6, &mut scratch)));
+        assert!(mirror.mirror_append(5, EventKind::Chunk, line(5, &mut scratch)));
+        assert!(!mirror.mirror_append(5, EventKind::Chunk, line(5, &mut scratch)));
+        assert!(mirror.mirror_append(6, EventKind::Chunk, line(6, &mut scratch)));
+        let mut cursor = mirror.subscribe_from(5);
+        assert_eq!(read_all(&mut cursor), [5, 6]);
+        assert_eq!(hub.running(), 0, "a mirror takes no running slot");
+        assert!(hub.live_streams().is_empty());
     }
 }
