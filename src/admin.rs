@@ -121,6 +121,10 @@ fn change_error(e: ChangeError) -> ApiError {
         }
         ChangeError::Invalid(e) => ApiError::InvalidRequest(e.to_string()),
         ChangeError::Io(e) => ApiError::Internal(format!("cannot write the flags file: {e}")),
+        ChangeError::Unavailable(e) => {
+            tracing::warn!(error = %e, "flags change refused: the cluster is unreachable");
+            ApiError::ClusterUnavailable
+        }
     }
 }
 
@@ -168,7 +172,7 @@ async fn audit(
     authorize(&b, &headers)?;
     let limit = q.limit.unwrap_or(100).min(MAX_AUDIT);
     Ok(axum::Json(AuditPage {
-        entries: b.flags().audit(limit),
+        entries: b.flags().history(limit).await,
     })
     .into_response())
 }

@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::auth::Auth;
 use crate::capacity::Connections;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::engine::{Emitter, Engine, EngineError};
 use crate::error::ApiError;
@@ -40,6 +41,8 @@ pub enum BridgeError {
     Flags(#[from] FlagsError),
     #[error("route {route}: its engine cannot start: {error}")]
     Engine { route: String, error: EngineError },
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 #[derive(Clone)]
@@ -57,6 +60,8 @@ struct Inner {
     auth: Auth,
     connections: Arc<Connections>,
     draining: AtomicBool,
+    /// The cluster this node belongs to (`cluster.redis_url`); `None`: a single node.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Bridge {
@@ -78,6 +83,20 @@ impl Bridge {
                     })
             })
             .collect::<Result<_, _>>()?;
+        let cluster = match config.cluster.redis_url {
+            Some(_) => Some(Cluster::start(&config.cluster)?),
+            None => None,
+        };
+        if let Some(c) = &cluster {
+            flags.share(
+                c.clone(),
+                Duration::from_millis(config.cluster.flags_poll_ms),
+            );
+            tracing::info!(
+                node = c.node_id(),
+                "cluster mode: sharing streams and flags through Redis"
+            );
+        }
         let hub = Hub::new(HubConfig {
             max_streams: config.limits.max_streams,
             max_streams_per_subject: config.limits.max_streams_per_subject,
@@ -105,6 +124,7 @@ impl Bridge {
                 flags,
                 metrics,
                 draining: AtomicBool::new(false),
+                cluster,
             }),
         })
     }
@@ -142,12 +162,26 @@ impl Bridge {
         self.inner.draining.load(Ordering::Acquire)
     }
 
+    /// The cluster this node belongs to, if any.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.inner.cluster.as_ref()
+    }
+
+    /// Whether this node can serve new work: a single node always; a cluster node while
+    /// Redis answered within `cluster.outage_timeout_ms`.
+    pub fn cluster_available(&self) -> bool {
+        self.inner.cluster.as_ref().is_none_or(|c| c.available())
+    }
+
     /// Starts a stream: checks, registers, spawns the producer, returns the requester's
     /// cursor (from seq 0; its stream is `cursor.stream()`). Nothing is started when this
     /// fails.
     pub fn start(&self, req: StreamRequest) -> Result<Cursor, ApiError> {
         if self.is_draining() {
             return Err(ApiError::Draining);
+        }
+        if !self.cluster_available() {
+            return Err(ApiError::ClusterUnavailable);
         }
         self.enforce(&req)?;
         let engine = self

@@ -33,6 +33,97 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub engine: EngineConfig,
     pub cors: CorsConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Running as one of several nodes sharing Redis (SPEC section 10). Without `redis_url`
+/// the bridge is a single node and nothing here applies.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://[user:pass@]host:port[/db]` of Redis 7+ (or Valkey). Unset: single node.
+    pub redis_url: Option<String>,
+    /// This node's name in the cluster (letters, digits, `-`, `_`, `.`); unset: made up at
+    /// start (`node-` and 8 random hex digits).
+    pub node_id: Option<String>,
+    /// Prefix of every Redis key and channel the bridge uses.
+    pub key_prefix: String,
+    /// How often a node renews its liveness key (and checks Redis), in ms.
+    pub heartbeat_ms: u64,
+    /// How long a node's liveness key lives without renewal, in ms: past it, other nodes
+    /// take its streams as lost. At least 2 x `heartbeat_ms`.
+    pub lease_ms: u64,
+    /// How long Redis may be unreachable before the node ends its live streams with
+    /// `cluster_unavailable`, answers new requests 503 and fails `/readyz`, in ms.
+    pub outage_timeout_ms: u64,
+    /// How long a live stream's Redis keys live without a write, in seconds (a finished
+    /// stream's keys live `replay.retention_secs`).
+    pub live_ttl_secs: u64,
+    /// How often a node looks for a flags change made through another node, in ms.
+    pub flags_poll_ms: u64,
+    /// Most entries the cluster-wide flags audit log keeps (oldest dropped first).
+    pub audit_max: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: None,
+            node_id: None,
+            key_prefix: "sy".into(),
+            heartbeat_ms: 1000,
+            lease_ms: 3000,
+            outage_timeout_ms: 10_000,
+            live_ttl_secs: 600,
+            flags_poll_ms: 500,
+            audit_max: 10_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    fn validate(&self) -> Result<(), String> {
+        let Some(url) = &self.redis_url else {
+            return Ok(());
+        };
+        if !(url.starts_with("redis://") || url.starts_with("valkey://")) {
+            return Err(format!(
+                "cluster.redis_url: {url:?} is not a redis:// URL (TLS is not supported)"
+            ));
+        }
+        if let Some(id) = &self.node_id
+            && (id.is_empty()
+                || id.len() > 64
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        {
+            return Err(format!(
+                "cluster.node_id: {id:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
+            ));
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}', ' ']) {
+            return Err("cluster.key_prefix must be non-empty, without braces or spaces".into());
+        }
+        if self.heartbeat_ms < 100 {
+            return Err("cluster.heartbeat_ms must be at least 100".into());
+        }
+        if self.lease_ms < 2 * self.heartbeat_ms {
+            return Err(format!(
+                "cluster.lease_ms ({}) must be at least 2 x cluster.heartbeat_ms ({})",
+                self.lease_ms, self.heartbeat_ms
+            ));
+        }
+        if self.outage_timeout_ms < self.heartbeat_ms {
+            return Err("cluster.outage_timeout_ms must be at least cluster.heartbeat_ms".into());
+        }
+        if self.live_ttl_secs == 0 || self.flags_poll_ms == 0 || self.audit_max == 0 {
+            return Err(
+                "cluster.live_ttl_secs, flags_poll_ms and audit_max must be at least 1".into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Cross-origin access for browsers (the streaming endpoints and Socket.IO; the admin API
@@ -314,13 +405,15 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             engine: EngineConfig::default(),
             cors: CorsConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
 
 /// The top-level keys; environment variables naming anything else (such as the CLI's
 /// `SWITCHYARD_ADMIN_TOKEN`) are not settings and are left alone.
-const TOP_LEVEL_KEYS: [&str; 11] = [
+const TOP_LEVEL_KEYS: [&str; 12] = [
+    "cluster",
     "listen",
     "routes_file",
     "flags_dir",
@@ -428,6 +521,7 @@ impl Config {
         if self.engine.idle_timeout_secs == 0 {
             return bad("engine.idle_timeout_secs must be at least 1");
         }
+        self.cluster.validate().map_err(ConfigError::Value)?;
         if self.auth.jwt_secret.as_deref() == Some("") {
             return bad("auth.jwt_secret must not be empty (leave it unset to turn auth off)");
         }
@@ -573,5 +667,41 @@ mod tests {
             ));
             Ok(())
         });
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let ok = ClusterConfig {
+            redis_url: Some("redis://127.0.0.1:6379/".into()),
+            node_id: Some("node-a.1".into()),
+            ..ClusterConfig::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(ClusterConfig::default().validate(), Ok(()), "single node");
+        let bad = [
+            ClusterConfig {
+                redis_url: Some("http://x".into()),
+                ..ok.clone()
+            },
+            ClusterConfig {
+                node_id: Some("a b".into()),
+                ..ok.clone()
+            },
+            ClusterConfig {
+                lease_ms: 1500,
+                ..ok.clone()
+            },
+            ClusterConfig {
+                key_prefix: "{sy}".into(),
+                ..ok.clone()
+            },
+            ClusterConfig {
+                heartbeat_ms: 10,
+                ..ok.clone()
+            },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
     }
 }

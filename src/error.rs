@@ -55,6 +55,8 @@ pub enum ApiError {
     Forbidden(String),
     #[error("flags are at version {current}, not {expected}: read them again and retry")]
     VersionConflict { current: u64, expected: u64 },
+    #[error("this node cannot reach the cluster's Redis; retry on another instance")]
+    ClusterUnavailable,
     #[error("{0}")]
     Internal(String),
 }
@@ -76,6 +78,7 @@ impl ApiError {
             | ApiError::OverBudget { .. }
             | ApiError::Connections(_) => "over_capacity",
             ApiError::Draining => "draining",
+            ApiError::ClusterUnavailable => "cluster_unavailable",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::VersionConflict { .. } => "version_conflict",
             ApiError::Internal(_) => "internal",
@@ -98,7 +101,7 @@ impl ApiError {
             | ApiError::SubjectOverCapacity { .. }
             | ApiError::OverBudget { .. }
             | ApiError::Connections(_) => 429,
-            ApiError::Draining => 503,
+            ApiError::Draining | ApiError::ClusterUnavailable => 503,
             ApiError::Internal(_) => 500,
         }
     }

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod auth;
 pub mod bridge;
 pub mod capacity;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod error;

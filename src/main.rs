@@ -254,6 +254,19 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             config.routes_file.display(),
             flags.display()
         );
+        if let Some(url) = &config.cluster.redis_url {
+            // The URL's password (if any) is not printed.
+            let host = url.rsplit('@').next().unwrap_or(url);
+            println!(
+                "cluster: node {} on Redis {host} (keys under `{}:`)",
+                config
+                    .cluster
+                    .node_id
+                    .as_deref()
+                    .unwrap_or("(made up at start)"),
+                config.cluster.key_prefix
+            );
+        }
         let worst = config.worst_case();
         println!("{worst}");
         if let Some(machine) = machine_memory()

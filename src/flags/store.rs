@@ -4,12 +4,20 @@
 //! atomically by the admin API) and `flags_dir/audit.jsonl` (one line per change). The
 //! flags in force are read lock-free through a `watch` channel; an invalid edit keeps the
 //! last good flags and is reported, never applied. Knows nothing of HTTP.
+//!
+//! In a cluster the store is also given a [`SharedFlags`] (Redis, behind the cluster
+//! module): every change is then a compare-and-set of the shared document first (so
+//! `If-Match` holds cluster-wide and the audit log is one history), and a change made
+//! through another node is pulled every `cluster.flags_poll_ms` and applied through the
+//! same file. The file stays each node's last good copy: a node that cannot reach Redis
+//! keeps serving it. Knows nothing of Redis.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -39,7 +47,47 @@ pub enum ChangeError {
     Invalid(FlagsError),
     #[error("cannot write the flags file: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the cluster's flags cannot be changed now: {0}")]
+    Unavailable(String),
 }
+
+/// The flags document as the cluster shares it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedDoc {
+    pub version: u64,
+    /// The flags file's TOML.
+    pub doc: String,
+}
+
+/// The outcome of a compare-and-set of the shared document.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Swap {
+    Done,
+    /// The shared version was not the expected one.
+    Stale {
+        current: u64,
+    },
+}
+
+/// Where a cluster's nodes share their flags (implemented by the cluster module). Errors
+/// are messages: the store only reports them.
+pub trait SharedFlags: Send + Sync + 'static {
+    /// The shared document (`None`: none yet).
+    fn fetch(&self) -> BoxFuture<'_, Result<Option<SharedDoc>, String>>;
+    /// Replaces the document if its version is `expected` (0: none yet), appending
+    /// `audit` (JSON lines of [`AuditEntry`]) to the shared audit log in the same step.
+    fn swap(
+        &self,
+        expected: u64,
+        next: SharedDoc,
+        audit: Vec<String>,
+    ) -> BoxFuture<'_, Result<Swap, String>>;
+    /// The newest `limit` audit lines, newest first.
+    fn audit(&self, limit: usize) -> BoxFuture<'_, Result<Vec<String>, String>>;
+}
+
+/// Attempts at a change without `If-Match` while other nodes keep changing the flags.
+const SWAP_ATTEMPTS: usize = 8;
 
 /// A change the admin API made (or found unnecessary): also the answer of
 /// `PUT /admin/flags/{route}` and of the rollback.
@@ -82,6 +130,7 @@ pub struct FlagStore {
     /// Serialises admin writes, so no update is lost.
     writes: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
+    shared: std::sync::OnceLock<Arc<dyn SharedFlags>>,
 }
 
 /// The flags file the bridge reads and writes, in the flags directory.
@@ -167,6 +216,7 @@ impl FlagStore {
             seen: Mutex::new(Some(text)),
             writes: tokio::sync::Mutex::new(()),
             metrics,
+            shared: std::sync::OnceLock::new(),
         }))
     }
 
@@ -271,7 +321,8 @@ impl FlagStore {
     }
 
     /// Replaces a route's table (the admin API's PUT). A table identical to the current
-    /// one changes nothing.
+    /// one changes nothing. In a cluster the shared document is changed first, by
+    /// compare-and-set: `If-Match` is checked against the cluster's version.
     pub async fn put(
         &self,
         route: &str,
@@ -283,38 +334,160 @@ impl FlagStore {
         if !self.routes.iter().any(|r| r == route) {
             return Err(ChangeError::UnknownRoute(route.to_string()));
         }
-        let before = self.current();
-        if let Some(expected) = if_match
-            && expected != before.version
-        {
-            return Err(ChangeError::StaleVersion {
-                current: before.version,
-                expected,
-            });
-        }
-        let old = before.routes.get(route).cloned();
-        if old.as_ref() == Some(&flag) {
+        let shared = self.shared.get().cloned();
+        for _ in 0..SWAP_ATTEMPTS {
+            if let Some(shared) = &shared {
+                self.pull(shared.as_ref())
+                    .await
+                    .map_err(ChangeError::Unavailable)?;
+            }
+            let before = self.current();
+            if let Some(expected) = if_match
+                && expected != before.version
+            {
+                return Err(ChangeError::StaleVersion {
+                    current: before.version,
+                    expected,
+                });
+            }
+            let old = before.routes.get(route).cloned();
+            if old.as_ref() == Some(&flag) {
+                return Ok(Changed {
+                    version: before.version,
+                    route: route.to_string(),
+                    flag,
+                });
+            }
+            let mut next = (*before).clone();
+            next.version += 1;
+            next.routes.insert(route.to_string(), flag.clone());
+            let text = next.to_toml();
+            let entry = audit_entry(actor, route, old, Some(flag.clone()), next.version);
+            if let Some(shared) = &shared {
+                let doc = SharedDoc {
+                    version: next.version,
+                    doc: text.clone(),
+                };
+                let line = serde_json::to_string(&entry).unwrap_or_default();
+                match shared
+                    .swap(before.version, doc, vec![line])
+                    .await
+                    .map_err(ChangeError::Unavailable)?
+                {
+                    Swap::Done => {}
+                    Swap::Stale { current } => match if_match {
+                        Some(expected) => {
+                            return Err(ChangeError::StaleVersion { current, expected });
+                        }
+                        None => continue,
+                    },
+                }
+            }
+            write_atomically(&self.file, &text)?;
+            *lock(&self.seen) = Some(text);
+            self.write_audit(&entry);
+            let version = next.version;
+            self.publish(next);
+            tracing::info!(route, version, actor, "flag changed");
             return Ok(Changed {
-                version: before.version,
+                version,
                 route: route.to_string(),
                 flag,
             });
         }
-        let mut next = (*before).clone();
-        next.version += 1;
-        next.routes.insert(route.to_string(), flag.clone());
-        let text = next.to_toml();
-        write_atomically(&self.file, &text)?;
-        *lock(&self.seen) = Some(text);
-        self.append_audit(actor, route, old, Some(flag.clone()), next.version);
-        let version = next.version;
+        Err(ChangeError::Unavailable(
+            "other nodes kept changing the flags; retry".into(),
+        ))
+    }
+
+    /// Shares this store's flags through `shared` (a cluster) and follows the changes
+    /// made through other nodes, every `poll`, until the store is dropped.
+    pub fn share(self: &Arc<Self>, shared: Arc<dyn SharedFlags>, poll: Duration) {
+        if self.shared.set(shared).is_err() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(store) = weak.upgrade() else { return };
+                if let Some(shared) = store.shared.get().cloned() {
+                    let _write = store.writes.lock().await;
+                    if let Err(e) = store.pull(shared.as_ref()).await {
+                        tracing::debug!(error = %e, "cannot read the cluster's flags; the last good flags stay in force");
+                    }
+                }
+                drop(store);
+                tokio::time::sleep(poll).await;
+            }
+        });
+    }
+
+    /// Brings this node and the shared document together (the caller holds `writes`):
+    /// a newer shared version (or the same version with other content: a race this node
+    /// lost) is applied here through the file; a newer local one (a hand edit, or a Redis
+    /// that lost its data) is pushed by compare-and-set; no shared document yet: seeded.
+    async fn pull(&self, shared: &dyn SharedFlags) -> Result<(), String> {
+        let local = self.current();
+        let Some(remote) = shared.fetch().await? else {
+            let doc = SharedDoc {
+                version: local.version,
+                doc: local.to_toml(),
+            };
+            shared.swap(0, doc, Vec::new()).await?;
+            return Ok(());
+        };
+        if remote.version < local.version {
+            let doc = SharedDoc {
+                version: local.version,
+                doc: local.to_toml(),
+            };
+            shared.swap(remote.version, doc, Vec::new()).await?;
+            return Ok(());
+        }
+        let names: Vec<&str> = self.routes.iter().map(String::as_str).collect();
+        let next = match Flags::parse_toml(&remote.doc, &names) {
+            Ok(next) => next,
+            Err(e) => {
+                return Err(format!(
+                    "the cluster's flags (version {}) are not valid here: {}",
+                    remote.version,
+                    e.problems.join("; ")
+                ));
+            }
+        };
+        if next == *local {
+            return Ok(());
+        }
+        write_atomically(&self.file, &remote.doc).map_err(|e| e.to_string())?;
+        *lock(&self.seen) = Some(remote.doc);
+        for (route, b, a) in changes(&local, &next) {
+            self.append_audit("cluster", &route, b, a, next.version);
+        }
+        tracing::info!(
+            version = next.version,
+            "flags changed through another node; applied"
+        );
         self.publish(next);
-        tracing::info!(route, version, actor, "flag changed");
-        Ok(Changed {
-            version,
-            route: route.to_string(),
-            flag,
-        })
+        Ok(())
+    }
+
+    /// The newest `limit` audit entries: the cluster's history when shared (this node's
+    /// file while Redis cannot be read), else the file's.
+    pub async fn history(&self, limit: usize) -> Vec<AuditEntry> {
+        if let Some(shared) = self.shared.get() {
+            match shared.audit(limit).await {
+                Ok(lines) => {
+                    return lines
+                        .iter()
+                        .filter_map(|l| serde_json::from_str(l).ok())
+                        .collect();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the cluster's audit log; showing this node's")
+                }
+            }
+        }
+        self.audit(limit)
     }
 
     /// The kill switch: the route's mode becomes `legacy` at once (other fields kept).
@@ -342,15 +515,11 @@ impl FlagStore {
         after: Option<RouteFlag>,
         version: u64,
     ) {
-        let entry = AuditEntry {
-            ts: now(),
-            actor: actor.to_string(),
-            route: route.to_string(),
-            before,
-            after,
-            version,
-        };
-        let result = serde_json::to_string(&entry)
+        self.write_audit(&audit_entry(actor, route, before, after, version));
+    }
+
+    fn write_audit(&self, entry: &AuditEntry) {
+        let result = serde_json::to_string(entry)
             .map_err(std::io::Error::other)
             .and_then(|line| {
                 let mut f = std::fs::OpenOptions::new()
@@ -363,7 +532,7 @@ impl FlagStore {
         if let Err(e) = result {
             tracing::error!(error = %e, file = %self.audit.display(), "cannot append to the audit log");
         }
-        self.metrics.flag_changed(route);
+        self.metrics.flag_changed(&entry.route);
     }
 
     /// The newest `limit` audit entries, newest first.
@@ -374,6 +543,23 @@ impl FlagStore {
             .filter_map(|l| serde_json::from_str(l).ok())
             .take(limit)
             .collect()
+    }
+}
+
+fn audit_entry(
+    actor: &str,
+    route: &str,
+    before: Option<RouteFlag>,
+    after: Option<RouteFlag>,
+    version: u64,
+) -> AuditEntry {
+    AuditEntry {
+        ts: now(),
+        actor: actor.to_string(),
+        route: route.to_string(),
+        before,
+        after,
+        version,
     }
 }
 

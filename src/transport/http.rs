@@ -95,8 +95,12 @@ async fn readyz(State(b): State<Bridge>) -> Response {
     if b.is_draining() {
         return ApiError::Draining.into_response();
     }
+    if !b.cluster_available() {
+        return ApiError::ClusterUnavailable.into_response();
+    }
     axum::Json(json!({
         "status": "ready",
+        "node": b.cluster().map(|c| c.node_id()),
         "routes": b.routes().len(),
         "streams": b.hub().running(),
         "flags_version": b.flags().current().version,

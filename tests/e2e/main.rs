@@ -6,6 +6,7 @@
 
 mod abuse;
 mod backpressure;
+mod cluster;
 mod common;
 mod engines;
 mod fanout;

@@ -1,0 +1,189 @@
+//! The cluster (SPEC section 10): the only code that knows Redis.
+//!
+//! Owns the connection (redis-rs `ConnectionManager`: lazy, reconnecting with backoff),
+//! every Redis key and channel the bridge uses ([`Keys`], all under `cluster.key_prefix`)
+//! and every Lua script, this node's liveness key and the health it derives from it
+//! ([`Cluster::available`]: Redis answered within `cluster.outage_timeout_ms`), and the
+//! Redis side of the flags (`flags.rs`: the [`SharedFlags`] the flags store calls). It
+//! never touches a flags file, a socket or an engine.
+//!
+//! [`SharedFlags`]: crate::flags::store::SharedFlags
+
+mod flags;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::ClusterConfig;
+
+/// Why the cluster could not be joined or a Redis call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster.redis_url: {0}")]
+    Url(redis::RedisError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis answered something unexpected: {0}")]
+    Protocol(String),
+}
+
+/// Every key and channel name, in one place. Per-stream keys carry the stream's id in a
+/// hash tag (`{…}`), so they stay in one slot of a Redis Cluster.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// A node's liveness key (`SET … PX lease_ms`, renewed every heartbeat).
+    pub fn node(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.prefix)
+    }
+
+    /// The flags document and its version (hash: `version`, `doc`).
+    pub fn flags(&self) -> String {
+        format!("{}:flags", self.prefix)
+    }
+
+    /// The cluster's flags audit log (list, newest first, capped at `cluster.audit_max`).
+    pub fn flags_audit(&self) -> String {
+        format!("{}:flags:audit", self.prefix)
+    }
+}
+
+/// This node's link to the cluster.
+pub struct Cluster {
+    node: String,
+    keys: Keys,
+    config: ClusterConfig,
+    conn: ConnectionManager,
+    started: Instant,
+    /// Milliseconds after `started` of the last heartbeat Redis acknowledged, plus one
+    /// (0: never).
+    last_ok_ms: AtomicU64,
+}
+
+/// How long flags keys live without a change (a node seeds an empty Redis again from its
+/// last good file, so expiry loses nothing).
+pub const FLAGS_TTL_SECS: u64 = 30 * 24 * 3600;
+
+impl Cluster {
+    /// Prepares the link (no connection yet: a node starts while Redis is down) and
+    /// starts the heartbeat task. Needs a tokio runtime.
+    pub fn start(config: &ClusterConfig) -> Result<Arc<Cluster>, ClusterError> {
+        let url = config.redis_url.clone().unwrap_or_default();
+        let url = url.replacen("valkey://", "redis://", 1);
+        let client = redis::Client::open(url).map_err(ClusterError::Url)?;
+        let step = Duration::from_millis(config.heartbeat_ms);
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(step))
+            .set_response_timeout(Some(step))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(step)
+            .set_number_of_retries(2);
+        let conn = ConnectionManager::new_lazy_with_config(client, manager)?;
+        let node = config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        let cluster = Arc::new(Cluster {
+            node,
+            keys: Keys::new(&config.key_prefix),
+            config: config.clone(),
+            conn,
+            started: Instant::now(),
+            last_ok_ms: AtomicU64::new(0),
+        });
+        tokio::spawn(heartbeat(Arc::downgrade(&cluster)));
+        Ok(cluster)
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// A handle on the shared connection (cheap: it multiplexes).
+    pub fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Redis acknowledged something just now.
+    pub fn saw_redis(&self) {
+        self.last_ok_ms.store(self.now_ms() + 1, Ordering::Relaxed);
+    }
+
+    /// Milliseconds since Redis last answered (`None`: never since start).
+    pub fn silent_ms(&self) -> Option<u64> {
+        match self.last_ok_ms.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(self.now_ms().saturating_sub(at - 1)),
+        }
+    }
+
+    /// Whether this node may take new work: Redis answered within
+    /// `cluster.outage_timeout_ms` (and at least once since start).
+    pub fn available(&self) -> bool {
+        self.silent_ms()
+            .is_some_and(|ms| ms < self.config.outage_timeout_ms)
+    }
+
+    async fn beat(&self) -> Result<(), ClusterError> {
+        let mut conn = self.conn();
+        let () = redis::cmd("SET")
+            .arg(self.keys.node(&self.node))
+            .arg(std::process::id())
+            .arg("PX")
+            .arg(self.config.lease_ms)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Renews this node's liveness key every `heartbeat_ms` until the cluster is dropped.
+async fn heartbeat(cluster: std::sync::Weak<Cluster>) {
+    let mut was_up: Option<bool> = None;
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        let step = Duration::from_millis(c.config.heartbeat_ms);
+        let result = c.beat().await;
+        match &result {
+            Ok(()) => c.saw_redis(),
+            Err(e) => tracing::debug!(error = %e, "cluster heartbeat failed"),
+        }
+        let up = c.available();
+        if was_up != Some(up) {
+            match (&result, up) {
+                (_, true) => tracing::info!(node = %c.node, "cluster: Redis reachable"),
+                (Err(e), false) => {
+                    tracing::warn!(node = %c.node, error = %e, "cluster: Redis unreachable")
+                }
+                (Ok(()), false) => {}
+            }
+            was_up = Some(up);
+        }
+        drop(c);
+        tokio::time::sleep(step).await;
+    }
+}

@@ -1,0 +1,470 @@
+//! The cluster (SPEC section 10): a real `redis-server` child on a free port, bridge
+//! processes on loopback ports pointed at it, real clients pointed at chosen nodes.
+//! Faults are real too: `kill -9` of a node, Redis paused with SIGSTOP or restarted
+//! empty. Every wait is on a condition; every process is killed when its handle drops.
+//!
+//! Skipped (with a message) when `redis-server` is not installed; `scripts/test`
+//! installs Debian's.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::common::*;
+
+const TOKEN: &str = "cluster-admin-token";
+
+/// A free loopback port (bound then released; the child binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn redis_installed() -> bool {
+    std::process::Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Returns true (and says why) when the cluster tests cannot run here.
+fn skip() -> bool {
+    if redis_installed() {
+        return false;
+    }
+    assert!(
+        std::env::var_os("SWITCHYARD_REQUIRE_REDIS").is_none(),
+        "redis-server is required (SWITCHYARD_REQUIRE_REDIS) but not installed"
+    );
+    eprintln!("skipped: redis-server is not installed (scripts/test installs Debian's)");
+    true
+}
+
+/// A `redis-server` child: no persistence, loopback only.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Redis {
+    pub async fn start() -> Redis {
+        Redis::start_on(free_port()).await
+    }
+
+    pub async fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server starts");
+        let r = Redis {
+            child: Some(child),
+            port,
+        };
+        eventually_async("redis answers PING", || r.ping()).await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    async fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let Ok(Ok(mut c)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        else {
+            return false;
+        };
+        let pong: Result<String, _> = redis::cmd("PING").query_async(&mut c).await;
+        pong.is_ok()
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().and_then(|c| c.id()).unwrap();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} redis");
+    }
+
+    /// SIGSTOP: Redis holds every connection open and answers nothing.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+}
+
+/// One bridge process of the cluster.
+pub struct Node {
+    /// Killed when the node is dropped.
+    _child: Child,
+    pub base: String,
+    pub flags_dir: PathBuf,
+}
+
+/// What a node is started with.
+pub struct NodeSpec<'a> {
+    pub redis_url: &'a str,
+    pub node_id: &'a str,
+    pub flags_dir: PathBuf,
+    pub env: Vec<(&'a str, String)>,
+}
+
+impl NodeSpec<'_> {
+    pub fn new<'a>(redis_url: &'a str, node_id: &'a str) -> NodeSpec<'a> {
+        NodeSpec {
+            redis_url,
+            node_id,
+            flags_dir: shipped_flags_dir(),
+            env: Vec::new(),
+        }
+    }
+}
+
+impl Node {
+    /// Starts `switchyard serve` on an ephemeral port; returns once it listens (not
+    /// necessarily ready: see [`Node::ready`]).
+    pub async fn spawn(spec: NodeSpec<'_>) -> Node {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.arg("serve")
+            .current_dir(repo())
+            .env("SWITCHYARD_LISTEN", "127.0.0.1:0")
+            .env("SWITCHYARD_FLAGS_DIR", &spec.flags_dir)
+            .env("SWITCHYARD_ADMIN__TOKEN", TOKEN)
+            .env("SWITCHYARD_CLUSTER__REDIS_URL", spec.redis_url)
+            .env("SWITCHYARD_CLUSTER__NODE_ID", spec.node_id)
+            .env("SWITCHYARD_CLUSTER__HEARTBEAT_MS", "200")
+            .env("SWITCHYARD_CLUSTER__LEASE_MS", "800")
+            .env("SWITCHYARD_CLUSTER__OUTAGE_TIMEOUT_MS", "2000")
+            .env("SWITCHYARD_CLUSTER__FLAGS_POLL_MS", "200")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    return rest.split_whitespace().next().unwrap().to_string();
+                }
+            }
+            panic!("the node exited before listening");
+        })
+        .await
+        .unwrap();
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Node {
+            _child: child,
+            base: format!("http://{addr}"),
+            flags_dir: spec.flags_dir,
+        }
+    }
+
+    /// Starts a node and waits until it is ready (it reached Redis).
+    pub async fn start(spec: NodeSpec<'_>) -> Node {
+        let n = Node::spawn(spec).await;
+        eventually_async("the node is ready", || n.ready()).await;
+        n
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn ready(&self) -> bool {
+        self.status("/readyz").await == 200
+    }
+
+    pub async fn status(&self, path: &str) -> u16 {
+        match http().get(self.url(path)).send().await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        }
+    }
+
+    pub async fn flags(&self) -> Value {
+        http()
+            .get(self.url("/admin/flags"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn put_flag(&self, route: &str, body: Value, if_match: Option<u64>) -> (u16, Value) {
+        let mut req = http()
+            .put(self.url(&format!("/admin/flags/{route}")))
+            .bearer_auth(TOKEN)
+            .json(&body);
+        if let Some(v) = if_match {
+            req = req.header("if-match", v.to_string());
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A metric's value (the first sample whose line starts with `name`).
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = http()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+async fn three_nodes(redis: &Redis) -> (Node, Node, Node) {
+    let url = redis.url();
+    let (a, b, c) = tokio::join!(
+        Node::start(NodeSpec::new(&url, "n1")),
+        Node::start(NodeSpec::new(&url, "n2")),
+        Node::start(NodeSpec::new(&url, "n3")),
+    );
+    (a, b, c)
+}
+
+fn flags_file(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("flags.toml")).unwrap_or_default()
+}
+
+/// A flag set through one node is in force on every node within 2 s (the file on each
+/// node too), and `switchyard_flags_version` agrees everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_flag_change_reaches_every_node_within_two_seconds() {
+    if skip() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let (n1, n2, n3) = three_nodes(&redis).await;
+    for round in 0..5u32 {
+        let node = [&n1, &n2, &n3][round as usize % 3];
+        let percent = 10 + round;
+        let (status, changed) = node
+            .put_flag("chat", json!({"mode": "rollout", "percent": percent}), None)
+            .await;
+        assert_eq!(status, 200, "{changed}");
+        let version = changed["version"].as_u64().unwrap();
+        let at = Instant::now();
+        for n in [&n1, &n2, &n3] {
+            eventually_async("the change is in force on every node", || async {
+                let f = n.flags().await;
+                f["version"] == version && f["routes"]["chat"]["percent"] == f64::from(percent)
+            })
+            .await;
+        }
+        assert!(
+            at.elapsed() < Duration::from_secs(2),
+            "in force everywhere after {:?}",
+            at.elapsed()
+        );
+        for n in [&n1, &n2, &n3] {
+            assert!(flags_file(&n.flags_dir).contains(&format!("version = {version}")));
+            assert_eq!(
+                n.metric("switchyard_flags_version").await,
+                Some(version as f64)
+            );
+        }
+    }
+}
+
+/// `If-Match` is checked against the cluster's version: of two writes with the same
+/// version sent to two nodes at once, exactly one wins and the other gets 409; over many
+/// rounds no update is lost and the audit log (read on a third node) is one history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_if_match_holds_across_nodes_and_the_audit_is_one_history() {
+    if skip() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let (n1, n2, n3) = three_nodes(&redis).await;
+    const ROUNDS: u32 = 30;
+    let mut wins = 0;
+    for round in 0..ROUNDS {
+        let version = n3.flags().await["version"].as_u64().unwrap();
+        let (a, b) = tokio::join!(
+            n1.put_flag(
+                "chat",
+                json!({"mode": "rollout", "percent": round}),
+                Some(version)
+            ),
+            n2.put_flag(
+                "chat",
+                json!({"mode": "rollout", "percent": 50 + round}),
+                Some(version)
+            ),
+        );
+        let mut statuses = [a.0, b.0];
+        statuses.sort();
+        assert_eq!(statuses, [200, 409], "round {round}: {a:?} {b:?}");
+        let loser = if a.0 == 409 { &a.1 } else { &b.1 };
+        assert_eq!(loser["error"]["error_type"], "version_conflict");
+        wins += 1;
+        // Everyone sees the winner before the next round reads the version.
+        let winner = if a.0 == 200 { a.1 } else { b.1 };
+        let v = winner["version"].as_u64().unwrap();
+        assert_eq!(v, version + 1);
+        for n in [&n1, &n2, &n3] {
+            eventually_async("the winner is in force", || async {
+                n.flags().await["version"] == v
+            })
+            .await;
+        }
+    }
+    let audit: Value = http()
+        .get(n3.url(&format!("/admin/audit?limit={}", ROUNDS + 10)))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(
+        entries.len(),
+        wins,
+        "one entry per change, read on a node that made none"
+    );
+    let versions: Vec<u64> = entries
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] == w[1] + 1),
+        "{versions:?}"
+    );
+}
+
+/// A node started while Redis is down serves its last good flags file and is not ready;
+/// a flags change is refused 503 rather than made on one node only. When Redis comes up
+/// the node becomes ready by itself and seeds the empty Redis with its flags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_node_started_without_redis_serves_its_last_good_flags_and_recovers() {
+    if skip() {
+        return;
+    }
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let dir = flags_dir("version = 7\n[route.chat]\nmode = \"new\"\n");
+    let mut spec = NodeSpec::new(&url, "lonely");
+    spec.flags_dir = dir;
+    let n = Node::spawn(spec).await;
+    let f: Value = get_json(&n, "/api/flags/chat").await;
+    assert_eq!(f["mode"], "new", "the file's flags are in force: {f}");
+    assert_eq!(n.status("/readyz").await, 503);
+    let (status, body) = n.put_flag("chat", json!({"mode": "dual"}), None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["error_type"], "cluster_unavailable");
+    let r = http()
+        .post(n.url(CHAT))
+        .json(&json!({"message": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "no new stream without the cluster");
+    let redis = Redis::start_on(port).await;
+    eventually_async("ready once Redis is up", || n.ready()).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut seeded: Option<u64> = None;
+    let deadline = Instant::now() + WAIT;
+    while seeded.is_none() && Instant::now() < deadline {
+        seeded = redis::cmd("HGET")
+            .arg("sy:flags")
+            .arg("version")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seeded, Some(7), "the node seeded Redis with its flags");
+    let (status, body) = n.put_flag("chat", json!({"mode": "dual"}), Some(7)).await;
+    assert_eq!((status, body["version"].as_u64()), (200, Some(8)), "{body}");
+}
+
+/// Redis unreachable longer than `cluster.outage_timeout_ms` (paused with SIGSTOP): the
+/// node answers new streams 503 and fails `/readyz`; when Redis answers again it is
+/// ready again by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_redis_paused_past_the_bound_gives_503_and_recovers() {
+    if skip() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let n = Node::start(NodeSpec::new(&url, "solo")).await;
+    redis.pause();
+    eventually_async("not ready while Redis is paused", || async {
+        n.status("/readyz").await == 503
+    })
+    .await;
+    let r = http()
+        .post(n.url(CHAT))
+        .json(&json!({"message": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["error_type"], "cluster_unavailable");
+    redis.resume();
+    eventually_async("ready again once Redis answers", || n.ready()).await;
+    let r = http()
+        .post(n.url(CHAT))
+        .json(&json!({"message": "hi", "options": {"chunks": 3}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let events = parse_ndjson(&r.text().await.unwrap());
+    assert_eq!(events.last().unwrap()["event"], "end");
+}
+
+async fn get_json(n: &Node, path: &str) -> Value {
+    http()
+        .get(n.url(path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
