@@ -97,7 +97,7 @@ impl Bridge {
                 "cluster mode: sharing streams and flags through Redis"
             );
         }
-        let hub = Hub::new(HubConfig {
+        let hub_config = HubConfig {
             max_streams: config.limits.max_streams,
             max_streams_per_subject: config.limits.max_streams_per_subject,
             replay_max_bytes: config.replay.max_bytes,
@@ -109,7 +109,24 @@ impl Bridge {
             max_live_bytes: config.limits.max_live_bytes,
             replay_max_total_bytes: config.replay.max_total_bytes,
             retention: Duration::from_secs(config.replay.retention_secs),
-        });
+        };
+        let hub = match &cluster {
+            Some(c) => {
+                let hub = Hub::with_backing(hub_config, c.backing());
+                c.attach(
+                    hub.clone(),
+                    routes
+                        .iter()
+                        .map(|r| (r.name.to_string(), r.clone()))
+                        .collect(),
+                    metrics.clone(),
+                    Duration::from_secs(config.replay.retention_secs),
+                    config.cluster.log_max_events,
+                );
+                hub
+            }
+            None => Hub::new(hub_config),
+        };
         Ok(Bridge {
             inner: Arc::new(Inner {
                 auth: Auth::new(&config.auth),
@@ -219,7 +236,11 @@ impl Bridge {
             engine_run,
             Duration::from_secs(self.inner.config.replay.orphan_grace_secs),
             Duration::from_secs(self.inner.config.engine.idle_timeout_secs),
+            self.inner.cluster.clone(),
         );
+        if let (Some(c), Some(session)) = (&self.inner.cluster, &stream.session_id) {
+            c.announce(session.clone(), stream.id.clone(), false);
+        }
         tokio::spawn(producer.instrument(span));
         tracing::debug!(request_id = %stream.id, route = %stream.route.name, transport = req.transport.as_str(), "stream started");
         Ok(cursor)
@@ -261,12 +282,9 @@ impl Bridge {
     }
 
     /// A cursor on a known stream from the event after `after` (`None`: from the start).
-    pub fn resume(&self, request_id: &str, after: Option<i64>) -> Result<Cursor, ApiError> {
-        let stream = self
-            .inner
-            .hub
-            .get(request_id)
-            .ok_or_else(|| ApiError::UnknownStream(request_id.to_string()))?;
+    /// In a cluster, a stream run by another node is read from a local mirror of it.
+    pub async fn resume(&self, request_id: &str, after: Option<i64>) -> Result<Cursor, ApiError> {
+        let stream = self.find(request_id).await?;
         let from = Bridge::resume_from(after)?;
         let first = stream.first_kept();
         if from < first {
@@ -291,19 +309,65 @@ impl Bridge {
         }
     }
 
-    /// Cancels a live stream, whichever transport started it. `Ok(false)` when it had
-    /// already ended.
-    pub fn cancel(&self, request_id: &str) -> Result<bool, ApiError> {
-        let stream = self
-            .inner
-            .hub
-            .get(request_id)
-            .ok_or_else(|| ApiError::UnknownStream(request_id.to_string()))?;
-        Ok(stream.stop(EndReason::Cancelled))
+    /// The stream `request_id`: held here (run here, or mirrored), or in a cluster a new
+    /// mirror of the stream another node runs.
+    async fn find(&self, request_id: &str) -> Result<Arc<Stream>, ApiError> {
+        let unknown = || ApiError::UnknownStream(request_id.to_string());
+        if let Some(s) = self.inner.hub.get(request_id) {
+            return Ok(s);
+        }
+        let Some(cluster) = &self.inner.cluster else {
+            return Err(unknown());
+        };
+        let id = RequestId::parse(request_id).map_err(|_| unknown())?;
+        match cluster.mirror(&id).await {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Err(unknown()),
+            Err(e) => {
+                tracing::warn!(error = %e, request_id, "cannot read a stream from the cluster");
+                Err(ApiError::ClusterUnavailable)
+            }
+        }
     }
 
+    /// Cancels a live stream this node runs, whichever transport started it.
+    /// `Ok(false)` when it had already ended.
+    pub fn cancel(&self, request_id: &str) -> Result<bool, ApiError> {
+        match self.inner.hub.get(request_id) {
+            Some(s) if !s.is_mirror() => Ok(s.stop(EndReason::Cancelled)),
+            _ => Err(ApiError::UnknownStream(request_id.to_string())),
+        }
+    }
+
+    /// Cancels a live stream, whichever transport and, in a cluster, whichever node
+    /// started it (routed to its node). `Ok(false)` when it had already ended.
+    pub async fn cancel_anywhere(&self, request_id: &str) -> Result<bool, ApiError> {
+        let unknown = || ApiError::UnknownStream(request_id.to_string());
+        match self.cancel(request_id) {
+            Err(ApiError::UnknownStream(_)) => {}
+            done => return done,
+        }
+        let Some(cluster) = &self.inner.cluster else {
+            return Err(unknown());
+        };
+        match cluster.cancel(request_id).await {
+            Ok(Some(live)) => Ok(live),
+            Ok(None) => Err(unknown()),
+            Err(e) => {
+                tracing::warn!(error = %e, request_id, "cannot cancel through the cluster");
+                Err(ApiError::ClusterUnavailable)
+            }
+        }
+    }
+
+    /// Follows a session; in a cluster, the streams other nodes run for it too (each
+    /// mirrored here), for as long as the follower lives.
     pub fn follow_session(&self, session: Arc<str>) -> SessionFollow {
-        self.inner.hub.follow_session(session)
+        let mut follow = self.inner.hub.follow_session(session.clone());
+        if let Some(c) = &self.inner.cluster {
+            follow.hold(Box::new(c.watch_session(session)));
+        }
+        follow
     }
 
     /// Graceful shutdown of the streams (SPEC section 8): refuse new work, let running
@@ -382,6 +446,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// The producer task of one stream: its engine (started by [`start_engine`], run in this
 /// same task), cancel, orphaning and idleness, and the stream's finish.
+#[allow(clippy::too_many_arguments)]
 async fn produce(
     metrics: Arc<Metrics>,
     engine_kind: &'static str,
@@ -390,6 +455,7 @@ async fn produce(
     mut engine: EngineRun,
     orphan_grace: Duration,
     idle_timeout: Duration,
+    cluster: Option<Arc<Cluster>>,
 ) {
     let watchdog = async {
         tokio::select! {
@@ -406,7 +472,10 @@ async fn produce(
         biased;
         // Dropping the engine's run (with the rest of this select) stops it, and closes
         // its upstream connection.
-        reason = stream.stopped() => Finish::Stopped(reason),
+        reason = stream.stopped() => match stream.failure() {
+            Some((error_type, message)) => Finish::Failed { error_type, message },
+            None => Finish::Stopped(reason),
+        },
         r = &mut engine => match r {
             Ok(Ok(())) => Finish::Completed,
             Ok(Err(EngineError::Failed { error_type, message })) => Finish::Failed { error_type, message },
@@ -439,6 +508,9 @@ async fn produce(
         metrics.engine_error(&stream.route.name, engine_kind);
     }
     hub.finished(&stream);
+    if let (Some(c), Some(session)) = (&cluster, &stream.session_id) {
+        c.announce(session.clone(), stream.id.clone(), true);
+    }
     tracing::debug!(subscribers = stream.subscribers(), "stream ended");
 }
 
@@ -447,7 +519,7 @@ async fn orphan_watch(stream: &Stream, grace: Duration) {
     loop {
         stream.orphaned().await;
         tokio::time::sleep(grace).await;
-        if stream.subscribers() == 0 {
+        if stream.subscribers() == 0 && stream.remote_readers() == 0 {
             return;
         }
     }

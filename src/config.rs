@@ -63,6 +63,9 @@ pub struct ClusterConfig {
     pub flags_poll_ms: u64,
     /// Most entries the cluster-wide flags audit log keeps (oldest dropped first).
     pub audit_max: u64,
+    /// Most events of one stream Redis keeps (older ones trimmed: a resume from before
+    /// them on another node gets 410).
+    pub log_max_events: u64,
 }
 
 impl Default for ClusterConfig {
@@ -77,6 +80,7 @@ impl Default for ClusterConfig {
             live_ttl_secs: 600,
             flags_poll_ms: 500,
             audit_max: 10_000,
+            log_max_events: 65_536,
         }
     }
 }
@@ -117,9 +121,14 @@ impl ClusterConfig {
         if self.outage_timeout_ms < self.heartbeat_ms {
             return Err("cluster.outage_timeout_ms must be at least cluster.heartbeat_ms".into());
         }
-        if self.live_ttl_secs == 0 || self.flags_poll_ms == 0 || self.audit_max == 0 {
+        if self.live_ttl_secs == 0
+            || self.flags_poll_ms == 0
+            || self.audit_max == 0
+            || self.log_max_events == 0
+        {
             return Err(
-                "cluster.live_ttl_secs, flags_poll_ms and audit_max must be at least 1".into(),
+                "cluster.live_ttl_secs, flags_poll_ms, audit_max and log_max_events must be at least 1"
+                    .into(),
             );
         }
         Ok(())

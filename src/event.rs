@@ -205,6 +205,28 @@ impl Line {
         }
     }
 
+    /// A line read back from its bytes (as [`Line::as_bytes`] gave them, newline
+    /// included), with its kind and seq: `None` when the bytes are not such a line.
+    pub fn parse(bytes: Bytes) -> Option<(EventKind, Seq, Line)> {
+        let rest = bytes.strip_prefix(b"{\"event\":\"")?;
+        let name_len = rest.iter().position(|&b| b == b'"')?;
+        let kind = EventKind::parse(std::str::from_utf8(&rest[..name_len]).ok()?)?;
+        let rest = rest[name_len..].strip_prefix(b"\",\"seq\":")?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let seq: Seq = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+        let rest = rest[digits..].strip_prefix(b",\"data\":")?;
+        if !rest.ends_with(b"}\n") {
+            return None;
+        }
+        let data_at = u32::try_from(bytes.len() - rest.len()).ok()?;
+        Some((kind, seq, Line { bytes, data_at }))
+    }
+
+    /// The line's bytes, shared (no copy).
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
     /// The whole line, newline included.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
@@ -232,6 +254,34 @@ impl Line {
             event: kind,
             seq,
             data: serde_json::from_slice(self.data_json()).unwrap_or(Value::Null),
+        }
+    }
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::*;
+
+    #[test]
+    fn a_line_reads_back_from_its_bytes() {
+        let mut scratch = Vec::new();
+        let ev = Event {
+            event: EventKind::Error,
+            seq: Some(42),
+            data: serde_json::json!({"error_type": "x", "message": "a \"b\"\n"}),
+        };
+        let line = Line::of(&ev, &mut scratch);
+        let (kind, seq, back) = Line::parse(line.bytes().clone()).unwrap();
+        assert_eq!((kind, seq), (EventKind::Error, 42));
+        assert_eq!(back.data_json(), line.data_json());
+        assert_eq!(back.decode(kind, Some(seq)), ev);
+        let chunk = Line::chunk(7, "hi", &mut scratch);
+        assert_eq!(Line::parse(chunk.bytes().clone()).unwrap().1, 7);
+        for bad in [
+            &b"{}\n"[..],
+            b"{\"event\":\"nope\",\"seq\":1,\"data\":{}}\n",
+        ] {
+            assert!(Line::parse(Bytes::copy_from_slice(bad)).is_none());
         }
     }
 }

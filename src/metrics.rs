@@ -62,7 +62,22 @@ pub struct Metrics {
     live_bytes: IntGauge,
     connections: IntGauge,
     runtime_tasks: IntGauge,
+    cluster_flush: Histogram,
+    cluster_flush_events: Histogram,
+    cluster_redis_errors: IntCounterVec,
+    cluster_mirrors: IntGauge,
+    cluster_takeovers: IntCounter,
+    cluster_fenced: IntCounter,
 }
+
+/// Redis operations whose failures `switchyard_cluster_redis_errors_total` counts.
+pub const CLUSTER_OPS: [&str; 3] = ["append", "read", "heartbeat"];
+/// Write-through flush latency buckets: 50 us to 1 s.
+const FLUSH_BUCKETS: [f64; 12] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.25, 1.0,
+];
+/// Events per flush buckets.
+const FLUSH_EVENT_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0, 4096.0];
 
 /// Handles for one stream, resolved once when it starts.
 #[derive(Clone)]
@@ -265,6 +280,55 @@ impl Metrics {
                 ),
                 "engine_errors"
             ),
+            cluster_flush: reg!(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "switchyard_cluster_flush_seconds",
+                        "Cluster write-through: time of one flush (every pending stream's events in one Redis pipeline)."
+                    )
+                    .buckets(FLUSH_BUCKETS.to_vec())
+                ),
+                "cluster_flush"
+            ),
+            cluster_flush_events: reg!(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "switchyard_cluster_flush_events",
+                        "Cluster write-through: events written by one flush."
+                    )
+                    .buckets(FLUSH_EVENT_BUCKETS.to_vec())
+                ),
+                "cluster_flush_events"
+            ),
+            cluster_redis_errors: reg!(
+                counter(
+                    "switchyard_cluster_redis_errors_total",
+                    "Cluster: failed Redis calls, by operation.",
+                    &["op"]
+                ),
+                "cluster_redis_errors"
+            ),
+            cluster_mirrors: reg!(
+                IntGauge::new(
+                    "switchyard_cluster_mirrors",
+                    "Cluster: local copies held of streams other nodes run. Read at scrape time."
+                ),
+                "cluster_mirrors"
+            ),
+            cluster_takeovers: reg!(
+                IntCounter::new(
+                    "switchyard_cluster_takeovers_total",
+                    "Cluster: streams this node ended for everyone because their node was lost."
+                ),
+                "cluster_takeovers"
+            ),
+            cluster_fenced: reg!(
+                IntCounter::new(
+                    "switchyard_cluster_fenced_total",
+                    "Cluster: streams this node stopped because another node had ended them (it was cut off)."
+                ),
+                "cluster_fenced"
+            ),
             streams_held: reg!(
                 IntGauge::new(
                     "switchyard_streams_held",
@@ -321,12 +385,37 @@ impl Metrics {
             m.flag_changes.with_label_values(&[route]);
             m.engine_errors.with_label_values(&[route, r.engine.kind()]);
         }
+        for op in CLUSTER_OPS {
+            m.cluster_redis_errors.with_label_values(&[op]);
+        }
         Arc::new(m)
     }
 
     /// Sets the gauges read at scrape time: the streams the hub holds, the memory live
     /// streams hold, the open connections, and the tasks alive in the runtime this is
     /// called from.
+    pub fn cluster_flushed(&self, seconds: f64, events: u64) {
+        self.cluster_flush.observe(seconds);
+        self.cluster_flush_events.observe(events as f64);
+    }
+
+    pub fn cluster_redis_error(&self, op: &'static str) {
+        self.cluster_redis_errors.with_label_values(&[op]).inc();
+    }
+
+    pub fn cluster_took_over(&self) {
+        self.cluster_takeovers.inc();
+    }
+
+    pub fn cluster_fenced(&self) {
+        self.cluster_fenced.inc();
+    }
+
+    pub fn cluster_mirrors(&self, n: usize) {
+        self.cluster_mirrors
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
     pub fn sample(&self, streams_held: usize, live_bytes: u64, connections: usize) {
         self.streams_held
             .set(i64::try_from(streams_held).unwrap_or(i64::MAX));

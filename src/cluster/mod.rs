@@ -10,12 +10,18 @@
 //! [`SharedFlags`]: crate::flags::store::SharedFlags
 
 mod flags;
+mod streams;
+
+pub use streams::{RedisLog, SessionWatch};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use dashmap::DashMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::mpsc;
 
 use crate::config::ClusterConfig;
 
@@ -66,6 +72,14 @@ pub struct Cluster {
     keys: Keys,
     config: ClusterConfig,
     conn: ConnectionManager,
+    /// The pub/sub connection (RESP3 pushes, resubscribed after a reconnect).
+    pubsub: ConnectionManager,
+    /// Where each subscribed channel's messages go.
+    routes_by_channel: DashMap<String, mpsc::UnboundedSender<Bytes>>,
+    /// Followers per session channel on this node.
+    session_watchers: DashMap<String, usize>,
+    attached: std::sync::OnceLock<streams::Attached>,
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
     started: Instant,
     /// Milliseconds after `started` of the last heartbeat Redis acknowledged, plus one
     /// (0: never).
@@ -82,6 +96,11 @@ impl Cluster {
     pub fn start(config: &ClusterConfig) -> Result<Arc<Cluster>, ClusterError> {
         let url = config.redis_url.clone().unwrap_or_default();
         let url = url.replacen("valkey://", "redis://", 1);
+        let mut url = url;
+        if !url.contains("protocol=") {
+            url.push_str(if url.contains('?') { "&" } else { "?" });
+            url.push_str("protocol=resp3");
+        }
         let client = redis::Client::open(url).map_err(ClusterError::Url)?;
         let step = Duration::from_millis(config.heartbeat_ms);
         let manager = ConnectionManagerConfig::new()
@@ -90,7 +109,14 @@ impl Cluster {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(step)
             .set_number_of_retries(2);
-        let conn = ConnectionManager::new_lazy_with_config(client, manager)?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager.clone())?;
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let pubsub = ConnectionManager::new_lazy_with_config(
+            client,
+            manager
+                .set_push_sender(push_tx)
+                .set_automatic_resubscription(),
+        )?;
         let node = config
             .node_id
             .clone()
@@ -100,10 +126,16 @@ impl Cluster {
             keys: Keys::new(&config.key_prefix),
             config: config.clone(),
             conn,
+            pubsub,
+            routes_by_channel: DashMap::new(),
+            session_watchers: DashMap::new(),
+            attached: std::sync::OnceLock::new(),
+            metrics: std::sync::OnceLock::new(),
             started: Instant::now(),
             last_ok_ms: AtomicU64::new(0),
         });
         tokio::spawn(heartbeat(Arc::downgrade(&cluster)));
+        tokio::spawn(dispatch(Arc::downgrade(&cluster), push_rx));
         Ok(cluster)
     }
 
@@ -148,6 +180,31 @@ impl Cluster {
             .is_some_and(|ms| ms < self.config.outage_timeout_ms)
     }
 
+    /// Counts one write-through flush.
+    fn flushed(&self, took: Duration, events: u64) {
+        if let Some(m) = self.metrics.get() {
+            m.cluster_flushed(took.as_secs_f64(), events);
+        }
+    }
+
+    fn took_over(&self) {
+        if let Some(m) = self.metrics.get() {
+            m.cluster_took_over();
+        }
+    }
+
+    fn fenced(&self) {
+        if let Some(m) = self.metrics.get() {
+            m.cluster_fenced();
+        }
+    }
+
+    fn redis_error(&self, op: &'static str) {
+        if let Some(m) = self.metrics.get() {
+            m.cluster_redis_error(op);
+        }
+    }
+
     async fn beat(&self) -> Result<(), ClusterError> {
         let mut conn = self.conn();
         let () = redis::cmd("SET")
@@ -161,6 +218,27 @@ impl Cluster {
     }
 }
 
+/// Routes pub/sub messages to their channel's subscriber.
+async fn dispatch(
+    cluster: std::sync::Weak<Cluster>,
+    mut rx: mpsc::UnboundedReceiver<redis::PushInfo>,
+) {
+    while let Some(push) = rx.recv().await {
+        let Some(c) = cluster.upgrade() else { return };
+        if push.kind != redis::PushKind::Message {
+            continue;
+        }
+        if let (Some(redis::Value::BulkString(ch)), Some(redis::Value::BulkString(payload))) =
+            (push.data.first(), push.data.get(1))
+        {
+            c.dispatch(
+                &String::from_utf8_lossy(ch),
+                Bytes::copy_from_slice(payload),
+            );
+        }
+    }
+}
+
 /// Renews this node's liveness key every `heartbeat_ms` until the cluster is dropped.
 async fn heartbeat(cluster: std::sync::Weak<Cluster>) {
     let mut was_up: Option<bool> = None;
@@ -170,9 +248,22 @@ async fn heartbeat(cluster: std::sync::Weak<Cluster>) {
         let result = c.beat().await;
         match &result {
             Ok(()) => c.saw_redis(),
-            Err(e) => tracing::debug!(error = %e, "cluster heartbeat failed"),
+            Err(e) => {
+                c.redis_error("heartbeat");
+                tracing::debug!(error = %e, "cluster heartbeat failed");
+            }
         }
         let up = c.available();
+        if up && was_up != Some(true) {
+            // (Re)subscribe this node's control channel after (re)connecting.
+            if let Err(e) = c.listen_control().await {
+                tracing::debug!(error = %e, "cannot listen on the control channel yet");
+                was_up = None;
+                drop(c);
+                tokio::time::sleep(step).await;
+                continue;
+            }
+        }
         if was_up != Some(up) {
             match (&result, up) {
                 (_, true) => tracing::info!(node = %c.node, "cluster: Redis reachable"),

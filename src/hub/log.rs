@@ -312,12 +312,19 @@ pub struct Stream {
     orphaned: Notify,
     stop: CancellationToken,
     stop_reason: Mutex<Option<EndReason>>,
+    /// Why the stream was aborted from outside with an error (`error_type`, `message`).
+    failure: Mutex<Option<(String, String)>>,
+    /// Subscribers on other nodes, as the store last saw them (they keep the stream from
+    /// being orphaned).
+    remote_readers: AtomicUsize,
     /// Milliseconds since `created` of the last engine event (idle detection).
     last_event_ms: AtomicU64,
     metrics: StreamMetrics,
     backing: Backing,
     /// A written-through log's store was told of pending entries it has not taken yet.
     queued: AtomicBool,
+    /// A written-through log its store may no longer write: local from now on.
+    local_only: AtomicBool,
     me: std::sync::Weak<Stream>,
 }
 
@@ -370,10 +377,13 @@ impl Stream {
             orphaned: Notify::new(),
             stop: CancellationToken::new(),
             stop_reason: Mutex::new(None),
+            failure: Mutex::new(None),
+            remote_readers: AtomicUsize::new(0),
             last_event_ms: AtomicU64::new(0),
             metrics,
             backing: bounds.backing,
             queued: AtomicBool::new(false),
+            local_only: AtomicBool::new(false),
             me,
         }
     }
@@ -430,6 +440,18 @@ impl Stream {
         self.wake_producer();
     }
 
+    /// A written-through log whose store may no longer write it (fenced, or unreachable
+    /// past its bound): everything it holds is shown now, and every later entry at once.
+    pub fn commit_locally(&self) {
+        self.local_only.store(true, Ordering::SeqCst);
+        let head = self.log().head();
+        self.commit(head);
+    }
+
+    fn writes_through(&self) -> bool {
+        matches!(self.backing, Backing::WriteThrough(_)) && !self.local_only.load(Ordering::Relaxed)
+    }
+
     /// The seq below which entries are visible to cursors.
     pub fn committed(&self) -> Seq {
         self.log().committed
@@ -439,6 +461,7 @@ impl Stream {
     /// one once its store commits it (the store is told, once until it takes them).
     fn appended(&self) {
         if let Backing::WriteThrough(store) = &self.backing
+            && !self.local_only.load(Ordering::Relaxed)
             && !self.queued.swap(true, Ordering::SeqCst)
             && let Some(me) = self.me.upgrade()
         {
@@ -527,7 +550,7 @@ impl Stream {
         if kind == EventKind::End {
             log.end_seq = Some(seq);
         }
-        if !matches!(self.backing, Backing::WriteThrough(_)) {
+        if !self.writes_through() {
             log.committed = seq + 1;
         }
     }
@@ -681,6 +704,32 @@ impl Stream {
         drop(r);
         self.stop.cancel();
         true
+    }
+
+    /// Stops the producer with an error from outside the engine (the cluster lost this
+    /// stream): it ends with `error {error_type, message}` + `end {reason: "error"}`.
+    pub fn abort(&self, error_type: &str, message: &str) -> bool {
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        f.get_or_insert_with(|| (error_type.to_string(), message.to_string()));
+        drop(f);
+        self.stop(EndReason::Error)
+    }
+
+    /// The error of [`Stream::abort`], if the stream was aborted.
+    pub fn failure(&self) -> Option<(String, String)> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Subscribers on other nodes (see the field).
+    pub fn set_remote_readers(&self, n: usize) {
+        self.remote_readers.store(n, Ordering::Relaxed);
+    }
+
+    pub fn remote_readers(&self) -> usize {
+        self.remote_readers.load(Ordering::Relaxed)
     }
 
     /// Resolves when [`Stream::stop`] was called, with the reason.

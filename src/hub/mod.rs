@@ -323,6 +323,11 @@ impl Hub {
         self.running.load(Ordering::Acquire)
     }
 
+    /// Mirrors held (copies of streams other nodes run).
+    pub fn mirrors(&self) -> usize {
+        self.streams.iter().filter(|s| s.is_mirror()).count()
+    }
+
     /// Streams held (running or retained).
     pub fn held(&self) -> usize {
         self.streams.len()
@@ -359,6 +364,7 @@ impl Hub {
             initial: pending.iter().map(|c| c.stream().id.clone()).collect(),
             pending,
             closed: self.closed.subscribe(),
+            held: None,
         }
     }
 
@@ -381,11 +387,18 @@ pub struct SessionFollow {
     /// their start), and the second cursor is dropped.
     initial: HashSet<RequestId>,
     closed: watch::Receiver<bool>,
+    /// Whatever must live as long as the follower (a cluster's watch of the session).
+    held: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl SessionFollow {
     pub fn session(&self) -> &Arc<str> {
         &self.session
+    }
+
+    /// Keeps `guard` alive as long as this follower.
+    pub fn hold(&mut self, guard: Box<dyn std::any::Any + Send + Sync>) {
+        self.held = Some(guard);
     }
 
     /// The next stream of the session, or `None` when following is over.

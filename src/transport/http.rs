@@ -74,6 +74,7 @@ async fn unknown_route(req: Request) -> ApiError {
 }
 
 async fn metrics(State(b): State<Bridge>) -> Response {
+    b.metrics().cluster_mirrors(b.hub().mirrors());
     b.metrics().sample(
         b.hub().held(),
         b.hub().live_bytes(),
@@ -580,7 +581,7 @@ async fn resume(
         q.after.as_deref(),
         wire.is_sse(),
     )?;
-    let cursor = b.resume(&request_id, after)?;
+    let cursor = b.resume(&request_id, after).await?;
     let stream = cursor.stream();
     if wire.is_sse() && stream.is_ended() && cursor.next_seq() >= stream.next_seq() {
         // Nothing left to send: 204 tells EventSource to stop reconnecting.
@@ -595,7 +596,7 @@ async fn cancel(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     identify(&b, &headers)?;
-    let cancelled = b.cancel(&request_id)?;
+    let cancelled = b.cancel_anywhere(&request_id).await?;
     Ok(axum::Json(json!({ "cancelled": cancelled })).into_response())
 }
 

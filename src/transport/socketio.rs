@@ -258,7 +258,10 @@ fn register_events(b: &Bridge, routes: Vec<Arc<Route>>, socket: &SocketRef) {
                 let b = b.clone();
                 async move {
                     let id = payload.ok().and_then(|p| string_field(&p, "request_id"));
-                    let cancelled = id.is_some_and(|id| b.cancel(&id).unwrap_or(false));
+                    let cancelled = match id {
+                        Some(id) => b.cancel_anywhere(&id).await.unwrap_or(false),
+                        None => false,
+                    };
                     let _ = ack.send(&json!({ "cancelled": cancelled }));
                 }
             },
@@ -270,7 +273,7 @@ fn register_events(b: &Bridge, routes: Vec<Arc<Route>>, socket: &SocketRef) {
             "resume",
             move |s: SocketRef, TryData(payload): TryData<Value>, ack: AckSender| {
                 let b = b.clone();
-                async move { on_resume(&b, s, payload.ok(), ack) }
+                async move { on_resume(&b, s, payload.ok(), ack).await }
             },
         );
     }
@@ -433,7 +436,7 @@ fn join(b: &Bridge, socket: &SocketRef, ctx: &Arc<SocketCtx>, session: Arc<str>)
     }
 }
 
-fn on_resume(b: &Bridge, socket: SocketRef, payload: Option<Value>, ack: AckSender) {
+async fn on_resume(b: &Bridge, socket: SocketRef, payload: Option<Value>, ack: AckSender) {
     let Some(ctx) = ctx_of(&socket) else { return };
     let p = payload.unwrap_or(Value::Null);
     let result = match string_field(&p, "request_id") {
@@ -441,9 +444,9 @@ fn on_resume(b: &Bridge, socket: SocketRef, payload: Option<Value>, ack: AckSend
             "`resume` needs {request_id, after}".into(),
         )),
         Some(id) => match p.get("after") {
-            None | Some(Value::Null) => b.resume(&id, None),
+            None | Some(Value::Null) => b.resume(&id, None).await,
             Some(v) => match v.as_i64() {
-                Some(after) => b.resume(&id, Some(after)),
+                Some(after) => b.resume(&id, Some(after)).await,
                 None => Err(ApiError::InvalidRequest(
                     "`after` must be an integer seq".into(),
                 )),

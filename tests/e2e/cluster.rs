@@ -114,12 +114,21 @@ impl Redis {
     pub fn resume(&self) {
         self.signal("-CONT");
     }
+
+    /// Kills Redis (-9) and starts an empty one on the same port.
+    pub async fn restart_empty(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+            let _ = c.wait().await;
+        }
+        *self = Redis::start_on(self.port).await;
+    }
 }
 
 /// One bridge process of the cluster.
 pub struct Node {
     /// Killed when the node is dropped.
-    _child: Child,
+    child: Child,
     pub base: String,
     pub flags_dir: PathBuf,
 }
@@ -181,7 +190,7 @@ impl Node {
         .unwrap();
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Node {
-            _child: child,
+            child,
             base: format!("http://{addr}"),
             flags_dir: spec.flags_dir,
         }
@@ -232,6 +241,12 @@ impl Node {
         let r = req.send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `kill -9`.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+        let _ = self.child.wait().await;
     }
 
     /// A metric's value (the first sample whose line starts with `name`).
@@ -467,4 +482,361 @@ async fn get_json(n: &Node, path: &str) -> Value {
         .json()
         .await
         .unwrap()
+}
+
+/// The non-heartbeat events of a (partial) neutral stream, checked: contiguous `seq`
+/// from `from`, nothing after `end`, at most one `end`.
+fn contiguous(events: &[Value], from: u64) -> Vec<Value> {
+    let events: Vec<Value> = events
+        .iter()
+        .filter(|e| e["event"] != "heartbeat")
+        .cloned()
+        .collect();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["seq"], from + i as u64, "contiguous seq: {events:?}");
+    }
+    let ends = events.iter().filter(|e| e["event"] == "end").count();
+    assert!(ends <= 1, "one end: {events:?}");
+    if ends == 1 {
+        assert_eq!(events.last().unwrap()["event"], "end", "{events:?}");
+    }
+    events
+}
+
+fn end_of(events: &[Value]) -> (String, String) {
+    let n = events.len();
+    assert!(n >= 2, "{events:?}");
+    assert_eq!(events[n - 1]["event"], "end", "{events:?}");
+    let before = &events[n - 2];
+    let what = if before["event"] == "error" {
+        before["data"]["error_type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    } else {
+        before["data"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    (
+        events[n - 1]["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        what,
+    )
+}
+
+fn chat(options: Value, session: Option<&str>) -> Value {
+    let mut body = json!({"message": "hi", "options": options});
+    if let Some(s) = session {
+        body["session_id"] = json!(s);
+    }
+    body
+}
+
+/// A stream started on one node is resumed (`?after=`, SSE `Last-Event-ID`) and followed
+/// through its session from the others, with every SPEC section 1 rule holding for every
+/// subscriber: over many concurrent streams, each resumed on another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_streams_resume_and_follow_from_any_node() {
+    if skip() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let (n1, n2, n3) = three_nodes(&redis).await;
+    let nodes = [&n1, &n2, &n3];
+    // A session follower on n2 before anything starts: it must get n1's stream.
+    let mut follower = LineReader::open(http().get(n2.url("/api/sessions/sess-a/events"))).await;
+    assert_eq!(follower.status, 200);
+    let mut owner = LineReader::open(http().post(n1.url(CHAT)).json(&chat(
+        json!({"chunks": 30, "interval_ms": 20}),
+        Some("sess-a"),
+    )))
+    .await;
+    let first = owner.until(|v| v["seq"] == 9).await;
+    let id = first[0]["data"]["metadata"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Resume from n3 after seq 9 while it runs.
+    let mut resumed =
+        LineReader::open(http().get(n3.url(&format!("/api/streams/{id}?after=9")))).await;
+    assert_eq!(resumed.status, 200);
+    let resumed = contiguous(&resumed.rest().await, 10);
+    let mut all = first.clone();
+    all.extend(owner.rest().await);
+    let all = contiguous(&all, 0);
+    check_rules(&all);
+    assert_eq!(
+        resumed,
+        all[10..].to_vec(),
+        "the resumer on n3 gets exactly 10..end"
+    );
+    // SSE with Last-Event-ID on n2, once ended: the same tail.
+    let sse = http()
+        .get(n2.url(&format!("/api/streams/{id}")))
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "20")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let frames = parse_sse(&sse.text().await.unwrap());
+    let ids: Vec<u64> = frames
+        .iter()
+        .filter_map(|f| f.id.as_ref().map(|i| i.parse().unwrap()))
+        .collect();
+    assert_eq!(ids, (21..all.len() as u64).collect::<Vec<_>>());
+    // The session follower on n2 saw the whole stream, once.
+    let followed: Vec<Value> = {
+        let mut out = Vec::new();
+        while out.last().is_none_or(|e: &Value| e["event"] != "end") {
+            let v = follower.next().await.expect("the follower's next line");
+            if v["event"] != "heartbeat" {
+                out.push(v);
+            }
+        }
+        out
+    };
+    assert_eq!(followed.len(), all.len(), "{followed:?}");
+    for (f, a) in followed.iter().zip(&all) {
+        assert_eq!(f["seq"], a["seq"]);
+        assert_eq!(f["event"], a["event"]);
+    }
+    // Unknown everywhere: 404; before the first kept: not applicable (whole log kept).
+    assert_eq!(n3.status("/api/streams/never-was").await, 404);
+
+    // Many at once: each started on one node, resumed from the middle on the next.
+    const STREAMS: usize = 60;
+    let runs = (0..STREAMS).map(|i| {
+        let (a, b) = (nodes[i % 3], nodes[(i + 1) % 3]);
+        async move {
+            let id = format!("many-{i}");
+            let mut body = chat(json!({"chunks": 20, "interval_ms": 5}), None);
+            body["request_id"] = json!(id);
+            let mut owner = LineReader::open(http().post(a.url(CHAT)).json(&body)).await;
+            let head = owner.until(|v| v["seq"] == 4).await;
+            let mut r =
+                LineReader::open(http().get(b.url(&format!("/api/streams/{id}?after=4")))).await;
+            assert_eq!(r.status, 200, "resume {id} on another node");
+            let tail = contiguous(&r.rest().await, 5);
+            let mut all = head;
+            all.extend(owner.rest().await);
+            let all = contiguous(&all, 0);
+            check_rules(&all);
+            assert_eq!(tail, all[5..].to_vec(), "{id}");
+        }
+    });
+    futures_util::future::join_all(runs).await;
+}
+
+/// Cancel from another node, over HTTP: the owner ends the stream with
+/// `completion {cancelled}` + `end {cancelled}`, which every subscriber gets; an unknown
+/// id is 404, an ended one `{cancelled: false}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_cancel_from_another_node() {
+    if skip() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let (n1, n2, n3) = three_nodes(&redis).await;
+    let mut owner = LineReader::open(
+        http()
+            .post(n1.url(CHAT))
+            .json(&chat(json!({"chunks": 100000, "interval_ms": 20}), None)),
+    )
+    .await;
+    let head = owner.until(|v| v["event"] == "chunk").await;
+    let id = head[0]["data"]["metadata"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut mirror =
+        LineReader::open(http().get(n2.url(&format!("/api/streams/{id}?after=0")))).await;
+    mirror.until(|v| v["event"] == "chunk").await;
+    let r: Value = http()
+        .post(n3.url(&format!("/api/ai/cancel/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["cancelled"], true);
+    let mut all = head;
+    all.extend(owner.rest().await);
+    let all = contiguous(&all, 0);
+    assert_eq!(end_of(&all), ("cancelled".into(), "cancelled".into()));
+    let tail = mirror.rest().await;
+    assert_eq!(end_of(&tail), ("cancelled".into(), "cancelled".into()));
+    let r: Value = http()
+        .post(n2.url(&format!("/api/ai/cancel/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["cancelled"], false, "already ended");
+    let unknown = http()
+        .post(n3.url("/api/ai/cancel/never-was"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+}
+
+/// `kill -9` of the node running a stream: subscribers on the other nodes get
+/// `error {node_lost}` + `end {error}` within a few seconds, contiguous; a resume
+/// afterwards gets the same end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_kill_9_of_the_owner_ends_its_streams_with_node_lost() {
+    if skip() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let (n1, n2, n3) = three_nodes(&redis).await;
+    let mut ids = Vec::new();
+    let mut owners = Vec::new();
+    for _ in 0..5 {
+        let mut owner = LineReader::open(
+            http()
+                .post(n1.url(CHAT))
+                .json(&chat(json!({"chunks": 100000, "interval_ms": 20}), None)),
+        )
+        .await;
+        let head = owner.until(|v| v["event"] == "chunk").await;
+        ids.push(
+            head[0]["data"]["metadata"]["request_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        owners.push(owner);
+    }
+    let mut readers = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let node = if i % 2 == 0 { &n2 } else { &n3 };
+        let mut r = LineReader::open(http().get(node.url(&format!("/api/streams/{id}")))).await;
+        let head = r.until(|v| v["event"] == "chunk").await;
+        readers.push((head, r));
+    }
+    drop(owners);
+    n1.kill().await;
+    let killed = Instant::now();
+    for (mut all, mut r) in readers {
+        all.extend(r.rest().await);
+        let all = contiguous(&all, 0);
+        assert_eq!(end_of(&all), ("error".into(), "node_lost".into()));
+    }
+    assert!(
+        killed.elapsed() < Duration::from_secs(8),
+        "ended after {:?}",
+        killed.elapsed()
+    );
+    let again = http()
+        .get(n2.url(&format!("/api/streams/{}", ids[0])))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let again = contiguous(&parse_ndjson(&again), 0);
+    assert_eq!(end_of(&again), ("error".into(), "node_lost".into()));
+}
+
+/// Redis unreachable (SIGSTOP) longer than the bound while streams run: owners end them
+/// with `error {cluster_unavailable}` + `end {error}` for their local subscribers, never a
+/// hang; after SIGCONT the node serves new streams again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_redis_down_past_the_bound_ends_live_streams_explicitly() {
+    if skip() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let (n1, n2) = tokio::join!(
+        Node::start(NodeSpec::new(&url, "n1")),
+        Node::start(NodeSpec::new(&url, "n2"))
+    );
+    let mut owner = LineReader::open(
+        http()
+            .post(n1.url(CHAT))
+            .json(&chat(json!({"chunks": 100000, "interval_ms": 20}), None)),
+    )
+    .await;
+    let head = owner.until(|v| v["event"] == "chunk").await;
+    let id = head[0]["data"]["metadata"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut remote = LineReader::open(http().get(n2.url(&format!("/api/streams/{id}")))).await;
+    remote.until(|v| v["event"] == "chunk").await;
+    redis.pause();
+    let mut all = head;
+    all.extend(owner.rest().await);
+    let all = contiguous(&all, 0);
+    assert_eq!(end_of(&all), ("error".into(), "cluster_unavailable".into()));
+    let tail = remote.rest().await;
+    assert_eq!(
+        end_of(&tail),
+        ("error".into(), "cluster_unavailable".into())
+    );
+    redis.resume();
+    eventually_async("n1 ready again", || n1.ready()).await;
+    let r = http()
+        .post(n1.url(CHAT))
+        .json(&chat(json!({"chunks": 3}), None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    check_rules(&parse_ndjson(&r.text().await.unwrap()));
+}
+
+/// Redis restarted empty mid-stream: the owner's subscribers and a remote subscriber
+/// each get a contiguous stream with one `end`: it goes on, or ends with an explicit
+/// error; never a silent gap, a duplicate or a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_redis_restarted_empty_never_leaves_a_gap_or_a_hang() {
+    if skip() {
+        return;
+    }
+    let mut redis = Redis::start().await;
+    let url = redis.url();
+    let (n1, n2) = tokio::join!(
+        Node::start(NodeSpec::new(&url, "n1")),
+        Node::start(NodeSpec::new(&url, "n2"))
+    );
+    let mut owner = LineReader::open(
+        http()
+            .post(n1.url(CHAT))
+            .json(&chat(json!({"chunks": 150, "interval_ms": 20}), None)),
+    )
+    .await;
+    let head = owner.until(|v| v["event"] == "chunk").await;
+    let id = head[0]["data"]["metadata"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut remote = LineReader::open(http().get(n2.url(&format!("/api/streams/{id}")))).await;
+    remote.until(|v| v["event"] == "chunk").await;
+    redis.restart_empty().await;
+    let mut all = head;
+    all.extend(owner.rest().await);
+    let all = contiguous(&all, 0);
+    let end = end_of(&all);
+    assert!(
+        end == ("completed".into(), "complete".into()) || end.0 == "error",
+        "{end:?}"
+    );
+    let tail = remote.rest().await;
+    let end = end_of(&tail);
+    assert!(
+        end == ("completed".into(), "complete".into()) || end.0 == "error",
+        "{end:?}"
+    );
 }

@@ -1,0 +1,792 @@
+//! Streams across nodes (SPEC section 10).
+//!
+//! - **Write-through** ([`RedisLog`], the hub's `LogStore`): one writer task per node,
+//!   group commit without a timer: it takes every stream with pending entries, writes them
+//!   all in one pipeline of append scripts (one per stream: `XADD <seq>-1` per entry, the
+//!   meta hash, trimming, expiry and one `PUBLISH` of the batch), then commits them to the
+//!   local logs. The script refuses a node that is no longer the stream's owner
+//!   (fencing): that node aborts the stream and writes nothing more to Redis.
+//! - **Mirrors**: a stream another node runs is copied into an ordinary local log
+//!   (`Backing::Mirror`): `SUBSCRIBE` its batch channel first, then `XRANGE` what is
+//!   already there; a batch that does not follow the copy's head triggers an `XRANGE`
+//!   repair, and a position check every heartbeat catches a lost last message. When the
+//!   owner's liveness key is gone for a lease, a mirroring node ends the stream for
+//!   everyone with `error {node_lost}` + `end {error}` by compare-and-set on `top`.
+//! - **Cancel** of a stream owned elsewhere is published on the owner's control channel.
+//! - **Sessions**: owners announce a session's streams (a sorted set of live ids and a
+//!   channel); a node with followers of the session mirrors each of them.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redis::Value;
+use tokio::sync::mpsc;
+
+use super::{Cluster, ClusterError};
+use crate::event::{EventKind, Line, Seq};
+use crate::hub::{Backing, Hub, LogStore, Stream};
+use crate::metrics::Metrics;
+use crate::request::{RequestId, Transport};
+use crate::routes::Route;
+use std::collections::HashMap;
+
+/// Entries one `XRANGE` call reads.
+const RANGE_COUNT: usize = 512;
+
+/// `KEYS`: log, meta, batch channel. `ARGV`: node, first seq, live ttl ms, end ttl ms,
+/// ended (0/1), route, session, most entries kept, then one line per entry from `first`.
+const APPEND: &str = r"
+local owner = redis.call('HGET', KEYS[2], 'owner')
+if owner and owner ~= ARGV[1] then return {'FENCED', 0} end
+local first = tonumber(ARGV[2])
+local top
+if not owner then
+  redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'route', ARGV[6], 'session', ARGV[7],
+    'first', first, 'top', first, 'ended', '0')
+  top = first
+else
+  if redis.call('HGET', KEYS[2], 'ended') == '1' then return {'FENCED', 0} end
+  top = tonumber(redis.call('HGET', KEYS[2], 'top'))
+end
+if top < first then return {'GAP', top} end
+local n = #ARGV - 8
+local batch = {}
+for i = 1, n do
+  local seq = first + i - 1
+  if seq >= top then
+    redis.call('XADD', KEYS[1], seq .. '-1', 'e', ARGV[8 + i])
+    batch[#batch + 1] = ARGV[8 + i]
+  end
+end
+local last = first + n
+if last > top then redis.call('HSET', KEYS[2], 'top', last) end
+local kept_from = last - tonumber(ARGV[8])
+if kept_from > tonumber(redis.call('HGET', KEYS[2], 'first')) then
+  redis.call('XTRIM', KEYS[1], 'MINID', kept_from .. '-1')
+  redis.call('HSET', KEYS[2], 'first', kept_from)
+end
+local ttl = ARGV[3]
+if ARGV[5] == '1' then
+  redis.call('HSET', KEYS[2], 'ended', '1')
+  ttl = ARGV[4]
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+local receivers = 0
+if #batch > 0 then receivers = redis.call('PUBLISH', KEYS[3], table.concat(batch)) end
+return {'OK', receivers}
+";
+
+/// `KEYS`: meta, log, batch channel, the owner's liveness key. `ARGV`: owner, observed
+/// top, end ttl ms, the `error` line (at `top`), the `end` line (at `top + 1`). Ends a
+/// stream whose owner is gone, once: only while the owner's key is absent, the stream
+/// not ended and its top still the observed one. Returns 1 when it wrote.
+const TAKEOVER: &str = r"
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'ended') == '1' then return 0 end
+local top = tonumber(redis.call('HGET', KEYS[1], 'top'))
+if top ~= tonumber(ARGV[2]) then return 0 end
+redis.call('XADD', KEYS[2], top .. '-1', 'e', ARGV[4])
+redis.call('XADD', KEYS[2], (top + 1) .. '-1', 'e', ARGV[5])
+redis.call('HSET', KEYS[1], 'top', top + 2, 'ended', '1')
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PUBLISH', KEYS[3], ARGV[4] .. ARGV[5])
+return 1
+";
+
+/// What a node needs of the rest of the bridge to mirror streams.
+pub(super) struct Attached {
+    pub hub: Arc<Hub>,
+    /// The routes by name.
+    pub routes: HashMap<String, Arc<Route>>,
+    pub metrics: Arc<Metrics>,
+    pub retention: Duration,
+    pub max_kept: u64,
+}
+
+/// The write-through store of this node's streams.
+pub struct RedisLog {
+    tx: mpsc::UnboundedSender<Arc<Stream>>,
+}
+
+impl LogStore for RedisLog {
+    fn dirty(&self, stream: Arc<Stream>) {
+        let _ = self.tx.send(stream);
+    }
+}
+
+/// The stream's meta hash as a mirror reads it.
+#[derive(Debug, Default)]
+struct Meta {
+    owner: String,
+    route: String,
+    session: String,
+    first: Seq,
+    top: Seq,
+    ended: bool,
+}
+
+impl Cluster {
+    /// Hands the cluster the hub and routes (once, after the bridge built them) and
+    /// returns the write-through backing of this node's streams.
+    pub fn attach(
+        self: &Arc<Self>,
+        hub: Arc<Hub>,
+        routes: HashMap<String, Arc<Route>>,
+        metrics: Arc<Metrics>,
+        retention: Duration,
+        max_kept: u64,
+    ) {
+        let _ = self.metrics.set(metrics.clone());
+        let _ = self.attached.set(Attached {
+            hub,
+            routes,
+            metrics,
+            retention,
+            max_kept,
+        });
+    }
+
+    /// The backing of the streams this node starts (spawns the writer task).
+    pub fn backing(self: &Arc<Self>) -> Backing {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer(Arc::downgrade(self), rx));
+        Backing::WriteThrough(Arc::new(RedisLog { tx }))
+    }
+
+    fn stream_key(&self, id: &str, what: &str) -> String {
+        format!("{}:{{{id}}}:{what}", self.keys.prefix)
+    }
+
+    fn session_key(&self, session: &str) -> String {
+        format!("{}:{{s:{session}}}:live", self.keys.prefix)
+    }
+
+    fn session_channel(&self, session: &str) -> String {
+        format!("{}:{{s:{session}}}:ev", self.keys.prefix)
+    }
+
+    fn node_channel(&self, node: &str) -> String {
+        format!("{}:node:{node}:ctl", self.keys.prefix)
+    }
+
+    fn end_ttl_ms(&self) -> u64 {
+        self.attached
+            .get()
+            .map_or(60_000, |a| a.retention.as_millis() as u64)
+            .max(1000)
+    }
+
+    /// Subscribes the pub/sub connection to `channel`, routing its messages to `tx`.
+    async fn subscribe(
+        &self,
+        channel: String,
+        tx: mpsc::UnboundedSender<Bytes>,
+    ) -> Result<(), ClusterError> {
+        self.routes_by_channel.insert(channel.clone(), tx);
+        let mut sub = self.pubsub.clone();
+        sub.subscribe(&channel).await?;
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, channel: &str) {
+        self.routes_by_channel.remove(channel);
+        let mut sub = self.pubsub.clone();
+        let _ = sub.unsubscribe(channel).await;
+    }
+
+    /// Delivers one pub/sub message to whoever subscribed its channel.
+    pub(super) fn dispatch(&self, channel: &str, payload: Bytes) {
+        if let Some(tx) = self.routes_by_channel.get(channel)
+            && tx.send(payload).is_err()
+        {
+            drop(tx);
+            self.routes_by_channel.remove(channel);
+        }
+    }
+
+    /// Listens on this node's control channel (cancels routed to this node's streams).
+    pub(super) async fn listen_control(self: &Arc<Self>) -> Result<(), ClusterError> {
+        let channel = self.node_channel(&self.node);
+        if self.routes_by_channel.contains_key(&channel) {
+            let mut sub = self.pubsub.clone();
+            sub.subscribe(&channel).await?;
+            return Ok(());
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+        self.subscribe(channel, tx).await?;
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                let Some(c) = weak.upgrade() else { return };
+                let Some(a) = c.attached.get() else { continue };
+                let id = String::from_utf8_lossy(&msg);
+                if let Some(s) = a.hub.get(&id)
+                    && !s.is_mirror()
+                {
+                    s.stop(crate::event::EndReason::Cancelled);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn meta(&self, id: &str) -> Result<Option<Meta>, ClusterError> {
+        let mut conn = self.conn();
+        let v: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.stream_key(id, "meta"))
+            .arg(&["owner", "route", "session", "first", "top", "ended"])
+            .query_async(&mut conn)
+            .await?;
+        self.saw_redis();
+        let get = |i: usize| v.get(i).cloned().flatten();
+        let Some(owner) = get(0) else {
+            return Ok(None);
+        };
+        let num = |i: usize| get(i).and_then(|s| s.parse().ok()).unwrap_or(0);
+        Ok(Some(Meta {
+            owner,
+            route: get(1).unwrap_or_default(),
+            session: get(2).unwrap_or_default(),
+            first: num(3),
+            top: num(4),
+            ended: get(5).as_deref() == Some("1"),
+        }))
+    }
+
+    /// Entries of stream `id` from `from` on (at most [`RANGE_COUNT`]).
+    async fn range(&self, id: &str, from: Seq) -> Result<Vec<(Seq, Bytes)>, ClusterError> {
+        let mut conn = self.conn();
+        let v: Value = redis::cmd("XRANGE")
+            .arg(self.stream_key(id, "log"))
+            .arg(format!("{from}-1"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(RANGE_COUNT)
+            .query_async(&mut conn)
+            .await?;
+        self.saw_redis();
+        let mut out = Vec::new();
+        let Value::Array(entries) = v else {
+            return Ok(out);
+        };
+        for e in entries {
+            let Value::Array(parts) = e else { continue };
+            let (Some(Value::BulkString(eid)), Some(Value::Array(fields))) =
+                (parts.first(), parts.get(1))
+            else {
+                continue;
+            };
+            let seq = std::str::from_utf8(eid)
+                .ok()
+                .and_then(|s| s.split('-').next())
+                .and_then(|s| s.parse().ok());
+            if let (Some(seq), Some(Value::BulkString(line))) = (seq, fields.get(1)) {
+                out.push((seq, Bytes::copy_from_slice(line)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The local copy of stream `id`, run on another node: the one held, or a new mirror
+    /// (`None`: the cluster does not know the stream).
+    pub async fn mirror(
+        self: &Arc<Self>,
+        id: &RequestId,
+    ) -> Result<Option<Arc<Stream>>, ClusterError> {
+        let Some(a) = self.attached.get() else {
+            return Ok(None);
+        };
+        if let Some(s) = a.hub.get(id.as_str()) {
+            return Ok(Some(s));
+        }
+        let Some(meta) = self.meta(id.as_str()).await? else {
+            return Ok(None);
+        };
+        let Some(route) = a.routes.get(&meta.route).cloned() else {
+            return Ok(None);
+        };
+        let session = (!meta.session.is_empty()).then(|| Arc::<str>::from(meta.session.as_str()));
+        let (stream, created) = a.hub.mirror(
+            id.clone(),
+            route.clone(),
+            session,
+            meta.first,
+            a.metrics.stream(&route.name, Transport::Ndjson),
+        );
+        if created {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let channel = self.stream_key(id.as_str(), "ev");
+            if let Err(e) = self.subscribe(channel.clone(), tx).await {
+                a.hub.drop_mirror(&stream);
+                return Err(e);
+            }
+            if let Err(e) = self.fill(&stream).await {
+                self.unsubscribe(&channel).await;
+                a.hub.drop_mirror(&stream);
+                return Err(e);
+            }
+            tokio::spawn(follow(Arc::downgrade(self), stream.clone(), rx, channel));
+        }
+        Ok(Some(stream))
+    }
+
+    /// Appends to a mirror what Redis holds past its head.
+    async fn fill(&self, stream: &Stream) -> Result<(), ClusterError> {
+        loop {
+            let head = stream.next_seq();
+            let entries = self.range(stream.id.as_str(), head).await?;
+            let n = entries.len();
+            for (_, line) in entries {
+                append_line(stream, line);
+            }
+            if n < RANGE_COUNT || stream.is_ended() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Cancels a stream run by another node: `None` when the cluster does not know it,
+    /// else whether it was live (the owner ends it).
+    pub async fn cancel(&self, id: &str) -> Result<Option<bool>, ClusterError> {
+        let Some(meta) = self.meta(id).await? else {
+            return Ok(None);
+        };
+        if meta.ended {
+            return Ok(Some(false));
+        }
+        let mut conn = self.conn();
+        let receivers: u64 = redis::cmd("PUBLISH")
+            .arg(self.node_channel(&meta.owner))
+            .arg(id)
+            .query_async(&mut conn)
+            .await?;
+        Ok(Some(receivers > 0))
+    }
+
+    /// Announces a new stream of `session` (members of the session on other nodes
+    /// mirror it). Best effort: a follower also reads the live set when it starts.
+    pub fn announce(self: &Arc<Self>, session: Arc<str>, id: RequestId, ended: bool) {
+        let c = self.clone();
+        tokio::spawn(async move {
+            let mut conn = c.conn();
+            let key = c.session_key(&session);
+            let mut pipe = redis::pipe();
+            if ended {
+                pipe.cmd("ZREM").arg(&key).arg(id.as_str()).ignore();
+            } else {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                pipe.cmd("ZADD")
+                    .arg(&key)
+                    .arg(now)
+                    .arg(id.as_str())
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(c.config.live_ttl_secs * 1000)
+                    .ignore()
+                    .cmd("PUBLISH")
+                    .arg(c.session_channel(&session))
+                    .arg(id.as_str())
+                    .ignore();
+            }
+            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+                tracing::debug!(error = %e, "cannot announce a session's stream");
+            }
+        });
+    }
+
+    /// Mirrors every stream of `session` run elsewhere, the live ones now and each new
+    /// one as it is announced, until the returned guard is dropped.
+    pub fn watch_session(self: &Arc<Self>, session: Arc<str>) -> SessionWatch {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let c = self.clone();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let channel = c.session_channel(&session);
+            let count = {
+                let mut n = c.session_watchers.entry(channel.clone()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            if count == 1 || !c.routes_by_channel.contains_key(&channel) {
+                if let Err(e) = c.subscribe(channel.clone(), tx).await {
+                    tracing::debug!(error = %e, "cannot follow a session across the cluster");
+                }
+            } else {
+                // Another follower on this node subscribed: share its announcements.
+                drop(tx);
+            }
+            let live: Vec<String> = {
+                let mut conn = c.conn();
+                redis::cmd("ZRANGE")
+                    .arg(c.session_key(&session))
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default()
+            };
+            for id in live {
+                if let Ok(id) = RequestId::parse(&id) {
+                    let _ = c.mirror(&id).await;
+                }
+            }
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    msg = rx.recv() => match msg {
+                        Some(id) => {
+                            if let Ok(id) = RequestId::parse(&String::from_utf8_lossy(&id)) {
+                                let _ = c.mirror(&id).await;
+                            }
+                        }
+                        None => token.cancelled().await,
+                    },
+                }
+            }
+            let last = {
+                let mut n = c.session_watchers.entry(channel.clone()).or_insert(1);
+                *n -= 1;
+                *n == 0
+            };
+            if last {
+                c.session_watchers.remove_if(&channel, |_, n| *n == 0);
+                c.unsubscribe(&channel).await;
+            }
+        });
+        SessionWatch { stop }
+    }
+}
+
+/// Keeps a session followed across the cluster while held.
+pub struct SessionWatch {
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for SessionWatch {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Appends one line read from Redis to a mirror (out-of-order lines are ignored).
+fn append_line(stream: &Stream, line: Bytes) -> bool {
+    match Line::parse(line) {
+        Some((kind, seq, line)) => stream.mirror_append(seq, kind, line),
+        None => false,
+    }
+}
+
+/// Splits a published batch (concatenated lines) into its lines.
+fn lines_of(batch: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let rest = batch.get(at..)?;
+        if rest.is_empty() {
+            return None;
+        }
+        let len = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(rest.len(), |i| i + 1);
+        let line = batch.slice(at..at + len);
+        at += len;
+        Some(line)
+    })
+}
+
+/// Feeds one mirror until its stream ends: live batches, repairs, the position check,
+/// and the takeover of a stream whose owner is gone.
+async fn follow(
+    cluster: Weak<Cluster>,
+    stream: Arc<Stream>,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    channel: String,
+) {
+    let Some(c) = cluster.upgrade() else { return };
+    let step = Duration::from_millis(c.config.heartbeat_ms);
+    let lease = Duration::from_millis(c.config.lease_ms);
+    let outage = Duration::from_millis(c.config.outage_timeout_ms);
+    drop(c);
+    let mut owner_missing_since: Option<Instant> = None;
+    let mut last_change = Instant::now();
+    loop {
+        if stream.is_ended() {
+            break;
+        }
+        let msg = tokio::time::timeout(step, rx.recv()).await;
+        let Some(c) = cluster.upgrade() else { return };
+        let head = stream.next_seq();
+        let mut repair = false;
+        match msg {
+            Ok(Some(batch)) => {
+                for line in lines_of(&batch) {
+                    if let Some((kind, seq, line)) = Line::parse(line) {
+                        if seq > stream.next_seq() {
+                            repair = true;
+                            break;
+                        }
+                        stream.mirror_append(seq, kind, line);
+                    }
+                }
+            }
+            Ok(None) => repair = true,
+            Err(_) => {
+                // Quiet for a heartbeat: check the position (a lost last message).
+                match c.meta(stream.id.as_str()).await {
+                    Ok(Some(meta)) => {
+                        if meta.top > head {
+                            repair = true;
+                        } else if !meta.ended {
+                            owner_missing_since =
+                                check_owner(&c, &stream, &meta, owner_missing_since, lease).await;
+                        }
+                    }
+                    Ok(None) => {
+                        // Redis lost the stream (restarted empty, or expired) and its
+                        // owner has not written it again since.
+                        if last_change.elapsed() > lease + step {
+                            end_mirror(
+                                &stream,
+                                "stream_lost",
+                                "the cluster lost this stream's log",
+                            );
+                        }
+                    }
+                    Err(_) => {
+                        if c.silent_ms()
+                            .is_none_or(|ms| ms >= outage.as_millis() as u64)
+                        {
+                            end_mirror(
+                                &stream,
+                                "cluster_unavailable",
+                                "the cluster's Redis is unreachable",
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        if repair {
+            let _ = c.fill(&stream).await;
+        }
+        if stream.next_seq() != head {
+            last_change = Instant::now();
+            owner_missing_since = None;
+        }
+    }
+    if let Some(c) = cluster.upgrade() {
+        c.unsubscribe(&channel).await;
+        if let Some(a) = c.attached.get() {
+            a.hub.mirror_finished(&stream);
+        }
+    }
+}
+
+/// Ends a stream for everyone when its owner's liveness key has been gone for a lease:
+/// writes `error {node_lost}` + `end {error}` at the observed top, once, by
+/// compare-and-set. Returns since when the owner is seen missing.
+async fn check_owner(
+    c: &Arc<Cluster>,
+    stream: &Stream,
+    meta: &Meta,
+    missing_since: Option<Instant>,
+    lease: Duration,
+) -> Option<Instant> {
+    let mut conn = c.conn();
+    let alive: bool = redis::cmd("EXISTS")
+        .arg(c.keys.node(&meta.owner))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or(true);
+    if alive {
+        return None;
+    }
+    let since = missing_since.unwrap_or_else(Instant::now);
+    // This node must itself have been connected for a lease (no mass takeover after its
+    // own outage).
+    if since.elapsed() < lease || c.silent_ms().is_none_or(|ms| ms > lease.as_millis() as u64) {
+        return Some(since);
+    }
+    let mut scratch = Vec::new();
+    let error = Line::of(
+        &crate::event::Event {
+            event: EventKind::Error,
+            seq: Some(meta.top),
+            data: serde_json::json!({"error_type": "node_lost", "message": format!("node {} running this stream was lost", meta.owner)}),
+        },
+        &mut scratch,
+    );
+    let end = Line::of(
+        &crate::event::Event {
+            event: EventKind::End,
+            seq: Some(meta.top + 1),
+            data: serde_json::json!({"reason": "error"}),
+        },
+        &mut scratch,
+    );
+    let id = stream.id.as_str();
+    let wrote: Result<u8, _> = redis::Script::new(TAKEOVER)
+        .key(c.stream_key(id, "meta"))
+        .key(c.stream_key(id, "log"))
+        .key(c.stream_key(id, "ev"))
+        .key(c.keys.node(&meta.owner))
+        .arg(&meta.owner)
+        .arg(meta.top)
+        .arg(c.end_ttl_ms())
+        .arg(error.as_bytes())
+        .arg(end.as_bytes())
+        .invoke_async(&mut conn)
+        .await;
+    if matches!(wrote, Ok(1)) {
+        c.took_over();
+        tracing::warn!(request_id = id, owner = %meta.owner, "took over a stream whose node was lost");
+    }
+    let _ = c.fill(stream).await;
+    Some(since)
+}
+
+/// Ends a mirror locally (the cluster cannot tell how its stream goes on): its
+/// subscribers get `error` + `end {error}` right after what they have.
+fn end_mirror(stream: &Stream, error_type: &str, message: &str) {
+    let head = stream.next_seq();
+    let mut scratch = Vec::new();
+    let error = Line::of(
+        &crate::event::Event {
+            event: EventKind::Error,
+            seq: Some(head),
+            data: serde_json::json!({"error_type": error_type, "message": message}),
+        },
+        &mut scratch,
+    );
+    let end = Line::of(
+        &crate::event::Event {
+            event: EventKind::End,
+            seq: Some(head + 1),
+            data: serde_json::json!({"reason": "error"}),
+        },
+        &mut scratch,
+    );
+    stream.mirror_append(head, EventKind::Error, error);
+    stream.mirror_append(head + 1, EventKind::End, end);
+}
+
+/// The write-through task: group commit of every stream with pending entries.
+async fn writer(cluster: Weak<Cluster>, mut rx: mpsc::UnboundedReceiver<Arc<Stream>>) {
+    let script = redis::Script::new(APPEND);
+    let mut pending: Vec<Arc<Stream>> = Vec::new();
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(s) => pending.push(s),
+                None => return,
+            }
+        }
+        while let Ok(s) = rx.try_recv() {
+            pending.push(s);
+        }
+        let Some(c) = cluster.upgrade() else { return };
+        let mut pipe = redis::pipe();
+        let mut batch: Vec<(Arc<Stream>, Seq, Seq)> = Vec::new();
+        for s in pending.drain(..) {
+            let entries = s.uncommitted();
+            let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+                continue;
+            };
+            let (first, upto) = (first.seq, last.seq + 1);
+            let ended = entries.iter().any(|e| e.kind == EventKind::End);
+            let id = s.id.as_str();
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(script.get_hash())
+                .arg(3)
+                .arg(c.stream_key(id, "log"))
+                .arg(c.stream_key(id, "meta"))
+                .arg(c.stream_key(id, "ev"))
+                .arg(&c.node)
+                .arg(first)
+                .arg(c.config.live_ttl_secs * 1000)
+                .arg(c.end_ttl_ms())
+                .arg(u8::from(ended))
+                .arg(&*s.route.name)
+                .arg(s.session_id.as_deref().unwrap_or(""))
+                .arg(c.attached.get().map_or(65_536, |a| a.max_kept));
+            for e in &entries {
+                cmd.arg(e.line.as_bytes());
+            }
+            pipe.add_command(cmd);
+            batch.push((s, first, upto));
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let mut conn = c.conn();
+        let started = Instant::now();
+        let mut result: Result<Vec<(String, i64)>, redis::RedisError> =
+            pipe.query_async(&mut conn).await;
+        // An empty (restarted) Redis does not know the script yet: load it, then retry.
+        if matches!(&result, Err(e) if e.to_string().contains("NOSCRIPT"))
+            && script.load_async(&mut conn).await.is_ok()
+        {
+            result = pipe.query_async(&mut conn).await;
+        }
+        match result {
+            Ok(replies) => {
+                c.saw_redis();
+                failing_since = None;
+                let events: Seq = batch.iter().map(|(_, f, u)| u - f).sum();
+                c.flushed(started.elapsed(), events);
+                for ((s, _, upto), (status, n)) in batch.into_iter().zip(replies) {
+                    match status.as_str() {
+                        "OK" => {
+                            s.set_remote_readers(usize::try_from(n).unwrap_or(0));
+                            s.commit(upto);
+                        }
+                        "FENCED" => {
+                            tracing::warn!(request_id = %s.id, "this node no longer owns the stream; ending it here");
+                            c.fenced();
+                            s.abort("node_lost", "this node lost the stream to the cluster");
+                            // Nothing more of it goes to Redis: the rest is local only.
+                            fence_local(&s);
+                        }
+                        _ => {
+                            tracing::warn!(request_id = %s.id, status, "the stream's Redis log is behind; ending it");
+                            s.abort("stream_lost", "the cluster lost part of this stream");
+                            fence_local(&s);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                c.redis_error("append");
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                tracing::debug!(error = %e, "write-through failed; retrying");
+                let past_bound = !c.available()
+                    && since.elapsed() >= Duration::from_millis(c.config.outage_timeout_ms);
+                for (s, _, _) in batch {
+                    if past_bound {
+                        s.abort("cluster_unavailable", "the cluster's Redis is unreachable");
+                        fence_local(&s);
+                    } else {
+                        pending.push(s);
+                    }
+                }
+                drop(c);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A stream that may no longer be written to Redis: from now on its log is local only
+/// (whatever it holds and will hold is shown to its local subscribers).
+fn fence_local(s: &Arc<Stream>) {
+    s.commit_locally();
+}
