@@ -731,8 +731,9 @@ async fn writer(cluster: Weak<Cluster>, mut rx: mpsc::UnboundedReceiver<Arc<Stre
         let started = Instant::now();
         let mut result: Result<Vec<(String, i64)>, redis::RedisError> =
             pipe.query_async(&mut conn).await;
-        // An empty (restarted) Redis does not know the script yet: load it, then retry.
-        if matches!(&result, Err(e) if e.to_string().contains("NOSCRIPT"))
+        // An empty (restarted) Redis does not know the script yet: load it, then retry
+        // (the script makes a repeated batch harmless).
+        if matches!(&result, Err(e) if e.to_string().to_ascii_lowercase().contains("noscript"))
             && script.load_async(&mut conn).await.is_ok()
         {
             result = pipe.query_async(&mut conn).await;
@@ -768,8 +769,10 @@ async fn writer(cluster: Weak<Cluster>, mut rx: mpsc::UnboundedReceiver<Arc<Stre
                 c.redis_error("append");
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 tracing::debug!(error = %e, "write-through failed; retrying");
-                let past_bound = !c.available()
-                    && since.elapsed() >= Duration::from_millis(c.config.outage_timeout_ms);
+                // Failing for longer than the bound, whatever the heartbeat says: end the
+                // streams explicitly rather than hold their subscribers.
+                let past_bound =
+                    since.elapsed() >= Duration::from_millis(c.config.outage_timeout_ms);
                 for (s, _, _) in batch {
                     if past_bound {
                         s.abort("cluster_unavailable", "the cluster's Redis is unreachable");

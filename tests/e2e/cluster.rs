@@ -840,3 +840,116 @@ async fn cluster_redis_restarted_empty_never_leaves_a_gap_or_a_hang() {
         "{end:?}"
     );
 }
+
+/// POSTs `body` and reads the whole answer, within [`WAIT`].
+async fn post_all(url: String, body: Value) -> Vec<Value> {
+    let read = async { http().post(url).json(&body).send().await?.text().await };
+    let text = tokio::time::timeout(WAIT, read)
+        .await
+        .expect("the stream ends in time")
+        .unwrap();
+    parse_ndjson(&text)
+}
+
+fn sio_at(node: &Node, transports: &[&str], steps: Value) -> Value {
+    json!({"url": node.base, "transports": transports, "steps": steps, "global_timeout_ms": 30000})
+}
+
+/// The real Socket.IO clients on other nodes than the stream's: `resume` (Node
+/// socket.io-client 4.x) gets exactly the missing events, `cancel` (python-socketio)
+/// ends the stream for everyone, and a session room member (Node, long-polling) gets a
+/// stream started over HTTP on another node, once and whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_socketio_clients_resume_cancel_and_follow_across_nodes() {
+    if skip() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let (n1, n2, n3) = three_nodes(&redis).await;
+    // Resume on n2 of a stream n1 ran.
+    let all = post_all(
+        n1.url("/api/ai/agent/execute"),
+        json!({"request_id": "ag-x", "messages": [{"role": "user", "content": "a b c d"}]}),
+    )
+    .await;
+    check_rules(&all);
+    let steps = json!([
+        {"emit": "resume", "data": {"request_id": "ag-x", "after": 2}, "ack": true},
+        {"wait_for": "end", "count": 1}
+    ]);
+    let (lines, code) = Sio::spawn(Client::Node, sio_at(&n2, &["websocket"], steps))
+        .finish()
+        .await;
+    assert_eq!(code, 0);
+    let got: Vec<Value> = events_of(&lines)
+        .into_iter()
+        .map(|(n, p)| json!({"event": n, "seq": p["seq"], "data": p["data"]}))
+        .collect();
+    assert_eq!(got, all[3..].to_vec());
+
+    // A room member on n3 (long-polling), then a stream of its session started on n1.
+    let mut member = Sio::spawn(
+        Client::Node,
+        sio_at(
+            &n3,
+            &["polling"],
+            json!([
+                {"emit": "join", "data": {"session_id": "sess-io"}, "ack": true},
+                {"wait_for": "chat_complete", "count": 1}
+            ]),
+        ),
+    );
+    member.expect_type("ack").await;
+    let owner = parse_ndjson(
+        &http()
+            .post(n1.url(CHAT))
+            .json(&chat(
+                json!({"chunks": 25, "interval_ms": 5}),
+                Some("sess-io"),
+            ))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    let texts = check_rules(&owner);
+    let (lines, code) = member.finish().await;
+    assert_eq!(code, 0);
+    let legacy = events_of(&lines);
+    let chunks = legacy.iter().filter(|(n, _)| n == "chat_chunk").count();
+    assert_eq!(chunks, texts.len(), "each chunk once: {legacy:?}");
+    assert_eq!(
+        legacy.iter().filter(|(n, _)| n == "chat_complete").count(),
+        1
+    );
+
+    // Cancel from python-socketio on n2 of a stream n1 runs.
+    let mut stream = LineReader::open(
+        http()
+            .post(n1.url(CHAT))
+            .json(&json!({"request_id": "h1", "options": {"chunks": 100000, "interval_ms": 20}})),
+    )
+    .await;
+    stream.until(|v| v["seq"] == 2).await;
+    let (lines, code) = Sio::spawn(
+        Client::Python,
+        sio_at(
+            &n2,
+            &["websocket"],
+            json!([{"emit": "cancel", "data": {"request_id": "h1"}, "ack": true}]),
+        ),
+    )
+    .finish()
+    .await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        lines.iter().find(|l| l["type"] == "ack").unwrap()["data"],
+        json!({"cancelled": true})
+    );
+    let rest = stream.rest().await;
+    let n = rest.len();
+    assert_eq!(rest[n - 2]["data"]["status"], "cancelled");
+    assert_eq!(rest[n - 1]["data"]["reason"], "cancelled");
+}
