@@ -953,3 +953,191 @@ async fn cluster_socketio_clients_resume_cancel_and_follow_across_nodes() {
     assert_eq!(rest[n - 2]["data"]["status"], "cancelled");
     assert_eq!(rest[n - 1]["data"]["reason"], "cancelled");
 }
+
+/// A TCP proxy the test owns between one node and Redis: `cut` drops every connection
+/// and refuses new ones until `heal`.
+struct Proxy {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+use std::sync::Arc;
+
+impl Proxy {
+    async fn start(target: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (c, list) = (cut.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                if c.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                list.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy {
+            port,
+            cut,
+            conns,
+            accept,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// One node cut off from Redis (its link through a proxy the test cuts): the other
+/// nodes end its streams with `node_lost` once its lease is gone; it ends them for its
+/// own subscribers with `cluster_unavailable` and refuses new work; healed, it is ready
+/// again and has written nothing more to the streams it lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_node_cut_off_from_redis_loses_its_streams_and_never_writes_them_again() {
+    if skip() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let proxy = Proxy::start(redis.port).await;
+    let (purl, url) = (proxy.url(), redis.url());
+    let (n1, n2) = tokio::join!(
+        Node::start(NodeSpec::new(&purl, "cut")),
+        Node::start(NodeSpec::new(&url, "n2"))
+    );
+    let mut owner = LineReader::open(
+        http()
+            .post(n1.url(CHAT))
+            .json(&chat(json!({"chunks": 100000, "interval_ms": 20}), None)),
+    )
+    .await;
+    let head = owner.until(|v| v["event"] == "chunk").await;
+    let id = head[0]["data"]["metadata"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut remote = LineReader::open(http().get(n2.url(&format!("/api/streams/{id}")))).await;
+    let remote_head = remote.until(|v| v["event"] == "chunk").await;
+    proxy.cut();
+    let mut tail = remote_head;
+    tail.extend(remote.rest().await);
+    let tail = contiguous(&tail, 0);
+    assert_eq!(end_of(&tail), ("error".into(), "node_lost".into()));
+    let mut mine = head;
+    mine.extend(owner.rest().await);
+    let mine = contiguous(&mine, 0);
+    assert_eq!(end_of(&mine).0, "error");
+    eventually_async("the cut node is not ready", || async {
+        n1.status("/readyz").await == 503
+    })
+    .await;
+    proxy.heal();
+    eventually_async("ready again once healed", || n1.ready()).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let top = |c: &mut redis::aio::MultiplexedConnection| {
+        let key = format!("sy:{{{id}}}:meta");
+        let mut c = c.clone();
+        async move {
+            let v: Option<u64> = redis::cmd("HGET")
+                .arg(key)
+                .arg("top")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            v
+        }
+    };
+    let before = top(&mut c).await;
+    assert_eq!(
+        before,
+        Some(tail.len() as u64),
+        "Redis holds exactly what n2 read"
+    );
+    // Let the healed node flush anything it still held: nothing may land.
+    let r = http()
+        .post(n1.url(CHAT))
+        .json(&chat(json!({"chunks": 3}), None))
+        .send()
+        .await
+        .unwrap();
+    check_rules(&parse_ndjson(&r.text().await.unwrap()));
+    assert_eq!(
+        top(&mut c).await,
+        before,
+        "the replaced node wrote nothing more"
+    );
+}
+
+/// Redis paused (SIGSTOP) for less than the bound while streams run: every subscriber,
+/// local or remote, gets every event once; the streams complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_short_redis_pause_loses_and_repeats_nothing() {
+    if skip() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let (n1, n2) = tokio::join!(
+        Node::start(NodeSpec::new(&url, "n1")),
+        Node::start(NodeSpec::new(&url, "n2"))
+    );
+    let mut pairs = Vec::new();
+    for i in 0..10 {
+        let mut owner = LineReader::open(
+            http()
+                .post(n1.url(CHAT))
+                .json(&chat(json!({"chunks": 80, "interval_ms": 20}), None)),
+        )
+        .await;
+        let head = owner.until(|v| v["event"] == "chunk").await;
+        let id = head[0]["data"]["metadata"]["request_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let node = if i % 2 == 0 { &n2 } else { &n1 };
+        let mut remote =
+            LineReader::open(http().get(node.url(&format!("/api/streams/{id}")))).await;
+        let remote_head = remote.until(|v| v["event"] == "chunk").await;
+        pairs.push(((head, owner), (remote_head, remote)));
+    }
+    redis.pause();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    redis.resume();
+    for ((mut a, mut ra), (mut b, mut rb)) in pairs {
+        a.extend(ra.rest().await);
+        b.extend(rb.rest().await);
+        let a = contiguous(&a, 0);
+        check_rules(&a);
+        assert_eq!(end_of(&a), ("completed".into(), "complete".into()));
+        assert_eq!(contiguous(&b, 0), a);
+    }
+}
