@@ -151,9 +151,13 @@ impl Cluster {
         &self.config
     }
 
-    /// A handle on the shared connection (cheap: it multiplexes).
-    pub fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// A handle on the shared connection (cheap: it multiplexes), every call bounded by
+    /// `heartbeat_ms`: a call caught by a reconnect never waits longer.
+    pub fn conn(&self) -> Bounded {
+        Bounded {
+            inner: self.conn.clone(),
+            limit: Duration::from_millis(self.config.heartbeat_ms),
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -215,6 +219,55 @@ impl Cluster {
             .query_async(&mut conn)
             .await?;
         Ok(())
+    }
+}
+
+/// A connection whose every call fails with a timeout past `limit` (the connection
+/// manager's own response timeout does not cover a call caught by a reconnect).
+#[derive(Clone)]
+pub struct Bounded {
+    inner: ConnectionManager,
+    limit: Duration,
+}
+
+fn timed_out() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "redis call timed out",
+    ))
+}
+
+impl redis::aio::ConnectionLike for Bounded {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        let limit = self.limit;
+        let call = self.inner.req_packed_command(cmd);
+        Box::pin(async move {
+            tokio::time::timeout(limit, call)
+                .await
+                .unwrap_or_else(|_| Err(timed_out()))
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        let limit = self.limit;
+        let call = self.inner.req_packed_commands(pipeline, offset, count);
+        Box::pin(async move {
+            tokio::time::timeout(limit, call)
+                .await
+                .unwrap_or_else(|_| Err(timed_out()))
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
     }
 }
 

@@ -188,14 +188,18 @@ impl Cluster {
     ) -> Result<(), ClusterError> {
         self.routes_by_channel.insert(channel.clone(), tx);
         let mut sub = self.pubsub.clone();
-        sub.subscribe(&channel).await?;
-        Ok(())
+        let limit = Duration::from_millis(self.config.heartbeat_ms);
+        match tokio::time::timeout(limit, sub.subscribe(&channel)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(ClusterError::Protocol("SUBSCRIBE timed out".into())),
+        }
     }
 
     async fn unsubscribe(&self, channel: &str) {
         self.routes_by_channel.remove(channel);
         let mut sub = self.pubsub.clone();
-        let _ = sub.unsubscribe(channel).await;
+        let limit = Duration::from_millis(self.config.heartbeat_ms);
+        let _ = tokio::time::timeout(limit, sub.unsubscribe(channel)).await;
     }
 
     /// Delivers one pub/sub message to whoever subscribed its channel.
@@ -211,10 +215,8 @@ impl Cluster {
     /// Listens on this node's control channel (cancels routed to this node's streams).
     pub(super) async fn listen_control(self: &Arc<Self>) -> Result<(), ClusterError> {
         let channel = self.node_channel(&self.node);
-        if self.routes_by_channel.contains_key(&channel) {
-            let mut sub = self.pubsub.clone();
-            sub.subscribe(&channel).await?;
-            return Ok(());
+        if let Some(tx) = self.routes_by_channel.get(&channel).map(|t| t.clone()) {
+            return self.subscribe(channel, tx).await;
         }
         let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
         self.subscribe(channel, tx).await?;
@@ -693,6 +695,11 @@ async fn writer(cluster: Weak<Cluster>, mut rx: mpsc::UnboundedReceiver<Arc<Stre
         while let Ok(s) = rx.try_recv() {
             pending.push(s);
         }
+        // A stream told twice (say, ended while a failed flush held it) is written once.
+        {
+            let mut seen = std::collections::HashSet::new();
+            pending.retain(|s| seen.insert(Arc::as_ptr(s) as usize));
+        }
         let Some(c) = cluster.upgrade() else { return };
         let mut pipe = redis::pipe();
         let mut batch: Vec<(Arc<Stream>, Seq, Seq)> = Vec::new();
@@ -757,6 +764,11 @@ async fn writer(cluster: Weak<Cluster>, mut rx: mpsc::UnboundedReceiver<Arc<Stre
                             // Nothing more of it goes to Redis: the rest is local only.
                             fence_local(&s);
                         }
+                        _ if s.is_ended() && s.failure().is_some() => {
+                            // Ended here during an outage; Redis lost its start meanwhile.
+                            tracing::debug!(request_id = %s.id, status, n, "an ended stream cannot be written to Redis");
+                            fence_local(&s);
+                        }
                         _ => {
                             tracing::warn!(request_id = %s.id, status, "the stream's Redis log is behind; ending it");
                             s.abort("stream_lost", "the cluster lost part of this stream");
@@ -770,19 +782,25 @@ async fn writer(cluster: Weak<Cluster>, mut rx: mpsc::UnboundedReceiver<Arc<Stre
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 tracing::debug!(error = %e, "write-through failed; retrying");
                 // Failing for longer than the bound, whatever the heartbeat says: end the
-                // streams explicitly rather than hold their subscribers.
+                // streams explicitly for their subscribers here rather than hold them,
+                // and keep writing them (the end included) until Redis takes them, so a
+                // later reader on another node reads what these subscribers read. Past
+                // the live keys' lifetime they are given up.
                 let past_bound =
                     since.elapsed() >= Duration::from_millis(c.config.outage_timeout_ms);
+                let give_up = since.elapsed() >= Duration::from_secs(c.config.live_ttl_secs);
                 for (s, _, _) in batch {
                     if past_bound {
                         s.abort("cluster_unavailable", "the cluster's Redis is unreachable");
-                        fence_local(&s);
-                    } else {
+                        s.commit_eagerly();
+                    }
+                    if !give_up {
                         pending.push(s);
                     }
                 }
                 drop(c);
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let backoff = if past_bound { 500 } else { 50 };
+                tokio::time::sleep(Duration::from_millis(backoff)).await;
             }
         }
     }

@@ -226,6 +226,8 @@ struct Log {
     released: bool,
     /// Entries below this seq are visible to cursors (a local log: all of them).
     committed: Seq,
+    /// Entries below this seq are in the store (a local log: all of them).
+    stored: Seq,
     /// The seq of the `end` entry, once logged.
     end_seq: Option<Seq>,
 }
@@ -325,6 +327,8 @@ pub struct Stream {
     queued: AtomicBool,
     /// A written-through log its store may no longer write: local from now on.
     local_only: AtomicBool,
+    /// A written-through log shown before its store holds it (see `commit_eagerly`).
+    eager: AtomicBool,
     me: std::sync::Weak<Stream>,
 }
 
@@ -362,6 +366,7 @@ impl Stream {
                 charged: 0,
                 released: false,
                 committed: 0,
+                stored: 0,
                 end_seq: None,
             }),
             max_bytes: bounds.max_bytes,
@@ -384,6 +389,7 @@ impl Stream {
             backing: bounds.backing,
             queued: AtomicBool::new(false),
             local_only: AtomicBool::new(false),
+            eager: AtomicBool::new(false),
             me,
         }
     }
@@ -399,6 +405,7 @@ impl Stream {
         if log.entries.is_empty() {
             log.first_seq = seq;
             log.committed = seq;
+            log.stored = seq;
             log.min_position = log.min_position.min(seq);
         }
     }
@@ -418,21 +425,23 @@ impl Stream {
         true
     }
 
-    /// The entries past the committed watermark (oldest first), for the store to write.
+    /// The entries the store does not hold yet (oldest first), for it to write.
     pub fn uncommitted(&self) -> Vec<Arc<Entry>> {
         self.queued.store(false, Ordering::SeqCst);
         let log = self.log();
-        let from = log.committed.saturating_sub(log.first_seq) as usize;
+        let from = log.stored.saturating_sub(log.first_seq) as usize;
         log.entries.range(from..).cloned().collect()
     }
 
     /// The store holds every entry below `upto`: cursors may read them.
     pub fn commit(&self, upto: Seq) {
         let mut log = self.log();
-        if upto <= log.committed {
+        let upto = upto.min(log.head());
+        if upto <= log.stored {
             return;
         }
-        log.committed = upto.min(log.head());
+        log.stored = upto;
+        log.committed = log.committed.max(upto);
         let now = self.now_ms();
         self.evict(&mut log, now, false);
         drop(log);
@@ -444,8 +453,25 @@ impl Stream {
     /// past its bound): everything it holds is shown now, and every later entry at once.
     pub fn commit_locally(&self) {
         self.local_only.store(true, Ordering::SeqCst);
-        let head = self.log().head();
-        self.commit(head);
+        let mut log = self.log();
+        let head = log.head();
+        log.stored = head;
+        log.committed = head;
+        drop(log);
+        self.publish();
+        self.wake_producer();
+    }
+
+    /// A written-through log whose store is unreachable past its bound: everything it
+    /// holds is shown now, and every later entry at once; the store still writes them
+    /// when it can (so what other nodes read later is what these subscribers read).
+    pub fn commit_eagerly(&self) {
+        self.eager.store(true, Ordering::SeqCst);
+        let mut log = self.log();
+        log.committed = log.head();
+        drop(log);
+        self.publish();
+        self.wake_producer();
     }
 
     fn writes_through(&self) -> bool {
@@ -552,6 +578,9 @@ impl Stream {
         }
         if !self.writes_through() {
             log.committed = seq + 1;
+            log.stored = seq + 1;
+        } else if self.eager.load(Ordering::Relaxed) {
+            log.committed = seq + 1;
         }
     }
 
@@ -566,7 +595,10 @@ impl Stream {
         } else {
             self.max_bytes
         };
-        while log.retained > target && log.entries.len() > 1 && log.first_seq < log.committed {
+        while log.retained > target
+            && log.entries.len() > 1
+            && log.first_seq < log.committed.min(log.stored)
+        {
             let Some(front_at) = log.entries.front().map(|e| u64::from(e.at_ms)) else {
                 break;
             };

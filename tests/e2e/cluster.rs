@@ -243,6 +243,17 @@ impl Node {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// SIGTERM: the node drains (SPEC section 8) and exits.
+    pub fn terminate(&self) {
+        let pid = self.child.id().unwrap();
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM node");
+    }
+
     /// `kill -9`.
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
@@ -787,6 +798,27 @@ async fn cluster_redis_down_past_the_bound_ends_live_streams_explicitly() {
     );
     redis.resume();
     eventually_async("n1 ready again", || n1.ready()).await;
+    // The owner writes what its subscribers read, the end included, once Redis is back:
+    // a reader elsewhere later reads the same stream.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("sy:{{{id}}}:meta");
+    let want = all.len() as u64;
+    eventually_async("Redis holds the owner's whole stream", || {
+        let (mut c, key) = (c.clone(), key.clone());
+        async move {
+            let v: (Option<u64>, Option<String>) = redis::cmd("HMGET")
+                .arg(key)
+                .arg("top")
+                .arg("ended")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            v == (Some(want), Some("1".into()))
+        }
+    })
+    .await;
+    let _ = &mut c;
     let r = http()
         .post(n1.url(CHAT))
         .json(&chat(json!({"chunks": 3}), None))
@@ -1140,4 +1172,44 @@ async fn cluster_a_short_redis_pause_loses_and_repeats_nothing() {
         assert_eq!(end_of(&a), ("completed".into(), "complete".into()));
         assert_eq!(contiguous(&b, 0), a);
     }
+}
+
+/// A node drained for a deploy (SIGTERM): its streams end with `completion {shutdown}` +
+/// `end {shutdown}`, replicated; a client of the drained node reconnects to another node
+/// and resumes where it was, reading the same end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_drained_nodes_client_resumes_on_another_node() {
+    if skip() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let mut spec = NodeSpec::new(&url, "leaving");
+    spec.env
+        .push(("SWITCHYARD_SHUTDOWN__GRACE_SECS", "1".into()));
+    let (n1, n2) = tokio::join!(
+        Node::start(spec),
+        Node::start(NodeSpec::new(&url, "staying"))
+    );
+    let mut owner = LineReader::open(
+        http()
+            .post(n1.url(CHAT))
+            .json(&chat(json!({"chunks": 100000, "interval_ms": 20}), None)),
+    )
+    .await;
+    let head = owner.until(|v| v["seq"] == 5).await;
+    let id = head[0]["data"]["metadata"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    n1.terminate();
+    // The client loses its node; it resumes on another from the last seq it had.
+    drop(owner);
+    let mut resumed =
+        LineReader::open(http().get(n2.url(&format!("/api/streams/{id}?after=5")))).await;
+    assert_eq!(resumed.status, 200);
+    let mut all = head;
+    all.extend(resumed.rest().await);
+    let all = contiguous(&all, 0);
+    assert_eq!(end_of(&all), ("shutdown".into(), "shutdown".into()));
 }

@@ -1,0 +1,403 @@
+//! The cluster benchmark (`cargo bench --bench cluster`, or `bench/run --cluster`): one
+//! bridge alone, then Redis and two bridges on this machine, with streams produced on one
+//! node and read on the other. Reports events/s, first-chunk and end-to-end latency
+//! p50/p99, and CPU per event of the owner and of Redis; every stream is checked (its
+//! `seq` contiguous from 0 to one `end`, on every reader): any lost or duplicated event
+//! fails the run. Figures, not a timed test: the README quotes them.
+//!
+//! Needs the release binary (`cargo build --release`) and `redis-server` on PATH.
+//! `CLUSTER_BENCH_STREAMS` (default 100) streams at once, `CLUSTER_BENCH_CHUNKS` (200)
+//! chunks each, `CLUSTER_BENCH_ROUNDS` (5) rounds per mode.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> Res<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The release binary (under `CARGO_TARGET_DIR` when set).
+fn binary() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"))
+        .join("release/switchyard")
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    ticks / 100.0
+}
+
+async fn start_node(redis: Option<&str>, id: &str) -> Res<(Child, String)> {
+    let flags = tempfile::tempdir()?.keep();
+    std::fs::copy(
+        repo().join("flags/flags.example.toml"),
+        flags.join("flags.toml"),
+    )?;
+    let mut cmd = Command::new(binary());
+    cmd.arg("serve")
+        .current_dir(repo())
+        .env("SWITCHYARD_LISTEN", "127.0.0.1:0")
+        .env("SWITCHYARD_FLAGS_DIR", &flags)
+        .env("SWITCHYARD_LIMITS__MAX_STREAMS_PER_SUBJECT", "0")
+        .env("RUST_LOG", "warn,switchyard=info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(url) = redis {
+        cmd.env("SWITCHYARD_CLUSTER__REDIS_URL", url)
+            .env("SWITCHYARD_CLUSTER__NODE_ID", id);
+    }
+    let mut child = cmd.spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut addr = None;
+    while let Some(line) = lines.next_line().await? {
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            addr = rest.split_whitespace().next().map(str::to_string);
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let base = format!("http://{}", addr.ok_or("the node did not start")?);
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map_or(true, |r| r.status() != 200)
+    {
+        if Instant::now() > deadline {
+            return Err("the node never got ready".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((child, base))
+}
+
+/// Reads an NDJSON stream to its end; returns (first chunk at, end at, seqs).
+async fn read(resp: reqwest::Response, t0: Instant) -> Res<(Duration, Duration, Vec<u64>)> {
+    let mut body = resp.bytes_stream();
+    let mut buf = Vec::new();
+    let mut seqs = Vec::new();
+    let mut first = None;
+    while let Some(chunk) = body.next().await {
+        buf.extend_from_slice(&chunk?);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            let v: Value = serde_json::from_slice(&line)?;
+            if v["event"] == "heartbeat" {
+                continue;
+            }
+            if v["event"] == "chunk" && first.is_none() {
+                first = Some(t0.elapsed());
+            }
+            seqs.push(v["seq"].as_u64().ok_or("no seq")?);
+        }
+    }
+    Ok((first.ok_or("no chunk")?, t0.elapsed(), seqs))
+}
+
+fn check(seqs: &[u64], what: &str) -> Res<()> {
+    if seqs.iter().enumerate().any(|(i, s)| *s != i as u64) {
+        return Err(format!("{what}: lost or duplicated events: {seqs:?}").into());
+    }
+    Ok(())
+}
+
+struct Round {
+    events: u64,
+    wall: Duration,
+    first_owner: Vec<Duration>,
+    first_remote: Vec<Duration>,
+    end_owner: Vec<Duration>,
+    end_remote: Vec<Duration>,
+}
+
+/// `streams` streams at once on `owner`, each also read on `remote` when given.
+async fn round(
+    owner: &str,
+    remote: Option<&str>,
+    streams: usize,
+    chunks: usize,
+    tag: &str,
+) -> Res<Round> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let started = Instant::now();
+    let runs = (0..streams).map(|i| {
+        let client = client.clone();
+        let id = format!("{tag}-{i}");
+        async move {
+            let t0 = Instant::now();
+            let body = json!({"request_id": id, "message": "bench",
+                "options": {"chunks": chunks, "chunk_bytes": 32, "interval_ms": 0}});
+            let resp = client
+                .post(format!("{owner}/api/ai/chat/unified"))
+                .header("x-user-id", "bench")
+                .json(&body)
+                .send()
+                .await?;
+            let remote_read = async {
+                match remote {
+                    Some(r) => {
+                        let resp = client.get(format!("{r}/api/streams/{id}")).send().await?;
+                        if resp.status() != 200 {
+                            return Err(
+                                format!("resume on the remote node: {}", resp.status()).into()
+                            );
+                        }
+                        read(resp, t0).await.map(Some)
+                    }
+                    None => Ok(None),
+                }
+            };
+            let (mine, theirs) = tokio::join!(read(resp, t0), remote_read);
+            let mine = mine?;
+            check(&mine.2, &id)?;
+            if let Some(t) = &theirs? {
+                check(&t.2, &format!("{id} (remote)"))?;
+                if t.2.len() != mine.2.len() {
+                    return Err(format!(
+                        "{id}: the remote reader got {} of {}",
+                        t.2.len(),
+                        mine.2.len()
+                    )
+                    .into());
+                }
+                return Ok::<_, Box<dyn std::error::Error + Send + Sync>>((mine, Some((t.0, t.1))));
+            }
+            Ok((mine, None))
+        }
+    });
+    let results = futures_util::future::join_all(runs).await;
+    let wall = started.elapsed();
+    let mut r = Round {
+        events: 0,
+        wall,
+        first_owner: Vec::new(),
+        first_remote: Vec::new(),
+        end_owner: Vec::new(),
+        end_remote: Vec::new(),
+    };
+    for res in results {
+        let ((first, end, seqs), remote) = res?;
+        r.events += seqs.len() as u64;
+        r.first_owner.push(first);
+        r.end_owner.push(end);
+        if let Some((f, e)) = remote {
+            r.first_remote.push(f);
+            r.end_remote.push(e);
+        }
+    }
+    Ok(r)
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i].as_secs_f64() * 1000.0
+}
+
+struct Mode {
+    name: &'static str,
+    events_per_sec: f64,
+    first: (f64, f64),
+    end: (f64, f64),
+    first_remote: (f64, f64),
+    end_remote: (f64, f64),
+    owner_cpu_us: f64,
+    redis_cpu_us: f64,
+}
+
+async fn measure(
+    name: &'static str,
+    owner: (&str, u32),
+    remote: Option<&str>,
+    redis_pid: Option<u32>,
+    streams: usize,
+    chunks: usize,
+    rounds: usize,
+) -> Res<Mode> {
+    // One warm-up round, not counted.
+    round(owner.0, remote, streams, chunks, &format!("{name}-warm")).await?;
+    let (cpu0, rcpu0) = (cpu_secs(owner.1), redis_pid.map_or(0.0, cpu_secs));
+    let mut all = Round {
+        events: 0,
+        wall: Duration::ZERO,
+        first_owner: Vec::new(),
+        first_remote: Vec::new(),
+        end_owner: Vec::new(),
+        end_remote: Vec::new(),
+    };
+    for i in 0..rounds {
+        let r = round(owner.0, remote, streams, chunks, &format!("{name}-{i}")).await?;
+        all.events += r.events;
+        all.wall += r.wall;
+        all.first_owner.extend(r.first_owner);
+        all.first_remote.extend(r.first_remote);
+        all.end_owner.extend(r.end_owner);
+        all.end_remote.extend(r.end_remote);
+    }
+    let (cpu1, rcpu1) = (cpu_secs(owner.1), redis_pid.map_or(0.0, cpu_secs));
+    let per_event = |d: f64| d / all.events as f64 * 1e6;
+    Ok(Mode {
+        name,
+        events_per_sec: all.events as f64 / all.wall.as_secs_f64(),
+        first: (
+            pct(&mut all.first_owner, 0.5),
+            pct(&mut all.first_owner, 0.99),
+        ),
+        end: (pct(&mut all.end_owner, 0.5), pct(&mut all.end_owner, 0.99)),
+        first_remote: (
+            pct(&mut all.first_remote, 0.5),
+            pct(&mut all.first_remote, 0.99),
+        ),
+        end_remote: (
+            pct(&mut all.end_remote, 0.5),
+            pct(&mut all.end_remote, 0.99),
+        ),
+        owner_cpu_us: per_event(cpu1 - cpu0),
+        redis_cpu_us: per_event(rcpu1 - rcpu0),
+    })
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return Ok(());
+    }
+    let streams = env_num("CLUSTER_BENCH_STREAMS", 100);
+    let chunks = env_num("CLUSTER_BENCH_CHUNKS", 200);
+    let rounds = env_num("CLUSTER_BENCH_ROUNDS", 5);
+    if !binary().exists() {
+        return Err("build the release binary first: cargo build --release".into());
+    }
+    let mut modes = Vec::new();
+    {
+        let (single, base) = start_node(None, "single").await?;
+        let pid = single.id().ok_or("no pid")?;
+        modes.push(
+            measure(
+                "single node",
+                (&base, pid),
+                None,
+                None,
+                streams,
+                chunks,
+                rounds,
+            )
+            .await?,
+        );
+    }
+    let port = free_port()?;
+    let redis = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let redis_pid = redis.id();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let (a, a_base) = start_node(Some(&url), "a").await?;
+    let (_b, b_base) = start_node(Some(&url), "b").await?;
+    let a_pid = a.id().ok_or("no pid")?;
+    modes.push(
+        measure(
+            "cluster, owner's clients local",
+            (&a_base, a_pid),
+            None,
+            redis_pid,
+            streams,
+            chunks,
+            rounds,
+        )
+        .await?,
+    );
+    modes.push(
+        measure(
+            "cluster, + a reader on the other node",
+            (&a_base, a_pid),
+            Some(&b_base),
+            redis_pid,
+            streams,
+            chunks,
+            rounds,
+        )
+        .await?,
+    );
+    println!(
+        "\n{streams} concurrent streams x {chunks} chunks of 32 bytes, {rounds} rounds per mode; latencies from the POST (ms)\n"
+    );
+    println!(
+        "| mode | events/s | first chunk p50 / p99 | end p50 / p99 | remote first chunk p50 / p99 | remote end p50 / p99 | owner CPU/event | Redis CPU/event |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for m in &modes {
+        println!(
+            "| {} | {:.0} | {:.2} / {:.2} | {:.1} / {:.1} | {:.2} / {:.2} | {:.1} / {:.1} | {:.2} us | {:.2} us |",
+            m.name,
+            m.events_per_sec,
+            m.first.0,
+            m.first.1,
+            m.end.0,
+            m.end.1,
+            m.first_remote.0,
+            m.first_remote.1,
+            m.end_remote.0,
+            m.end_remote.1,
+            m.owner_cpu_us,
+            m.redis_cpu_us
+        );
+    }
+    let ratio = modes[1].events_per_sec / modes[0].events_per_sec;
+    let added = modes[2].first_remote.1 - modes[2].first.1;
+    println!(
+        "\nowner with local clients: {:.0} % of single-node events/s (target >= 70 %); a remote reader's first chunk p99 is {added:.2} ms after the owner's (target < 2 ms); every stream checked on every reader: no event lost or duplicated",
+        ratio * 100.0
+    );
+    Ok(())
+}
