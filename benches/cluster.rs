@@ -7,7 +7,8 @@
 //!
 //! Needs the release binary (`cargo build --release`) and `redis-server` on PATH.
 //! `CLUSTER_BENCH_STREAMS` (default 100) streams at once, `CLUSTER_BENCH_CHUNKS` (200)
-//! chunks each, `CLUSTER_BENCH_ROUNDS` (5) rounds per mode.
+//! chunks each, `CLUSTER_BENCH_ROUNDS` (5) rounds per mode, `CLUSTER_BENCH_INTERVAL_MS`
+//! (0: as fast as the engine writes; set it to measure latency below saturation).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -108,6 +109,10 @@ async fn start_node(redis: Option<&str>, id: &str) -> Res<(Child, String)> {
 
 /// Reads an NDJSON stream to its end; returns (first chunk at, end at, seqs).
 async fn read(resp: reqwest::Response, t0: Instant) -> Res<(Duration, Duration, Vec<u64>)> {
+    if resp.status() != 200 {
+        let status = resp.status();
+        return Err(format!("{status}: {}", resp.text().await.unwrap_or_default()).into());
+    }
     let mut body = resp.bytes_stream();
     let mut buf = Vec::new();
     let mut seqs = Vec::new();
@@ -126,7 +131,8 @@ async fn read(resp: reqwest::Response, t0: Instant) -> Res<(Duration, Duration, 
             seqs.push(v["seq"].as_u64().ok_or("no seq")?);
         }
     }
-    Ok((first.ok_or("no chunk")?, t0.elapsed(), seqs))
+    let first = first.ok_or_else(|| format!("no chunk: {seqs:?}"))?;
+    Ok((first, t0.elapsed(), seqs))
 }
 
 fn check(seqs: &[u64], what: &str) -> Res<()> {
@@ -163,7 +169,8 @@ async fn round(
         async move {
             let t0 = Instant::now();
             let body = json!({"request_id": id, "message": "bench",
-                "options": {"chunks": chunks, "chunk_bytes": 32, "interval_ms": 0}});
+                "options": {"chunks": chunks, "chunk_bytes": 32,
+                    "interval_ms": env_num("CLUSTER_BENCH_INTERVAL_MS", 0)}});
             let resp = client
                 .post(format!("{owner}/api/ai/chat/unified"))
                 .header("x-user-id", "bench")
@@ -254,8 +261,19 @@ async fn measure(
     chunks: usize,
     rounds: usize,
 ) -> Res<Mode> {
+    let name_tag: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
     // One warm-up round, not counted.
-    round(owner.0, remote, streams, chunks, &format!("{name}-warm")).await?;
+    round(
+        owner.0,
+        remote,
+        streams,
+        chunks,
+        &format!("{name_tag}-warm"),
+    )
+    .await?;
     let (cpu0, rcpu0) = (cpu_secs(owner.1), redis_pid.map_or(0.0, cpu_secs));
     let mut all = Round {
         events: 0,
@@ -266,7 +284,7 @@ async fn measure(
         end_remote: Vec::new(),
     };
     for i in 0..rounds {
-        let r = round(owner.0, remote, streams, chunks, &format!("{name}-{i}")).await?;
+        let r = round(owner.0, remote, streams, chunks, &format!("{name_tag}-{i}")).await?;
         all.events += r.events;
         all.wall += r.wall;
         all.first_owner.extend(r.first_owner);
@@ -370,7 +388,8 @@ async fn main() -> Res<()> {
         .await?,
     );
     println!(
-        "\n{streams} concurrent streams x {chunks} chunks of 32 bytes, {rounds} rounds per mode; latencies from the POST (ms)\n"
+        "\n{streams} concurrent streams x {chunks} chunks of 32 bytes every {} ms, {rounds} rounds per mode; latencies from the POST (ms)\n",
+        env_num("CLUSTER_BENCH_INTERVAL_MS", 0)
     );
     println!(
         "| mode | events/s | first chunk p50 / p99 | end p50 / p99 | remote first chunk p50 / p99 | remote end p50 / p99 | owner CPU/event | Redis CPU/event |"

@@ -246,6 +246,16 @@ impl Bridge {
         Ok(cursor)
     }
 
+    /// In a cluster, waits (at most `cluster.outage_timeout_ms`) until the stream's
+    /// first event is in Redis, so the request id a client is given can be resumed or
+    /// cancelled from any node at once. A single node returns at once.
+    pub async fn replicated(&self, stream: &Arc<Stream>) {
+        let Some(c) = &self.inner.cluster else { return };
+        let mut probe = stream.subscribe_from(stream.first_kept());
+        let bound = Duration::from_millis(c.config().outage_timeout_ms);
+        let _ = tokio::time::timeout(bound, probe.next_batch(1)).await;
+    }
+
     /// Applies the route's flag to a new request (SPEC section 5): refused on the
     /// transport its subject is not served on; served but counted when misrouted.
     fn enforce(&self, req: &StreamRequest) -> Result<(), ApiError> {

@@ -338,6 +338,7 @@ async fn start_stream_on(
     let mut request = decode_body(route, &bytes, subject, wire.transport())?;
     request.caller.authorization = header_str(&parts.headers, "authorization").map(str::to_string);
     let cursor = b.start(request)?;
+    b.replicated(cursor.stream()).await;
     Ok(stream_response(b, cursor, wire, StatusCode::OK))
 }
 

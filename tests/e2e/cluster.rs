@@ -618,6 +618,14 @@ async fn cluster_streams_resume_and_follow_from_any_node() {
     }
     // Unknown everywhere: 404; before the first kept: not applicable (whole log kept).
     assert_eq!(n3.status("/api/streams/never-was").await, 404);
+    // The cluster at work in /metrics: n1 flushed, n3 and n2 hold mirrors.
+    assert!(
+        n1.metric("switchyard_cluster_flush_events_count")
+            .await
+            .unwrap()
+            > 0.0
+    );
+    assert!(n3.metric("switchyard_cluster_mirrors").await.unwrap() >= 1.0);
 
     // Many at once: each started on one node, resumed from the middle on the next.
     const STREAMS: usize = 60;
@@ -757,6 +765,18 @@ async fn cluster_kill_9_of_the_owner_ends_its_streams_with_node_lost() {
         .unwrap();
     let again = contiguous(&parse_ndjson(&again), 0);
     assert_eq!(end_of(&again), ("error".into(), "node_lost".into()));
+    let takeovers = n2
+        .metric("switchyard_cluster_takeovers_total")
+        .await
+        .unwrap_or(0.0)
+        + n3.metric("switchyard_cluster_takeovers_total")
+            .await
+            .unwrap_or(0.0);
+    assert_eq!(
+        takeovers,
+        ids.len() as f64,
+        "each lost stream taken over once"
+    );
 }
 
 /// Redis unreachable (SIGSTOP) longer than the bound while streams run: owners end them
