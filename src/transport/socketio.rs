@@ -348,7 +348,17 @@ fn on_request(
     let payload = payload.unwrap_or(Value::Null);
     match start(b, route, &ctx, &payload) {
         Ok(cursor) => {
-            let _ = ack.send(&json!({ "request_id": cursor.stream().id.as_str() }));
+            let answer = json!({ "request_id": cursor.stream().id.as_str() });
+            if b.cluster().is_some() {
+                // The request id resumes and cancels from any node once acknowledged.
+                let (b, stream) = (b.clone(), cursor.stream().clone());
+                tokio::spawn(async move {
+                    b.replicated(&stream).await;
+                    let _ = ack.send(&answer);
+                });
+            } else {
+                let _ = ack.send(&answer);
+            }
             let joins = route.socketio.as_ref().is_some_and(|s| s.join_session);
             let session = cursor.stream().session_id.clone().filter(|_| joins);
             deliver(b, &socket, &ctx, cursor);
@@ -455,7 +465,17 @@ async fn on_resume(b: &Bridge, socket: SocketRef, payload: Option<Value>, ack: A
     };
     match result {
         Ok(cursor) => {
-            let _ = ack.send(&json!({ "request_id": cursor.stream().id.as_str() }));
+            let answer = json!({ "request_id": cursor.stream().id.as_str() });
+            if b.cluster().is_some() {
+                // The request id resumes and cancels from any node once acknowledged.
+                let (b, stream) = (b.clone(), cursor.stream().clone());
+                tokio::spawn(async move {
+                    b.replicated(&stream).await;
+                    let _ = ack.send(&answer);
+                });
+            } else {
+                let _ = ack.send(&answer);
+            }
             // A resume replaces whatever delivery this socket had (or had had) for the
             // stream: the client asked for these events again.
             if let Some(h) = locked(&ctx.streams)
