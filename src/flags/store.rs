@@ -436,15 +436,25 @@ impl FlagStore {
             shared.swap(0, doc, Vec::new()).await?;
             return Ok(());
         };
+        let names: Vec<&str> = self.routes.iter().map(String::as_str).collect();
         if remote.version < local.version {
+            // A hand edit here (or a Redis that lost its data): the shared history gets
+            // the change too.
+            let audit = match Flags::parse_toml(&remote.doc, &names) {
+                Ok(before) => changes(&before, &local)
+                    .into_iter()
+                    .map(|(route, b, a)| audit_entry("file", &route, b, a, local.version))
+                    .filter_map(|e| serde_json::to_string(&e).ok())
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
             let doc = SharedDoc {
                 version: local.version,
                 doc: local.to_toml(),
             };
-            shared.swap(remote.version, doc, Vec::new()).await?;
+            shared.swap(remote.version, doc, audit).await?;
             return Ok(());
         }
-        let names: Vec<&str> = self.routes.iter().map(String::as_str).collect();
         let next = match Flags::parse_toml(&remote.doc, &names) {
             Ok(next) => next,
             Err(e) => {

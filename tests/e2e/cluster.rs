@@ -628,7 +628,7 @@ async fn cluster_streams_resume_and_follow_from_any_node() {
     assert!(n3.metric("switchyard_cluster_mirrors").await.unwrap() >= 1.0);
 
     // Many at once: each started on one node, resumed from the middle on the next.
-    const STREAMS: usize = 60;
+    const STREAMS: usize = 200;
     let runs = (0..STREAMS).map(|i| {
         let (a, b) = (nodes[i % 3], nodes[(i + 1) % 3]);
         async move {
@@ -719,7 +719,7 @@ async fn cluster_kill_9_of_the_owner_ends_its_streams_with_node_lost() {
     let (n1, n2, n3) = three_nodes(&redis).await;
     let mut ids = Vec::new();
     let mut owners = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..20 {
         let mut owner = LineReader::open(
             http()
                 .post(n1.url(CHAT))
@@ -1232,4 +1232,44 @@ async fn cluster_a_drained_nodes_client_resumes_on_another_node() {
     all.extend(resumed.rest().await);
     let all = contiguous(&all, 0);
     assert_eq!(end_of(&all), ("shutdown".into(), "shutdown".into()));
+}
+
+/// A hand edit of one node's flags file is pushed to the cluster: in force on every node
+/// within 2 s of being applied, and in the cluster's audit as `file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_hand_edit_on_one_node_reaches_every_node() {
+    if skip() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let (n1, n2, n3) = three_nodes(&redis).await;
+    let version = n1.flags().await["version"].as_u64().unwrap();
+    let text = format!(
+        "version = {}\n[route.chat]\nmode = \"new\"\n[route.agent]\nmode = \"dual\"\n[route.tools]\nmode = \"dual\"\n",
+        version + 1
+    );
+    std::fs::write(n1.flags_dir.join("flags.toml"), text).unwrap();
+    let at = Instant::now();
+    for n in [&n1, &n2, &n3] {
+        eventually_async("the hand edit is in force everywhere", || async {
+            n.flags().await["routes"]["chat"]["mode"] == "new"
+        })
+        .await;
+    }
+    assert!(at.elapsed() < Duration::from_secs(2), "{:?}", at.elapsed());
+    let audit: Value = http()
+        .get(n3.url("/admin/audit?limit=5"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let newest = &audit["entries"][0];
+    assert_eq!(
+        (newest["actor"].as_str(), newest["route"].as_str()),
+        (Some("file"), Some("chat")),
+        "{audit}"
+    );
 }
