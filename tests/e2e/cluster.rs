@@ -1273,3 +1273,38 @@ async fn cluster_a_hand_edit_on_one_node_reaches_every_node() {
         "{audit}"
     );
 }
+
+/// `switchyard check` validates the `[cluster]` section, and names the node and Redis
+/// (without a password) when it is valid.
+#[tokio::test]
+async fn cluster_settings_are_checked_by_switchyard_check() {
+    let run = |env: Vec<(&'static str, &'static str)>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.arg("check").current_dir(repo());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let bad = run(vec![
+        ("SWITCHYARD_CLUSTER__REDIS_URL", "redis://127.0.0.1:6379/"),
+        ("SWITCHYARD_CLUSTER__LEASE_MS", "100"),
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("cluster.lease_ms"), "{err}");
+    let good = run(vec![
+        (
+            "SWITCHYARD_CLUSTER__REDIS_URL",
+            "redis://:secret@10.0.0.5:6379/",
+        ),
+        ("SWITCHYARD_CLUSTER__NODE_ID", "bridge-a"),
+    ]);
+    let out = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "{out}");
+    assert!(
+        out.contains("cluster: node bridge-a on Redis 10.0.0.5:6379/"),
+        "{out}"
+    );
+    assert!(!out.contains("secret"), "{out}");
+}
