@@ -539,7 +539,11 @@ async fn follow(
                     }
                 }
             }
-            Ok(None) => repair = true,
+            Ok(None) => {
+                // No live feed (never expected): fall back to reading Redis every step.
+                repair = true;
+                tokio::time::sleep(step).await;
+            }
             Err(_) => {
                 // Quiet for a heartbeat: check the position (a lost last message).
                 match c.meta(stream.id.as_str()).await {
