@@ -17,6 +17,7 @@ use crate::bridge::Bridge;
 use crate::error::ApiError;
 use crate::flags::RouteFlag;
 use crate::flags::store::{AuditEntry, ChangeError, Changed, ReloadStatus};
+use crate::routes::paths::ADMIN;
 use std::collections::BTreeMap;
 
 /// Most audit entries one call returns.
@@ -24,10 +25,10 @@ const MAX_AUDIT: usize = 1000;
 
 pub fn router() -> Router<Bridge> {
     Router::new()
-        .route("/admin/flags", get(list))
-        .route("/admin/flags/{route}", axum::routing::put(put))
-        .route("/admin/flags/{route}/rollback", post(rollback))
-        .route("/admin/audit", get(audit))
+        .route(&format!("{ADMIN}/flags"), get(list))
+        .route(&format!("{ADMIN}/flags/{{route}}"), axum::routing::put(put))
+        .route(&format!("{ADMIN}/flags/{{route}}/rollback"), post(rollback))
+        .route(&format!("{ADMIN}/audit"), get(audit))
 }
 
 /// Checks the bearer token; returns the actor (the header `x-actor`, else the token's

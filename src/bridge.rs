@@ -23,10 +23,11 @@ use crate::config::Config;
 use crate::engine::{Emitter, Engine, EngineError};
 use crate::error::ApiError;
 use crate::event::{EndReason, Finish, Seq};
+use crate::flags::Enforcement;
 use crate::flags::store::FlagStore;
-use crate::flags::{Enforcement, FlagsError};
 use crate::hub::{Cursor, Hub, HubConfig, LagPolicy, SessionFollow, Stream};
 use crate::metrics::Metrics;
+use crate::problem::Problems;
 use crate::request::{RequestId, StreamRequest, Transport};
 use crate::routes::{RouteName, Routes};
 
@@ -37,7 +38,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
     #[error(transparent)]
-    Flags(#[from] FlagsError),
+    Flags(#[from] Problems),
     #[error("route {route}: its engine cannot start: {error}")]
     Engine { route: String, error: EngineError },
 }

@@ -18,6 +18,7 @@ pub mod event;
 pub mod flags;
 pub mod hub;
 pub mod metrics;
+pub mod problem;
 pub mod request;
 pub mod routes;
 pub mod server;

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchyard::config::Config;
 use switchyard::flags::Flags;
+use switchyard::problem::Problem;
 use switchyard::routes::Routes;
 use switchyard::{Bridge, server};
 
@@ -126,8 +127,7 @@ fn main() -> ExitCode {
 
 fn load(config: Option<PathBuf>) -> anyhow::Result<(Config, Routes)> {
     let config = Config::load(config.as_deref())?;
-    let routes = Routes::load(&config.routes_file)
-        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+    let routes = Routes::load(&config.routes_file)?;
     Ok((config, routes))
 }
 
@@ -150,8 +150,7 @@ fn serve(
         // Everything is validated (config, routes, and the flags against the routes) before
         // the port is bound: a bridge that says it listens is one that serves.
         let listen = config.listen;
-        let bridge = Bridge::new(config, routes)
-            .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let bridge = Bridge::new(config, routes)?;
         let listener = server::bind(listen).with_context(|| {
             format!("cannot listen on {listen} (set `listen` or SWITCHYARD_LISTEN)")
         })?;
@@ -214,23 +213,23 @@ fn machine_memory() -> Option<u64> {
 }
 
 fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let mut problems = Vec::new();
-    let config = match Config::load(config.as_deref()) {
-        Ok(c) => Some(c),
+    // Every file is read, whatever the others hold, and every problem listed in one shape.
+    let mut problems: Vec<Problem> = Vec::new();
+    let config = match Config::read(config.as_deref()) {
+        Ok((config, list)) => {
+            problems.extend(list);
+            config
+        }
         Err(e) => {
-            problems.push(e.to_string());
-            None
+            problems.extend(e.list);
+            Config::default()
         }
     };
-    let config = config.unwrap_or_default();
-    let routes = match Routes::load(&config.routes_file) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            problems.extend(e.problems.iter().map(|p| p.to_string()));
-            None
-        }
-    };
+    let routes = Routes::load(&config.routes_file)
+        .map_err(|e| problems.extend(e.list))
+        .ok();
     let flags = config.flags_file();
+    let shown = flags.display().to_string();
     match std::fs::read_to_string(&flags) {
         Ok(text) => {
             let names: Vec<&str> = routes
@@ -238,14 +237,12 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 .map(|r| r.iter().map(|r| &*r.name).collect())
                 .unwrap_or_default();
             if let Err(e) = Flags::parse_toml(&text, &names) {
-                let file = flags.display();
-                problems.extend(e.problems.iter().map(|p| format!("{file}: {p}")));
+                problems.extend(e.in_file(&shown).list);
             }
         }
-        Err(e) => problems.push(format!(
-            "{}: cannot read the flags file: {e}",
-            flags.display()
-        )),
+        Err(e) => {
+            problems.push(Problem::new(format!("cannot read the flags file: {e}")).in_file(&shown))
+        }
     }
     if problems.is_empty() {
         let n = routes.map(|r| r.len()).unwrap_or(0);

@@ -15,23 +15,14 @@ use prometheus::{
 };
 
 use crate::error::ApiError;
-use crate::event::EventKind;
+use crate::event::{EndReason, EventKind};
 use crate::flags::{Flags, Mode, Target};
 use crate::request::Transport;
 use crate::routes::Routes;
 
-const TRANSPORTS: [Transport; 3] = [Transport::Socketio, Transport::Ndjson, Transport::Sse];
-/// The `reason` values of `switchyard_streams_finished_total`.
-pub const FINISH_REASONS: [&str; 7] = [
-    "completed",
-    "error",
-    "cancelled",
-    "shutdown",
-    "timeout",
-    "slow_consumer",
-    "rejected",
-];
-const MODES: [Mode; 4] = [Mode::Legacy, Mode::Dual, Mode::Rollout, Mode::New];
+/// The `reason` of `switchyard_streams_finished_total` for a request refused before its
+/// stream started (the other reasons are the [`EndReason`]s).
+pub const REJECTED: &str = "rejected";
 /// First-event latency buckets: 1 ms to 30 s.
 const FIRST_EVENT_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -300,14 +291,18 @@ impl Metrics {
         }
         for r in routes.iter() {
             let route = &*r.name;
-            for t in TRANSPORTS {
+            for t in Transport::ALL {
                 let t = t.as_str();
                 m.streams_started.with_label_values(&[route, t]);
                 m.active.with_label_values(&[route, t]);
                 m.first_event.with_label_values(&[route, t]);
                 m.duration.with_label_values(&[route, t]);
                 m.misrouted.with_label_values(&[route, t]);
-                for reason in FINISH_REASONS {
+                for reason in EndReason::ALL
+                    .map(EndReason::as_str)
+                    .into_iter()
+                    .chain([REJECTED])
+                {
                     m.streams_finished.with_label_values(&[route, t, reason]);
                 }
                 for kind in EventKind::ALL {
@@ -384,7 +379,7 @@ impl Metrics {
     pub fn refused(&self, route: &str, transport: Transport, error: &ApiError) {
         if matches!(error.http_status(), 409 | 413 | 429 | 503) {
             self.streams_finished
-                .with_label_values(&[route, transport.as_str(), "rejected"])
+                .with_label_values(&[route, transport.as_str(), REJECTED])
                 .inc();
         }
     }
@@ -415,7 +410,7 @@ impl Metrics {
             .set(i64::try_from(flags.version).unwrap_or(i64::MAX));
         for route in routes {
             let flag = flags.route(route);
-            for mode in MODES {
+            for mode in Mode::ALL {
                 self.flag_mode
                     .with_label_values(&[route, mode.as_str()])
                     .set(i64::from(flag.mode == mode));

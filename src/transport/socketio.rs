@@ -196,7 +196,7 @@ pub const WS_READ_BUFFER: usize = 1024;
 /// buffer, and Engine.IO keeps the request parts for the socket's whole life: without the
 /// copy every idle socket holds that buffer.
 pub async fn detach_head(mut req: Request, next: Next) -> Response {
-    if req.uri().path().starts_with("/socket.io") {
+    if req.uri().path().starts_with(crate::routes::paths::SOCKETIO) {
         if let Ok(uri) = Uri::try_from(req.uri().to_string()) {
             *req.uri_mut() = uri;
         }

@@ -211,3 +211,46 @@ fn serve_validates_the_flags_before_it_listens() {
         "nothing says it listens: {stdout}{stderr}"
     );
 }
+
+/// `check` reads every file whatever the others hold, and lists each problem of each in one
+/// shape: `file: [route "name", ]field `key`: message`.
+#[test]
+fn check_lists_the_problems_of_every_file_in_one_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("switchyard.toml"),
+        "heartbeat_secs = 0\nroutes_file = \"r.toml\"\nflags_dir = \"f\"\n[limits]\nmax_streams = 0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("r.toml"),
+        "[[route]]\nname = \"a\"\nhttp = { path = \"/a\", colour = 1 }\nengine = { kind = \"script\", max_chunk = 3 }\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("f")).unwrap();
+    std::fs::write(
+        dir.path().join("f/flags.toml"),
+        "version = 1\n[route.a]\nmode = \"fast\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("check")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter_map(|l| l.strip_prefix("  - ")).collect();
+    assert_eq!(
+        lines,
+        [
+            "switchyard.toml: field `heartbeat_secs`: must be at least 1",
+            "switchyard.toml: field `limits.max_streams`: must be at least 1",
+            "r.toml: route \"a\", field `http.colour`: unknown field (expected path, sse_framing, emit, emit_unmapped, request, default_format)",
+            "r.toml: route \"a\", field `engine.max_chunk`: unknown field (expected max_chunks, max_chunk_bytes, max_interval_ms, max_tool_calls, fault_drills)",
+            "f/flags.toml: route \"a\", field `mode`: \"fast\" is not a mode (expected legacy, dual, rollout or new)",
+        ],
+        "{err}"
+    );
+    assert!(err.starts_with("5 problems found:"), "{err}");
+}
