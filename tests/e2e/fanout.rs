@@ -318,3 +318,21 @@ async fn a_requester_in_its_session_room_gets_each_stream_once() {
     eprintln!("{total} streams, each once:\n{}", report.join("\n"));
     s.shutdown().await;
 }
+
+/// socketioxide sends CONNECT before it marks the socket connected, so a client that asks
+/// for a stream the moment it is connected can have that stream's first emit find the
+/// socket "closed": the stream must still arrive, whole and once. Hundreds of new sockets,
+/// each asking at once, on worker threads so the connect and the request really race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_the_moment_a_socket_connects_is_delivered() {
+    let s = Server::default().await;
+    let summary = once_probe(
+        Client::Node,
+        json!({"url": s.base(), "transports": ["websocket"], "join": "auth",
+               "connection": "new", "streams": 1500, "parallel": 48, "grace_ms": 0}),
+    )
+    .await;
+    assert_eq!(summary["missing"], 0, "{summary}");
+    assert_eq!(summary["duplicates"], 0, "{summary}");
+    s.shutdown().await;
+}
