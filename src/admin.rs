@@ -189,7 +189,7 @@ async fn preview(
     let after =
         RouteFlag::from_json(&value).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let flags = b.flags().current();
-    let subjects = b.metrics().recent_subjects().subjects(&route);
+    let subjects = b.metrics().recent_subjects().entries(&route);
     let recent = crate::stats::movement(flags.route(&route), &after, &subjects);
     Ok(axum::Json(Preview {
         version: flags.version,

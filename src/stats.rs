@@ -91,26 +91,41 @@ impl RecentSubjects {
         }
     }
 
-    /// The distinct recent subjects of `route` (subjects without any key each count once
-    /// per request: nothing tells them apart).
-    pub fn subjects(&self, route: &str) -> Vec<Keys> {
+    /// The recent requests of `route`, oldest slot first (at most [`RECENT_SLOTS`]).
+    pub fn entries(&self, route: &str) -> Vec<Keys> {
         let Some(ring) = self.routes.get(route) else {
             return Vec::new();
         };
         let filled = ring.next.load(Ordering::Relaxed).min(RECENT_SLOTS);
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        for slot in ring.slots.iter().take(filled) {
-            let keys: Keys = [0, 1, 2].map(|k| {
-                let v = slot.0.get(k).map_or(0, |c| c.load(Ordering::Relaxed));
-                (v & PRESENT != 0).then_some(v as u32)
-            });
-            if keys == [None; 3] || seen.insert(keys) {
-                out.push(keys);
-            }
-        }
-        out
+        ring.slots
+            .iter()
+            .take(filled)
+            .map(|slot| {
+                [0, 1, 2].map(|k| {
+                    let v = slot.0.get(k).map_or(0, |c| c.load(Ordering::Relaxed));
+                    (v & PRESENT != 0).then_some(v as u32)
+                })
+            })
+            .collect()
     }
+}
+
+/// The distinct subjects among recent requests, told apart by the sticky keys that
+/// matter (`by`): two requests with the same values of those keys are one subject. A
+/// request with none of them counts on its own (nothing tells such subjects apart).
+pub fn distinct(entries: &[Keys], by: &[Sticky]) -> Vec<Keys> {
+    let mut seen = HashSet::new();
+    entries
+        .iter()
+        .filter(|keys| {
+            let id: Vec<Option<u32>> = by
+                .iter()
+                .map(|s| keys.get(sticky_index(*s)).copied().flatten())
+                .collect();
+            id.iter().all(Option::is_none) || seen.insert(id)
+        })
+        .copied()
+        .collect()
 }
 
 /// The side a flag's mode gives a subject with these key hashes. `allow` and `deny` are
@@ -143,9 +158,11 @@ pub struct Movement {
     pub http_after: f64,
 }
 
-pub fn movement(before: &RouteFlag, after: &RouteFlag, subjects: &[Keys]) -> Movement {
+/// What changing `before` to `after` does to the distinct subjects of `entries`.
+pub fn movement(before: &RouteFlag, after: &RouteFlag, entries: &[Keys]) -> Movement {
+    let subjects = distinct(entries, &[before.sticky, after.sticky]);
     let (mut to_http, mut to_socketio, mut http_before, mut http_after) = (0, 0, 0, 0);
-    for keys in subjects {
+    for keys in &subjects {
         let (b, a) = (side(before, keys), side(after, keys));
         http_before += usize::from(b == Target::Http);
         http_after += usize::from(a == Target::Http);
@@ -203,7 +220,7 @@ pub struct RouteStats {
     pub http_share: f64,
     /// Flag evaluations of new requests, by evaluated side (`http`, `socketio`).
     pub evaluations: BTreeMap<&'static str, u64>,
-    /// Distinct subjects in the recent-request record.
+    /// Distinct subjects (by the route's sticky key) among its recent requests.
     pub recent_subjects: usize,
 }
 
@@ -317,7 +334,11 @@ pub fn collect(
                 http_share: ratio_u64(http, http + started(Transport::Socketio)),
                 transports,
                 evaluations: BTreeMap::from([("http", http_ev), ("socketio", sio_ev)]),
-                recent_subjects: metrics.recent_subjects().subjects(route).len(),
+                recent_subjects: distinct(
+                    &metrics.recent_subjects().entries(route),
+                    &[flag.sticky],
+                )
+                .len(),
             };
             (route.clone(), stats)
         })
@@ -355,7 +376,7 @@ mod tests {
         for u in &users {
             recent.record("chat", &subject(u));
         }
-        let subjects = recent.subjects("chat");
+        let subjects = recent.entries("chat");
         assert_eq!(subjects.len(), 500);
         for flag in [
             rollout("10"),
@@ -379,7 +400,7 @@ mod tests {
         for i in 0..2000 {
             recent.record("chat", &subject(&format!("u{i}")));
         }
-        let subjects = recent.subjects("chat");
+        let subjects = recent.entries("chat");
         assert_eq!(subjects.len(), RECENT_SLOTS, "the record is bounded");
         let m = movement(&rollout("10"), &rollout("50"), &subjects);
         assert_eq!(m.to_socketio, 0);
@@ -400,13 +421,29 @@ mod tests {
         recent.record("chat", &subject("alice"));
         recent.record("chat", &Subject::default());
         recent.record("chat", &Subject::default());
+        // The same user in many sessions: one subject by user, many by session.
+        for i in 0..5 {
+            let mut s = subject("carol");
+            s.session = Some(format!("s{i}"));
+            recent.record("chat", &s);
+        }
         recent.record("unknown", &subject("bob"));
-        let subjects = recent.subjects("chat");
-        assert_eq!(subjects.len(), 3, "alice once, each anonymous request once");
+        let entries = recent.entries("chat");
+        assert_eq!(entries.len(), 9);
+        let by_user = distinct(&entries, &[Sticky::User]);
+        assert_eq!(by_user.len(), 4, "alice, carol, and each anonymous request");
+        assert_eq!(distinct(&entries, &[Sticky::Session]).len(), 5 + 4);
+        assert_eq!(
+            distinct(&entries, &[Sticky::Tenant]).len(),
+            3,
+            "acme, 2 anonymous"
+        );
         let mut by_session = rollout("100");
         by_session.sticky = Sticky::Session;
-        assert_eq!(side(&by_session, &subjects[0]), Target::Socketio);
-        assert!(recent.subjects("unknown").is_empty());
+        assert_eq!(side(&by_session, &entries[0]), Target::Socketio);
+        let m = movement(&rollout("0"), &rollout("100"), &entries);
+        assert_eq!((m.subjects, m.to_http), (4, 2), "{m:?}");
+        assert!(recent.entries("unknown").is_empty());
     }
 
     #[test]
