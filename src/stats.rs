@@ -207,7 +207,23 @@ pub struct Stats {
     pub flags_version: u64,
     /// The actor the caller's token is recorded as.
     pub actor: String,
-    pub routes: BTreeMap<String, RouteStats>,
+    /// By route, in the order of routes.toml.
+    pub routes: InOrder<RouteStats>,
+}
+
+/// A JSON object whose keys keep the order they were given in.
+#[derive(Debug, Clone)]
+pub struct InOrder<T>(pub Vec<(String, T)>);
+
+impl<T: Serialize> Serialize for InOrder<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -346,7 +362,7 @@ pub fn collect(
     Stats {
         flags_version: flags.version,
         actor,
-        routes,
+        routes: InOrder(routes),
     }
 }
 
