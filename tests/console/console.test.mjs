@@ -9,7 +9,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFile, execFileSync } from "node:child_process";
-import { mkdtempSync, mkdirSync, cpSync, rmSync, existsSync } from "node:fs";
+import { mkdtempSync, mkdirSync, cpSync, rmSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -90,6 +90,7 @@ async function startBridge() {
   return {
     url,
     bin,
+    flagsFile: join(flagsDir, "flags.toml"),
     get output() {
       return output;
     },
@@ -232,6 +233,19 @@ test("an operator runs a cutover from the console", { timeout: 180_000 }, async 
     for (const route of ["chat", "agent", "tools"]) await page.locator(`article[data-route="${route}"]`).waitFor();
     const chat = page.locator('article[data-route="chat"]');
     assert.match(await chat.locator(".mode").textContent(), /Mode: dual/);
+    const order = await page.locator("article[data-route]").evaluateAll((as) => as.map((a) => a.dataset.route));
+    assert.deepEqual(order, ["chat", "agent", "tools"], "routes in routes.toml order");
+
+    // An invalid hand edit of the flags file shows, with its error and the flags in
+    // force; putting the file back clears it.
+    const good = readFileSync(bridge.flagsFile, "utf8");
+    writeFileSync(bridge.flagsFile, 'version = 2\n[route.chat]\nmode = "sideways"\n');
+    const reload = page.locator("#reload");
+    await waitFor(async () => /FAILED/.test(await reload.textContent()), "the failed reload on the page");
+    assert.match(await reload.textContent(), /sideways.*In force: the last good flags, version 1\./s);
+    await shot("invalid-edit.png");
+    writeFileSync(bridge.flagsFile, good);
+    await waitFor(async () => /flags file: OK/.test(await reload.textContent()), "the reload to recover");
 
     // The live counters move, on every transport, without reloading the page.
     const started = async () => (await chat.getAttribute("data-started")).split(",").map(Number);
