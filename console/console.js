@@ -141,12 +141,13 @@
     startRefresh();
   }
 
-  function signOut() {
+  /** Forgets the token and the page's state; `message` says why (a refusal), if any. */
+  function signOut(message = "") {
     sessionStorage.removeItem(TOKEN_KEY);
     state.cards.clear();
     $("routes").replaceChildren();
     state.flags = state.stats = state.prevStats = null;
-    showLogin("");
+    showLogin(message);
   }
 
   // ---- refreshing ------------------------------------------------------------------
@@ -159,7 +160,7 @@
         setBanner("");
       } catch (e) {
         const r = refusal(e);
-        if (r) return signOut(), showLogin(r);
+        if (r) return signOut(r);
         setBanner(`Error: cannot refresh (${e.message}); retrying.`);
       }
       state.timer = setTimeout(tick, REFRESH_MS);
@@ -560,7 +561,7 @@
       $("token").value = "";
       if (t) signIn(t);
     });
-    $("signout").addEventListener("click", signOut);
+    $("signout").addEventListener("click", () => signOut());
     $("eval-form").addEventListener("submit", evaluate);
     $("audit-route").addEventListener("change", () => refreshAudit().catch((e) => setBanner(`Error: ${e.message}`)));
     $("confirm-apply").addEventListener("click", applyPending);
