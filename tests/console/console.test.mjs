@@ -360,6 +360,18 @@ test("a wrong or missing token is refused plainly", { timeout: 60_000 }, async (
     assert.equal(await page.evaluate(() => sessionStorage.getItem("switchyard.adminToken")), null);
     assert.ok(await page.locator("#app").isHidden());
     await shot("refused.png");
+
+    // A token that stops working while signed in (revoked, say): the next refresh signs
+    // out and says why.
+    await page.getByLabel("Admin token").fill(ALICE);
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByText("Signed in as alice").waitFor();
+    assert.ok(await error.isHidden());
+    await page.evaluate(() => sessionStorage.setItem("switchyard.adminToken", "not-the-token"));
+    await error.waitFor();
+    assert.match(await error.textContent(), /403 forbidden/);
+    assert.ok(await page.locator("#app").isHidden());
+    assert.equal(await page.evaluate(() => sessionStorage.getItem("switchyard.adminToken")), null);
     assertOnlyTheBridge(seen);
   } finally {
     await context.close().catch(() => {});
