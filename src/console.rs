@@ -15,8 +15,9 @@ use axum::routing::get;
 
 use crate::bridge::Bridge;
 use crate::error::ApiError;
+use crate::routes::paths::CONSOLE;
 
-/// Where the console is served.
+/// Where the console is served (`/console` redirects here).
 pub const PATH: &str = "/console/";
 
 /// Everything the page may load, and from where: the bridge only.
@@ -50,10 +51,10 @@ const FILES: [(&str, &str, &[u8]); 4] = [
 
 pub fn router() -> Router<Bridge> {
     Router::new()
-        .route("/console", get(|| async { Redirect::permanent(PATH) }))
+        .route(CONSOLE, get(|| async { Redirect::permanent(PATH) }))
         .route(PATH, get(|| async { file("index.html") }))
         .route(
-            "/console/{file}",
+            &format!("{CONSOLE}/{{file}}"),
             get(|Path(f): Path<String>| async move { file(&f) }),
         )
 }
@@ -104,6 +105,14 @@ mod tests {
         }
         assert_eq!(file("../Cargo.toml").status(), StatusCode::NOT_FOUND);
         assert_eq!(file("nope.js").status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn no_route_may_take_the_console_path() {
+        let text =
+            "[[route]]\nname = \"r\"\nhttp = \"/console/x\"\nengine = { kind = \"script\" }\n";
+        let e = crate::routes::Routes::parse(text, "r.toml").unwrap_err();
+        assert!(e.to_string().contains("/console"), "{e}");
     }
 
     #[test]

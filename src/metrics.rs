@@ -64,7 +64,7 @@ pub struct Metrics {
 pub struct TransportCounts {
     pub started: u64,
     pub active: i64,
-    /// Finished streams by end reason ([`FINISH_REASONS`]).
+    /// Finished streams by end reason (each [`EndReason`], then [`REJECTED`]).
     pub finished: Vec<(&'static str, u64)>,
     pub misrouted: u64,
     pub first_event: HistogramCounts,
@@ -434,9 +434,11 @@ impl Metrics {
         TransportCounts {
             started: self.streams_started.with_label_values(&labels).get(),
             active: self.active.with_label_values(&labels).get(),
-            finished: FINISH_REASONS
-                .iter()
-                .map(|&r| {
+            finished: EndReason::ALL
+                .map(EndReason::as_str)
+                .into_iter()
+                .chain([REJECTED])
+                .map(|r| {
                     let n = self
                         .streams_finished
                         .with_label_values(&[route, transport.as_str(), r])

@@ -14,9 +14,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use serde::Serialize;
 
+use crate::event::EndReason;
 use crate::flags::eval::{BUCKETS, murmur3_x86_32};
 use crate::flags::{Mode, RouteFlag, Sticky, Target};
-use crate::metrics::{HistogramCounts, Metrics, TransportCounts};
+use crate::metrics::{HistogramCounts, Metrics, REJECTED, TransportCounts};
 use crate::request::{Subject, Transport};
 
 /// Requests remembered per route for the preview (the newest overwrite the oldest).
@@ -274,16 +275,23 @@ pub fn transport_stats(c: &TransportCounts) -> TransportStats {
     let ended: u64 = c
         .finished
         .iter()
-        .filter(|(k, _)| *k != "rejected")
+        .filter(|(k, _)| *k != REJECTED)
         .map(|(_, v)| v)
         .sum();
-    let errors = get("error") + get("timeout") + get("slow_consumer");
+    let errors = [
+        EndReason::Error,
+        EndReason::Timeout,
+        EndReason::SlowConsumer,
+    ]
+    .map(|r| get(r.as_str()))
+    .iter()
+    .sum();
     TransportStats {
         started: c.started,
         active: c.active,
         finished: c.finished.iter().copied().collect(),
         error_ratio: ratio_u64(errors, ended),
-        cancel_ratio: ratio_u64(get("cancelled"), ended),
+        cancel_ratio: ratio_u64(get(EndReason::Cancelled.as_str()), ended),
         misrouted: c.misrouted,
         first_event: latency(&c.first_event),
     }
@@ -327,12 +335,11 @@ pub fn collect(
     flags: &crate::flags::Flags,
     actor: String,
 ) -> Stats {
-    const TRANSPORTS: [Transport; 3] = [Transport::Socketio, Transport::Ndjson, Transport::Sse];
     let routes = routes
         .iter()
         .map(|route| {
             let flag = flags.route(route);
-            let transports: BTreeMap<&'static str, TransportStats> = TRANSPORTS
+            let transports: BTreeMap<&'static str, TransportStats> = Transport::ALL
                 .iter()
                 .map(|&t| {
                     (
