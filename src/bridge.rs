@@ -202,6 +202,7 @@ impl Bridge {
         self.inner
             .metrics
             .flag_evaluated(&route.name, evaluation.transport);
+        self.inner.metrics.subject_seen(&route.name, &req.subject);
         match Enforcement::decide(evaluation, flag.mode, flag.strict, req.transport) {
             Enforcement::Allowed { misrouted } => {
                 if misrouted {

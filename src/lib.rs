@@ -12,6 +12,7 @@ pub mod auth;
 pub mod bridge;
 pub mod capacity;
 pub mod config;
+pub mod console;
 pub mod engine;
 pub mod error;
 pub mod event;
@@ -22,6 +23,7 @@ pub mod problem;
 pub mod request;
 pub mod routes;
 pub mod server;
+pub mod stats;
 pub mod transport;
 
 pub use bridge::Bridge;

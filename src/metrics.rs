@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use prometheus::core::Metric as _;
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -19,6 +20,7 @@ use crate::event::{EndReason, EventKind};
 use crate::flags::{Flags, Mode, Target};
 use crate::request::Transport;
 use crate::routes::Routes;
+use crate::stats::RecentSubjects;
 
 /// The `reason` of `switchyard_streams_finished_total` for a request refused before its
 /// stream started (the other reasons are the [`EndReason`]s).
@@ -53,6 +55,27 @@ pub struct Metrics {
     live_bytes: IntGauge,
     connections: IntGauge,
     runtime_tasks: IntGauge,
+    /// The recent subjects of each route, for the console's preview (not exported).
+    recent: RecentSubjects,
+}
+
+/// One route × transport's counters as they stand, for `GET /admin/stats`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TransportCounts {
+    pub started: u64,
+    pub active: i64,
+    /// Finished streams by end reason (each [`EndReason`], then [`REJECTED`]).
+    pub finished: Vec<(&'static str, u64)>,
+    pub misrouted: u64,
+    pub first_event: HistogramCounts,
+}
+
+/// A histogram as it stands: sample count, sum, and cumulative counts per finite upper bound.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistogramCounts {
+    pub count: u64,
+    pub sum: f64,
+    pub buckets: Vec<(f64, u64)>,
 }
 
 /// Handles for one stream, resolved once when it starts.
@@ -285,6 +308,7 @@ impl Metrics {
                 "runtime_tasks"
             ),
             registry,
+            recent: RecentSubjects::new(routes.iter().map(|r| &*r.name)),
         };
         for ns in routes.namespaces() {
             m.socketio_connections.with_label_values(&[&ns]);
@@ -388,6 +412,62 @@ impl Metrics {
         self.flag_evaluations
             .with_label_values(&[route, evaluated.as_str()])
             .inc();
+    }
+
+    /// Remembers a new request's subject for the console's preview (atomics only).
+    #[inline]
+    pub fn subject_seen(&self, route: &str, subject: &crate::request::Subject) {
+        self.recent.record(route, subject);
+    }
+
+    /// The recent subjects of every route.
+    pub fn recent_subjects(&self) -> &RecentSubjects {
+        &self.recent
+    }
+
+    /// A configured route × transport's counters now (for `GET /admin/stats`; not a hot
+    /// path: each read resolves its label set).
+    pub fn transport_counts(&self, route: &str, transport: Transport) -> TransportCounts {
+        let labels = [route, transport.as_str()];
+        let hist = self.first_event.with_label_values(&labels).metric();
+        let h = hist.get_histogram();
+        TransportCounts {
+            started: self.streams_started.with_label_values(&labels).get(),
+            active: self.active.with_label_values(&labels).get(),
+            finished: EndReason::ALL
+                .map(EndReason::as_str)
+                .into_iter()
+                .chain([REJECTED])
+                .map(|r| {
+                    let n = self
+                        .streams_finished
+                        .with_label_values(&[route, transport.as_str(), r])
+                        .get();
+                    (r, n)
+                })
+                .collect(),
+            misrouted: self.misrouted.with_label_values(&labels).get(),
+            first_event: HistogramCounts {
+                count: h.get_sample_count(),
+                sum: h.get_sample_sum(),
+                buckets: h
+                    .get_bucket()
+                    .iter()
+                    .filter(|b| b.upper_bound().is_finite())
+                    .map(|b| (b.upper_bound(), b.cumulative_count()))
+                    .collect(),
+            },
+        }
+    }
+
+    /// A configured route's flag evaluations: (http, socketio).
+    pub fn evaluations(&self, route: &str) -> (u64, u64) {
+        let get = |t: Target| {
+            self.flag_evaluations
+                .with_label_values(&[route, t.as_str()])
+                .get()
+        };
+        (get(Target::Http), get(Target::Socketio))
     }
 
     pub fn misrouted(&self, route: &str, used: Transport) {

@@ -50,10 +50,12 @@ pub mod paths {
     pub const STREAMS: &str = "/api/streams";
     pub const SESSIONS: &str = "/api/sessions";
     pub const CANCEL: &str = "/api/ai/cancel";
+    /// The ops console (`/console/` and its files).
+    pub const CONSOLE: &str = "/console";
 
     /// Every prefix above: a route's path may be none of them nor lie below one.
-    pub const RESERVED: [&str; 9] = [
-        HEALTHZ, READYZ, METRICS, SOCKETIO, ADMIN, FLAGS, STREAMS, SESSIONS, CANCEL,
+    pub const RESERVED: [&str; 10] = [
+        HEALTHZ, READYZ, METRICS, SOCKETIO, ADMIN, FLAGS, STREAMS, SESSIONS, CANCEL, CONSOLE,
     ];
 }
 

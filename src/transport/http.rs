@@ -68,6 +68,7 @@ pub fn router(bridge: Bridge) -> Router {
         .route(paths::FLAGS, get(flags_all))
         .route(&format!("{}/{{route}}", paths::FLAGS), get(flags_one))
         .merge(crate::admin::router())
+        .merge(crate::console::router())
         .fallback(unknown_route)
         .with_state(bridge)
 }

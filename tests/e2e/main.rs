@@ -7,6 +7,7 @@
 mod abuse;
 mod backpressure;
 mod common;
+mod console;
 mod engines;
 mod fanout;
 mod faults;
