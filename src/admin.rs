@@ -128,6 +128,13 @@ fn change_error(e: ChangeError) -> ApiError {
     }
 }
 
+/// A route's table from a request body (PUT and preview), validated as in `flags.toml`.
+fn flag_body(body: &[u8]) -> Result<RouteFlag, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidRequest(format!("the body is not valid JSON: {e}")))?;
+    RouteFlag::from_json(&value).map_err(|e| ApiError::InvalidRequest(e.to_string()))
+}
+
 async fn put(
     State(b): State<Bridge>,
     Path(route): Path<String>,
@@ -136,9 +143,7 @@ async fn put(
 ) -> Result<Response, ApiError> {
     let actor = authorize(&b, &headers)?;
     let expected = if_match(&headers)?;
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::InvalidRequest(format!("the body is not valid JSON: {e}")))?;
-    let flag = RouteFlag::from_json(&value).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let flag = flag_body(&body)?;
     b.flags()
         .put(&route, flag, expected, &actor)
         .await
@@ -184,10 +189,7 @@ async fn preview(
         .ok_or_else(|| ApiError::UnknownRoute(format!("route {route}")))?
         .name
         .to_string();
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::InvalidRequest(format!("the body is not valid JSON: {e}")))?;
-    let after =
-        RouteFlag::from_json(&value).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let after = flag_body(&body)?;
     let flags = b.flags().current();
     let subjects = b.metrics().recent_subjects().entries(&route);
     let recent = crate::stats::movement(flags.route(&route), &after, &subjects);
