@@ -35,6 +35,11 @@ enum Command {
         /// Listen address, overriding the config (e.g. 127.0.0.1:9000).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Once listening, write the bound address here as JSON (`{"listen", "url",
+        /// "pid"}`), atomically (a temporary file renamed); removed when the bridge stops.
+        /// For supervisors and tests that bind port 0.
+        #[arg(long, value_name = "PATH", env = "SWITCHYARD_READY_FILE")]
+        ready_file: Option<PathBuf>,
     },
     /// Validate the config, routes and flags; list every problem and exit non-zero if any.
     Check {
@@ -112,7 +117,11 @@ fn flags(conn: FlagsConn, command: FlagsCmd) -> anyhow::Result<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, listen } => serve(config, listen),
+        Command::Serve {
+            config,
+            listen,
+            ready_file,
+        } => serve(config, listen, ready_file),
         Command::Check { config } => check(config),
         Command::Flags { conn, command } => flags(conn, command),
     };
@@ -134,6 +143,7 @@ fn load(config: Option<PathBuf>) -> anyhow::Result<(Config, Routes)> {
 fn serve(
     config: Option<PathBuf>,
     listen: Option<std::net::SocketAddr>,
+    ready_file: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -169,15 +179,37 @@ fn serve(
             );
         }
         tracing::info!("switchyard listening on http://{addr} (Socket.IO at /socket.io/)");
+        if let Some(path) = &ready_file {
+            write_ready_file(path, addr)
+                .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+        }
         // The accept loop runs on a worker, not on this thread: connection tasks it spawns
         // then start on that worker's own queue (next in line) instead of the shared
         // queue a busy worker looks at only now and then.
-        tokio::spawn(server::run(listener, bridge, shutdown_signal()))
+        let served = tokio::spawn(server::run(listener, bridge, shutdown_signal()))
             .await
-            .context("the accept loop stopped unexpectedly")??;
+            .context("the accept loop stopped unexpectedly");
+        if let Some(path) = &ready_file {
+            let _ = std::fs::remove_file(path);
+        }
+        served??;
         tracing::info!("switchyard stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Writes `{"listen", "url", "pid"}` to `path` through a temporary file in the same
+/// directory and a rename, so a reader sees either nothing or the whole document.
+fn write_ready_file(path: &std::path::Path, addr: std::net::SocketAddr) -> std::io::Result<()> {
+    let doc = serde_json::json!({
+        "listen": addr.to_string(),
+        "url": format!("http://{addr}"),
+        "pid": std::process::id(),
+    });
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    std::fs::write(&tmp, format!("{doc}\n"))?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
