@@ -244,11 +244,13 @@ async fn once_probe(client: Client, spec: Value) -> Value {
     let dir = repo().join("tests/interop");
     let mut cmd = match client {
         Client::Python => {
+            crate::support::needs::python_client();
             let mut c = tokio::process::Command::new(dir.join(".venv/bin/python"));
             c.arg(dir.join("once_probe.py"));
             c
         }
         Client::Node | Client::NodeV2 => {
+            crate::support::needs::node_clients();
             let mut c = tokio::process::Command::new("node");
             c.arg(dir.join("once_probe.js"));
             c

@@ -1,50 +1,20 @@
 //! The process: `switchyard serve` on its defaults, graceful shutdown on SIGTERM with live
 //! streams on both transports, `switchyard check`.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 use crate::common::*;
 
-/// Starts the real binary on an ephemeral port; returns it and its address.
-async fn spawn_binary(env: &[(&str, &str)]) -> (tokio::process::Child, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    cmd.arg("serve")
-        .current_dir(repo())
-        .env("SWITCHYARD_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_string();
-            }
-        }
-        panic!("the server exited before listening");
-    })
-    .await
-    .unwrap();
-    // Keep draining its output so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
-}
-
 #[tokio::test]
 async fn sigterm_drains_live_streams_on_both_transports_and_exits_zero() {
-    let (mut child, addr) = spawn_binary(&[("SWITCHYARD_SHUTDOWN__GRACE_SECS", "2")]).await;
-    let base = format!("http://{addr}");
+    let mut bridge = Spawn::new()
+        .log("info")
+        .env("SWITCHYARD_SHUTDOWN__GRACE_SECS", 2)
+        .start()
+        .await;
+    let base = bridge.base();
     let long = json!({"options": {"chunks": 100000, "interval_ms": 50}});
     let short = json!({"options": {"chunks": 10, "interval_ms": 50}});
     let mut http_long = LineReader::open(http().post(format!("{base}{CHAT}")).json(&long)).await;
@@ -63,32 +33,21 @@ async fn sigterm_drains_live_streams_on_both_transports_and_exits_zero() {
     let mut sock = Sio::spawn(Client::Node, spec);
     sock.expect_event("chat_chunk").await;
 
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    // New work is refused while draining.
-    let mut refused = false;
-    for _ in 0..100 {
-        match http()
-            .post(format!("{base}{CHAT}"))
-            .json(&chat_body("late"))
-            .send()
-            .await
-        {
+    bridge.sigterm();
+    // New work is refused while draining (once the signal is handled).
+    let late = format!("{base}{CHAT}");
+    eventually_async("requests during the drain get 503 draining", || async {
+        match http().post(&late).json(&chat_body("late")).send().await {
             Ok(r) if r.status() == 503 => {
                 let body: serde_json::Value = r.json().await.unwrap();
                 assert_eq!(body["error"]["error_type"], "draining");
-                refused = true;
-                break;
+                true
             }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            Err(_) => break,
+            Ok(_) => false,
+            Err(e) => panic!("the bridge stopped before refusing a request: {e}"),
         }
-    }
-    assert!(refused, "requests during the drain get 503 draining");
+    })
+    .await;
 
     // The short stream finishes within the grace time; the long ones end with `shutdown`.
     let short_events = http_short.rest().await;
@@ -105,11 +64,12 @@ async fn sigterm_drains_live_streams_on_both_transports_and_exits_zero() {
         "the legacy client hears the end through its completion event"
     );
 
-    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("exits in time")
-        .unwrap();
+    let exit = bridge.exit_within(Duration::from_secs(15)).await;
     assert_eq!(exit.code(), Some(0));
+    assert!(
+        !bridge.ready.exists(),
+        "the ready file goes with the bridge"
+    );
 }
 
 #[tokio::test]

@@ -18,3 +18,5 @@ mod lifecycle;
 mod limits;
 mod metrics;
 mod socketio;
+#[path = "../support/mod.rs"]
+mod support;
