@@ -18,7 +18,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot};
 
 pub use crate::support::census::{Census, peak_rss, rss, scrape, settle};
-pub use crate::support::lean::{Lean, LeanPoll};
+pub use crate::support::lean::Lean;
 pub use crate::support::spawn::Spawn;
 pub use crate::support::upstream::{Seen, Upstream};
 pub use crate::support::{WAIT, eventually, eventually_async, flags_dir, repo, shipped_flags_dir};
@@ -153,7 +153,7 @@ pub async fn post_ndjson(url: &str, body: &Value) -> Vec<Value> {
 
 /// GETs and reads the whole body as text.
 pub async fn get_text(url: &str) -> String {
-    http().get(url).send().await.unwrap().text().await.unwrap()
+    crate::support::text(http().get(url)).await
 }
 
 pub fn parse_ndjson(text: &str) -> Vec<Value> {

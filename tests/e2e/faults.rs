@@ -645,42 +645,14 @@ async fn stalled_readers_on_both_transports_end_alone_and_fast_readers_keep_thei
     s.shutdown().await;
 }
 
-/// Either lean client.
-enum LeanClient {
-    Ws(Box<Lean>),
-    Poll(Box<LeanPoll>),
-}
-
-impl LeanClient {
-    async fn emit(&mut self, event: &str, data: Value) -> u64 {
-        match self {
-            LeanClient::Ws(c) => c.emit(event, data).await,
-            LeanClient::Poll(c) => c.emit(event, data).await,
-        }
-    }
-
-    async fn next(&mut self) -> Option<(String, Value)> {
-        tokio::time::timeout(WAIT, self.next_unbounded())
-            .await
-            .expect("a Socket.IO packet in time")
-    }
-
-    async fn next_unbounded(&mut self) -> Option<(String, Value)> {
-        match self {
-            LeanClient::Ws(c) => c.next().await,
-            LeanClient::Poll(c) => c.next().await,
-        }
-    }
-
-    /// Stays connected, as a real client does, until the server closes the connection.
-    fn linger(mut self) {
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(60), async {
-                while self.next_unbounded().await.is_some() {}
-            })
-            .await;
-        });
-    }
+/// Stays connected, as a real client does, until the server closes the connection.
+fn linger(mut c: Lean) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(60), async {
+            while c.next().await.is_some() {}
+        })
+        .await;
+    });
 }
 
 /// How one client saw its stream end.
@@ -699,7 +671,7 @@ struct Outcome {
 /// The shipped `agent` route speaks the neutral vocabulary over Socket.IO:
 /// `chat_service {taskName, taskData: {messages, options}}`.
 async fn lean_agent_stream(
-    mut c: LeanClient,
+    mut c: Lean,
     what: String,
     options: Value,
     first: mpsc::UnboundedSender<()>,
@@ -712,7 +684,7 @@ async fn lean_agent_stream(
     let mut chunks = 0;
     let mut text = String::new();
     let mut output = None;
-    while let Some((name, data)) = c.next().await {
+    while let Some((name, data)) = c.next_within(WAIT).await {
         match name.as_str() {
             "chunk" => {
                 if chunks == 0 {
@@ -723,7 +695,7 @@ async fn lean_agent_stream(
             }
             "completion" => output = data["data"]["output"].as_str().map(str::to_string),
             "end" => {
-                c.linger();
+                linger(c);
                 return Outcome {
                     what,
                     chunks,
@@ -849,9 +821,7 @@ async fn sigterm_under_load_ends_every_stream_on_every_transport_and_exits_zero(
                 }
                 "ws" => {
                     tasks.spawn(async move {
-                        let c = LeanClient::Ws(Box::new(
-                            Lean::connect(sock_addr, json!({}), None).await,
-                        ));
+                        let c = Lean::connect(sock_addr, json!({}), None).await;
                         lean_agent_stream(c, what, opts, first).await
                     });
                 }
@@ -859,9 +829,7 @@ async fn sigterm_under_load_ends_every_stream_on_every_transport_and_exits_zero(
                     tasks.spawn(async move {
                         // Half of them pause 250 ms before each poll.
                         let gap = Duration::from_millis(if i % 2 == 0 { 250 } else { 0 });
-                        let c = LeanClient::Poll(Box::new(
-                            LeanPoll::connect(sock_addr, json!({}), gap).await,
-                        ));
+                        let c = Lean::polling(sock_addr, json!({}), gap).await;
                         lean_agent_stream(c, what, opts, first).await
                     });
                 }
@@ -1006,7 +974,7 @@ async fn vanishing_client(
                 }
             }
             Vanish::Poll => {
-                let mut c = LeanPoll::connect(addr, json!({}), Duration::ZERO).await;
+                let mut c = Lean::polling(addr, json!({}), Duration::ZERO).await;
                 c.emit("chat_message", json!({"message": "x", "options": options}))
                     .await;
                 for _ in 0..cut {

@@ -64,15 +64,7 @@ impl Census {
 
 /// Reads the census of the bridge at `base`.
 pub async fn census(scraper: &reqwest::Client, base: &str) -> Census {
-    let text = scraper
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let m = scrape(&text);
+    let m = scrape(&super::text(scraper.get(format!("{base}/metrics"))).await);
     let sum = |prefix: &str| -> f64 {
         m.iter()
             .filter(|(k, _)| k.starts_with(prefix))

@@ -36,36 +36,58 @@ fn closed_on_io(f: Failure) -> Option<SioMessage> {
     None
 }
 
-/// A Socket.IO socket over WebSocket, on the `/` namespace.
+/// A Socket.IO socket on the `/` namespace, over WebSocket or long-polling.
 pub struct Lean {
-    socket: SioSocket,
+    socket: Socket,
+}
+
+enum Socket {
+    Ws(Box<SioSocket>),
+    /// Long-polling on one keep-alive connection.
+    Poll(Box<SioPolling>),
 }
 
 impl Lean {
-    /// Connects with the handshake `auth`; `rcvbuf` shrinks the socket's receive buffer,
-    /// so a client that stops reading is felt by the server at once.
+    /// Connects over WebSocket with the handshake `auth`; `rcvbuf` shrinks the socket's
+    /// receive buffer, so a client that stops reading is felt by the server at once.
     pub async fn connect(addr: SocketAddr, auth: Value, rcvbuf: Option<u32>) -> Lean {
         let socket = SioSocket::connect_with_auth(&target(addr, rcvbuf), &auth.to_string())
             .await
             .unwrap_or_else(|f| panic!("refused: {f}"));
-        Lean { socket }
+        Lean {
+            socket: Socket::Ws(Box::new(socket)),
+        }
+    }
+
+    /// Connects over long-polling with the handshake `auth`; `gap` is a pause before each
+    /// poll (a slow, mobile or busy, client).
+    pub async fn polling(addr: SocketAddr, auth: Value, gap: Duration) -> Lean {
+        let mut socket = SioPolling::connect_with_auth(&target(addr, None), &auth.to_string())
+            .await
+            .unwrap_or_else(|f| panic!("refused: {f}"));
+        socket.poll_gap = gap;
+        Lean {
+            socket: Socket::Poll(Box::new(socket)),
+        }
     }
 
     /// Emits `event` with `data` and an ack id; returns the id.
     pub async fn emit(&mut self, event: &str, data: Value) -> u64 {
-        self.socket
-            .emit(&json!([event, data]).to_string())
-            .await
-            .unwrap()
+        let args = json!([event, data]).to_string();
+        match &mut self.socket {
+            Socket::Ws(s) => s.emit(&args).await,
+            Socket::Poll(s) => s.emit(&args).await,
+        }
+        .unwrap()
     }
 
     /// The next event or ack (see [`named`]); `None` once the server closed the socket.
     pub async fn next(&mut self) -> Option<(String, Value)> {
-        let m = self
-            .socket
-            .next_message()
-            .await
-            .unwrap_or_else(closed_on_io)?;
+        let m = match &mut self.socket {
+            Socket::Ws(s) => s.next_message().await,
+            Socket::Poll(s) => s.next_message().await,
+        }
+        .unwrap_or_else(closed_on_io)?;
         Some(named(m))
     }
 
@@ -76,42 +98,10 @@ impl Lean {
             .expect("a Socket.IO packet in time")
     }
 
-    /// Sends a WebSocket close frame.
+    /// Leaves politely: a WebSocket close frame (long-polling just stops polling).
     pub async fn close(&mut self) {
-        let _ = self.socket.close().await;
-    }
-}
-
-/// A Socket.IO socket over long-polling (one keep-alive connection), on `/`.
-pub struct LeanPoll {
-    socket: SioPolling,
-}
-
-impl LeanPoll {
-    /// Connects with the handshake `auth`; `gap` is a pause before each poll (a slow,
-    /// mobile or busy, client).
-    pub async fn connect(addr: SocketAddr, auth: Value, gap: Duration) -> LeanPoll {
-        let mut socket = SioPolling::connect_with_auth(&target(addr, None), &auth.to_string())
-            .await
-            .unwrap_or_else(|f| panic!("refused: {f}"));
-        socket.poll_gap = gap;
-        LeanPoll { socket }
-    }
-
-    pub async fn emit(&mut self, event: &str, data: Value) -> u64 {
-        self.socket
-            .emit(&json!([event, data]).to_string())
-            .await
-            .unwrap()
-    }
-
-    /// The next event or ack, as [`Lean::next`].
-    pub async fn next(&mut self) -> Option<(String, Value)> {
-        let m = self
-            .socket
-            .next_message()
-            .await
-            .unwrap_or_else(closed_on_io)?;
-        Some(named(m))
+        if let Socket::Ws(s) = &mut self.socket {
+            let _ = s.close().await;
+        }
     }
 }

@@ -57,6 +57,11 @@ where
     }
 }
 
+/// Sends a request and reads its whole body as text.
+pub async fn text(request: reqwest::RequestBuilder) -> String {
+    request.send().await.unwrap().text().await.unwrap()
+}
+
 /// A fresh flags directory holding `flags_toml`.
 pub fn flags_dir(flags_toml: &str) -> PathBuf {
     let dir = tempfile::tempdir().unwrap().keep();
