@@ -780,4 +780,34 @@ mod tests {
         assert!(open_sid("{}").is_err());
         assert!(open_sid("nope").is_err());
     }
+
+    #[test]
+    fn received_packets_outside_a_stream() {
+        let message = |text| match received(text) {
+            Ok(Received::Message(m)) => Some(m),
+            _ => None,
+        };
+        assert_eq!(
+            message(r#"427["chat_chunk",{"chunk":"a"}]"#),
+            Some(SioMessage {
+                kind: SioType::Event,
+                id: Some(7),
+                data: r#"["chat_chunk",{"chunk":"a"}]"#.into()
+            })
+        );
+        assert_eq!(
+            message(r#"433[{"request_id":"r"}]"#),
+            Some(SioMessage {
+                kind: SioType::Ack,
+                id: Some(3),
+                data: r#"[{"request_id":"r"}]"#.into()
+            })
+        );
+        assert!(matches!(received("2probe"), Ok(Received::Ping(p)) if p == "probe"));
+        assert!(matches!(received("41"), Ok(Received::Closed)));
+        assert!(matches!(received("1"), Ok(Received::Closed)));
+        assert!(matches!(received("40{\"sid\":\"x\"}"), Ok(Received::Other)));
+        assert!(matches!(received("6"), Ok(Received::Other)));
+        assert!(received("x").is_err());
+    }
 }
