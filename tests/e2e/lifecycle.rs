@@ -146,12 +146,16 @@ fn check_validates_the_shipped_files_and_lists_every_problem() {
 }
 
 /// A flags file naming a route the routes file lacks is found before the port is bound:
-/// `serve` exits non-zero naming the route, and never says it is listening.
+/// `serve` exits non-zero naming the route, and never says it is listening (nor writes its
+/// ready file).
 #[test]
 fn serve_validates_the_flags_before_it_listens() {
     let flags = flags_dir("version = 1\n[route.ghost]\nmode = \"dual\"\n");
+    let ready = flags.join("ready.json");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .arg("serve")
+        .arg("--ready-file")
+        .arg(&ready)
         .current_dir(repo())
         .env("SWITCHYARD_LISTEN", "127.0.0.1:0")
         .env("SWITCHYARD_FLAGS_DIR", &flags)
@@ -170,6 +174,7 @@ fn serve_validates_the_flags_before_it_listens() {
         !stdout.contains("listening") && !stderr.contains("listening"),
         "nothing says it listens: {stdout}{stderr}"
     );
+    assert!(!ready.exists(), "no ready file is written");
 }
 
 /// `check` reads every file whatever the others hold, and lists each problem of each in one
