@@ -61,14 +61,15 @@ async function startBridge() {
   const flagsDir = join(dir, "flags");
   mkdirSync(flagsDir);
   cpSync(join(REPO, "flags", "flags.example.toml"), join(flagsDir, "flags.example.toml"));
-  const proc = spawn(bin, ["serve"], {
+  // The bridge writes its bound address here once it listens (`serve --ready-file`).
+  const readyFile = join(dir, "ready.json");
+  const proc = spawn(bin, ["serve", "--listen", "127.0.0.1:0", "--ready-file", readyFile], {
     cwd: dir,
     env: {
       PATH: process.env.PATH,
       HOME: process.env.HOME ?? dir,
       NO_COLOR: "1",
       RUST_LOG: "info",
-      SWITCHYARD_LISTEN: "127.0.0.1:0",
       SWITCHYARD_FLAGS_DIR: flagsDir,
       SWITCHYARD_ROUTES_FILE: join(REPO, "routes.toml"),
       SWITCHYARD_ADMIN__TOKENS__ALICE: ALICE,
@@ -82,10 +83,11 @@ async function startBridge() {
   proc.stderr.setEncoding("utf8");
   proc.stderr.on("data", (d) => (output += d));
   proc.stdout.on("data", (d) => (output += d));
-  const port = await waitFor(() => {
-    const m = /listening on http:\/\/[^:\s]+:(\d+)/.exec(output.replace(/\x1b\[[0-9;]*m/g, ""));
-    return m && Number(m[1]);
-  }, `the bridge to listen:\n${output}`);
+  const ready = await waitFor(
+    () => existsSync(readyFile) && JSON.parse(readFileSync(readyFile, "utf8")),
+    `the bridge to listen (its ready file):\n${output}`,
+  );
+  const port = Number(ready.listen.split(":").pop());
   const url = `http://127.0.0.1:${port}`;
   return {
     url,
