@@ -17,6 +17,8 @@ use crate::bridge::Bridge;
 use crate::error::ApiError;
 use crate::flags::RouteFlag;
 use crate::flags::store::{AuditEntry, ChangeError, Changed, ReloadStatus};
+use crate::routes::paths::ADMIN;
+use crate::stats::Movement;
 use std::collections::BTreeMap;
 
 /// Most audit entries one call returns.
@@ -24,10 +26,12 @@ const MAX_AUDIT: usize = 1000;
 
 pub fn router() -> Router<Bridge> {
     Router::new()
-        .route("/admin/flags", get(list))
-        .route("/admin/flags/{route}", axum::routing::put(put))
-        .route("/admin/flags/{route}/rollback", post(rollback))
-        .route("/admin/audit", get(audit))
+        .route(&format!("{ADMIN}/flags"), get(list))
+        .route(&format!("{ADMIN}/flags/{{route}}"), axum::routing::put(put))
+        .route(&format!("{ADMIN}/flags/{{route}}/rollback"), post(rollback))
+        .route(&format!("{ADMIN}/flags/{{route}}/preview"), post(preview))
+        .route(&format!("{ADMIN}/audit"), get(audit))
+        .route(&format!("{ADMIN}/stats"), get(stats))
 }
 
 /// Checks the bearer token; returns the actor (the header `x-actor`, else the token's
@@ -128,6 +132,13 @@ fn change_error(e: ChangeError) -> ApiError {
     }
 }
 
+/// A route's table from a request body (PUT and preview), validated as in `flags.toml`.
+fn flag_body(body: &[u8]) -> Result<RouteFlag, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidRequest(format!("the body is not valid JSON: {e}")))?;
+    RouteFlag::from_json(&value).map_err(|e| ApiError::InvalidRequest(e.to_string()))
+}
+
 async fn put(
     State(b): State<Bridge>,
     Path(route): Path<String>,
@@ -136,9 +147,7 @@ async fn put(
 ) -> Result<Response, ApiError> {
     let actor = authorize(&b, &headers)?;
     let expected = if_match(&headers)?;
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::InvalidRequest(format!("the body is not valid JSON: {e}")))?;
-    let flag = RouteFlag::from_json(&value).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let flag = flag_body(&body)?;
     b.flags()
         .put(&route, flag, expected, &actor)
         .await
@@ -159,9 +168,58 @@ async fn rollback(
         .map_err(change_error)
 }
 
+/// The answer of `POST /admin/flags/{route}/preview`: the table in force, the proposed
+/// one (validated as a PUT would), and what the change would do to the route's recent
+/// subjects. Changes nothing.
+#[derive(Debug, Clone, Serialize)]
+pub struct Preview {
+    pub route: String,
+    pub version: u64,
+    pub before: Option<RouteFlag>,
+    pub after: RouteFlag,
+    pub recent: Movement,
+}
+
+async fn preview(
+    State(b): State<Bridge>,
+    Path(route): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&b, &headers)?;
+    let route = b
+        .routes()
+        .get(&route)
+        .ok_or_else(|| ApiError::UnknownRoute(format!("route {route}")))?
+        .name
+        .to_string();
+    let after = flag_body(&body)?;
+    let flags = b.flags().current();
+    let subjects = b.metrics().recent_subjects().entries(&route);
+    let recent = crate::stats::movement(flags.route(&route), &after, &subjects);
+    Ok(axum::Json(Preview {
+        version: flags.version,
+        before: flags.routes.get(&route).cloned(),
+        route,
+        after,
+        recent,
+    })
+    .into_response())
+}
+
+/// `GET /admin/stats`: every route's counters by transport (see [`crate::stats`]).
+async fn stats(State(b): State<Bridge>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let actor = authorize(&b, &headers)?;
+    let routes: Vec<String> = b.routes().iter().map(|r| r.name.to_string()).collect();
+    let flags = b.flags().current();
+    Ok(axum::Json(crate::stats::collect(b.metrics(), &routes, &flags, actor)).into_response())
+}
+
 #[derive(Deserialize)]
 struct AuditQuery {
     limit: Option<usize>,
+    /// Only this route's entries.
+    route: Option<String>,
 }
 
 async fn audit(
@@ -171,10 +229,18 @@ async fn audit(
 ) -> Result<Response, ApiError> {
     authorize(&b, &headers)?;
     let limit = q.limit.unwrap_or(100).min(MAX_AUDIT);
-    Ok(axum::Json(AuditPage {
-        entries: b.flags().history(limit).await,
-    })
-    .into_response())
+    let entries = match q.route.as_deref().filter(|r| !r.is_empty()) {
+        None => b.flags().history(limit).await,
+        Some(route) => b
+            .flags()
+            .history(MAX_AUDIT)
+            .await
+            .into_iter()
+            .filter(|e| e.route == route)
+            .take(limit)
+            .collect(),
+    };
+    Ok(axum::Json(AuditPage { entries }).into_response())
 }
 
 #[cfg(test)]

@@ -24,10 +24,11 @@ use crate::config::Config;
 use crate::engine::{Emitter, Engine, EngineError};
 use crate::error::ApiError;
 use crate::event::{EndReason, Finish, Seq};
+use crate::flags::Enforcement;
 use crate::flags::store::FlagStore;
-use crate::flags::{Enforcement, FlagsError};
 use crate::hub::{Cursor, Hub, HubConfig, LagPolicy, SessionFollow, Stream};
 use crate::metrics::Metrics;
+use crate::problem::Problems;
 use crate::request::{RequestId, StreamRequest, Transport};
 use crate::routes::{RouteName, Routes};
 
@@ -38,7 +39,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
     #[error(transparent)]
-    Flags(#[from] FlagsError),
+    Flags(#[from] Problems),
     #[error("route {route}: its engine cannot start: {error}")]
     Engine { route: String, error: EngineError },
     #[error(transparent)]
@@ -266,6 +267,7 @@ impl Bridge {
         self.inner
             .metrics
             .flag_evaluated(&route.name, evaluation.transport);
+        self.inner.metrics.subject_seen(&route.name, &req.subject);
         match Enforcement::decide(evaluation, flag.mode, flag.strict, req.transport) {
             Enforcement::Allowed { misrouted } => {
                 if misrouted {

@@ -12,6 +12,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::problem::{Problem, Problems};
+
 /// The config file read when `--config` is not given and it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "switchyard.toml";
 
@@ -419,122 +421,196 @@ impl Default for Config {
     }
 }
 
-/// The top-level keys; environment variables naming anything else (such as the CLI's
-/// `SWITCHYARD_ADMIN_TOKEN`) are not settings and are left alone.
-const TOP_LEVEL_KEYS: [&str; 12] = [
-    "cluster",
-    "listen",
-    "routes_file",
-    "flags_dir",
-    "heartbeat_secs",
-    "admin",
-    "auth",
-    "limits",
-    "replay",
-    "shutdown",
-    "engine",
-    "cors",
-];
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config file {0} does not exist")]
-    Missing(PathBuf),
-    #[error("invalid configuration: {0}")]
-    Invalid(Box<figment::Error>),
-    #[error("invalid configuration: {0}")]
-    Value(String),
-}
+/// What the headings of configuration problems call it.
+const WHAT: &str = "the configuration";
 
 impl Config {
+    /// The top-level keys, as the settings serialise; environment variables naming
+    /// anything else (such as the CLI's `SWITCHYARD_ADMIN_TOKEN`) are not settings and are
+    /// left alone.
+    fn top_level_keys() -> Vec<String> {
+        match serde_json::to_value(Config::default()) {
+            Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Defaults, then the config file (`path`, or `switchyard.toml` when it exists), then
-    /// the environment.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    /// the environment. Every problem is reported, each naming its key.
+    pub fn load(path: Option<&Path>) -> Result<Config, Problems> {
+        let (config, list) = Config::read(path)?;
+        if list.is_empty() {
+            Ok(config)
+        } else {
+            Err(Problems::new(WHAT, list))
+        }
+    }
+
+    /// As [`Config::load`], but settings that were read and are out of range come back
+    /// beside them rather than instead of them (so `check` still finds the other files);
+    /// only settings that cannot be read at all are an error.
+    pub fn read(path: Option<&Path>) -> Result<(Config, Vec<Problem>), Problems> {
         let file = match path {
-            Some(p) if !p.exists() => return Err(ConfigError::Missing(p.to_path_buf())),
+            Some(p) if !p.exists() => {
+                return Err(Problems::one(
+                    WHAT,
+                    Problem::new("the config file does not exist")
+                        .in_file(&p.display().to_string()),
+                ));
+            }
             Some(p) => Some(p.to_path_buf()),
             None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
         };
+        let shown = file.as_ref().map(|f| f.display().to_string());
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment = figment.merge(Env::prefixed("SWITCHYARD_").split("__").filter(|k| {
+        let keys = Config::top_level_keys();
+        figment = figment.merge(Env::prefixed("SWITCHYARD_").split("__").filter(move |k| {
             // The key may arrive before or after `__` became `.`.
             let key = k.as_str().replace("__", ".");
             let first = key.split('.').next().unwrap_or_default();
-            TOP_LEVEL_KEYS.iter().any(|t| t.eq_ignore_ascii_case(first))
+            keys.iter().any(|t| t.eq_ignore_ascii_case(first))
         }));
-        let config: Config = figment
-            .extract()
-            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
-        config.validate()?;
-        Ok(config)
+        let config: Config = figment.extract().map_err(|errors| {
+            let list = errors
+                .into_iter()
+                .map(|e| {
+                    let mut p = if e.path.is_empty() {
+                        Problem::new(e.kind.to_string())
+                    } else {
+                        Problem::field(e.path.join("."), e.kind.to_string())
+                    };
+                    // Which source the value came from: the file, or the environment.
+                    p.file = match e.metadata.as_ref().map(|m| m.name.as_ref()) {
+                        Some(name) if name.starts_with("TOML") => shown.clone(),
+                        Some(name) => Some(name.to_string()),
+                        None => shown.clone(),
+                    };
+                    p
+                })
+                .collect();
+            Problems::new(WHAT, list)
+        })?;
+        let list = config
+            .problems()
+            .into_iter()
+            .map(|p| match &shown {
+                Some(f) => p.in_file(f),
+                None => p,
+            })
+            .collect();
+        Ok((config, list))
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: &str| Err(ConfigError::Value(m.to_string()));
-        if self.heartbeat_secs == 0 {
-            return bad("heartbeat_secs must be at least 1");
-        }
-        if self.limits.max_streams == 0 {
-            return bad("limits.max_streams must be at least 1");
-        }
-        if self.limits.max_connections == 0 {
-            return bad("limits.max_connections must be at least 1");
-        }
-        if self.limits.max_header_bytes < 1024 {
-            return bad("limits.max_header_bytes must be at least 1024");
-        }
-        if self.limits.header_timeout_secs == 0 {
-            return bad("limits.header_timeout_secs must be at least 1");
-        }
+    /// Every value that is out of its range or contradicts another.
+    fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let l = &self.limits;
+        let at_least = |out: &mut Vec<Problem>, field: &str, value: u64, min: u64| {
+            if value < min {
+                out.push(Problem::field(field, format!("must be at least {min}")));
+            }
+        };
+        at_least(&mut out, "heartbeat_secs", self.heartbeat_secs, 1);
+        at_least(&mut out, "limits.max_streams", l.max_streams as u64, 1);
+        at_least(
+            &mut out,
+            "limits.max_connections",
+            l.max_connections as u64,
+            1,
+        );
+        at_least(
+            &mut out,
+            "limits.max_header_bytes",
+            l.max_header_bytes as u64,
+            1024,
+        );
+        at_least(
+            &mut out,
+            "limits.header_timeout_secs",
+            l.header_timeout_secs,
+            1,
+        );
         for origin in &self.cors.allowed_origins {
             if origin != "*" && !is_origin(origin) {
-                return Err(ConfigError::Value(format!(
-                    "cors.allowed_origins: {origin:?} is not an origin (scheme://host[:port], no path) or \"*\""
-                )));
+                out.push(Problem::field(
+                    "cors.allowed_origins",
+                    format!("{origin:?} is not an origin (scheme://host[:port], no path) or \"*\""),
+                ));
             }
         }
-        if self.limits.socketio_buffer == 0 {
-            return bad("limits.socketio_buffer must be at least 1");
+        at_least(
+            &mut out,
+            "limits.socketio_buffer",
+            l.socketio_buffer as u64,
+            1,
+        );
+        at_least(
+            &mut out,
+            "limits.socketio_ping_interval_secs",
+            l.socketio_ping_interval_secs,
+            1,
+        );
+        at_least(
+            &mut out,
+            "limits.socketio_ping_timeout_secs",
+            l.socketio_ping_timeout_secs,
+            1,
+        );
+        at_least(
+            &mut out,
+            "replay.max_bytes",
+            self.replay.max_bytes as u64,
+            1,
+        );
+        if (self.replay.max_bytes as u64) < l.max_lag_bytes {
+            out.push(Problem::field(
+                "replay.max_bytes",
+                format!(
+                    "{} is below limits.max_lag_bytes ({}): a stream's log could never hold the lag its subscribers are allowed; raise replay.max_bytes or lower limits.max_lag_bytes",
+                    self.replay.max_bytes, l.max_lag_bytes
+                ),
+            ));
         }
-        if self.limits.socketio_ping_interval_secs == 0
-            || self.limits.socketio_ping_timeout_secs == 0
-        {
-            return bad(
-                "limits.socketio_ping_interval_secs and socketio_ping_timeout_secs must be at least 1",
-            );
+        at_least(
+            &mut out,
+            "limits.slow_consumer_secs",
+            l.slow_consumer_secs,
+            1,
+        );
+        at_least(
+            &mut out,
+            "limits.max_output_bytes",
+            l.max_output_bytes as u64,
+            1,
+        );
+        if l.max_live_bytes < self.replay.max_bytes as u64 {
+            out.push(Problem::field(
+                "limits.max_live_bytes",
+                format!(
+                    "{} is below replay.max_bytes ({}): not even one stream's log would fit",
+                    l.max_live_bytes, self.replay.max_bytes
+                ),
+            ));
         }
-        if self.replay.max_bytes == 0 {
-            return bad("replay.max_bytes must be at least 1");
+        at_least(
+            &mut out,
+            "engine.idle_timeout_secs",
+            self.engine.idle_timeout_secs,
+            1,
+        );
+        if let Err(message) = self.cluster.validate() {
+            out.push(Problem::field("cluster", message));
         }
-        if (self.replay.max_bytes as u64) < self.limits.max_lag_bytes {
-            return Err(ConfigError::Value(format!(
-                "replay.max_bytes ({}) is below limits.max_lag_bytes ({}): a stream's log could never hold the lag its subscribers are allowed; raise replay.max_bytes or lower limits.max_lag_bytes",
-                self.replay.max_bytes, self.limits.max_lag_bytes
-            )));
-        }
-        if self.limits.slow_consumer_secs == 0 {
-            return bad("limits.slow_consumer_secs must be at least 1");
-        }
-        if self.limits.max_output_bytes == 0 {
-            return bad("limits.max_output_bytes must be at least 1");
-        }
-        if self.limits.max_live_bytes < self.replay.max_bytes as u64 {
-            return Err(ConfigError::Value(format!(
-                "limits.max_live_bytes ({}) is below replay.max_bytes ({}): not even one stream's log would fit",
-                self.limits.max_live_bytes, self.replay.max_bytes
-            )));
-        }
-        if self.engine.idle_timeout_secs == 0 {
-            return bad("engine.idle_timeout_secs must be at least 1");
-        }
-        self.cluster.validate().map_err(ConfigError::Value)?;
         if self.auth.jwt_secret.as_deref() == Some("") {
-            return bad("auth.jwt_secret must not be empty (leave it unset to turn auth off)");
+            out.push(Problem::field(
+                "auth.jwt_secret",
+                "must not be empty (leave it unset to turn auth off)",
+            ));
         }
-        Ok(())
+        out
     }
 
     pub fn heartbeat(&self) -> Duration {
@@ -670,10 +746,8 @@ mod tests {
             assert!(err.to_string().contains("max_stream"), "{err}");
             jail.create_file("b.toml", "heartbeat_secs = 0\n")?;
             assert!(Config::load(Some(Path::new("b.toml"))).is_err());
-            assert!(matches!(
-                Config::load(Some(Path::new("missing.toml"))),
-                Err(ConfigError::Missing(_))
-            ));
+            let err = Config::load(Some(Path::new("missing.toml"))).unwrap_err();
+            assert!(err.to_string().contains("does not exist"), "{err}");
             Ok(())
         });
     }

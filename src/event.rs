@@ -76,6 +76,15 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    pub const ALL: [EndReason; 6] = [
+        EndReason::Completed,
+        EndReason::Error,
+        EndReason::Cancelled,
+        EndReason::Shutdown,
+        EndReason::Timeout,
+        EndReason::SlowConsumer,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EndReason::Completed => "completed",

@@ -13,15 +13,18 @@ pub mod bridge;
 pub mod capacity;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod engine;
 pub mod error;
 pub mod event;
 pub mod flags;
 pub mod hub;
 pub mod metrics;
+pub mod problem;
 pub mod request;
 pub mod routes;
 pub mod server;
+pub mod stats;
 pub mod transport;
 
 pub use bridge::Bridge;

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchyard::config::Config;
 use switchyard::flags::Flags;
+use switchyard::problem::Problem;
 use switchyard::routes::Routes;
 use switchyard::{Bridge, server};
 
@@ -34,6 +35,11 @@ enum Command {
         /// Listen address, overriding the config (e.g. 127.0.0.1:9000).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Once listening, write the bound address here as JSON (`{"listen", "url",
+        /// "pid"}`), atomically (a temporary file renamed); removed when the bridge stops.
+        /// For supervisors and tests that bind port 0.
+        #[arg(long, value_name = "PATH", env = "SWITCHYARD_READY_FILE")]
+        ready_file: Option<PathBuf>,
     },
     /// Validate the config, routes and flags; list every problem and exit non-zero if any.
     Check {
@@ -111,7 +117,11 @@ fn flags(conn: FlagsConn, command: FlagsCmd) -> anyhow::Result<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, listen } => serve(config, listen),
+        Command::Serve {
+            config,
+            listen,
+            ready_file,
+        } => serve(config, listen, ready_file),
         Command::Check { config } => check(config),
         Command::Flags { conn, command } => flags(conn, command),
     };
@@ -126,14 +136,14 @@ fn main() -> ExitCode {
 
 fn load(config: Option<PathBuf>) -> anyhow::Result<(Config, Routes)> {
     let config = Config::load(config.as_deref())?;
-    let routes = Routes::load(&config.routes_file)
-        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+    let routes = Routes::load(&config.routes_file)?;
     Ok((config, routes))
 }
 
 fn serve(
     config: Option<PathBuf>,
     listen: Option<std::net::SocketAddr>,
+    ready_file: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -150,8 +160,7 @@ fn serve(
         // Everything is validated (config, routes, and the flags against the routes) before
         // the port is bound: a bridge that says it listens is one that serves.
         let listen = config.listen;
-        let bridge = Bridge::new(config, routes)
-            .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let bridge = Bridge::new(config, routes)?;
         let listener = server::bind(listen).with_context(|| {
             format!("cannot listen on {listen} (set `listen` or SWITCHYARD_LISTEN)")
         })?;
@@ -170,15 +179,37 @@ fn serve(
             );
         }
         tracing::info!("switchyard listening on http://{addr} (Socket.IO at /socket.io/)");
+        if let Some(path) = &ready_file {
+            write_ready_file(path, addr)
+                .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+        }
         // The accept loop runs on a worker, not on this thread: connection tasks it spawns
         // then start on that worker's own queue (next in line) instead of the shared
         // queue a busy worker looks at only now and then.
-        tokio::spawn(server::run(listener, bridge, shutdown_signal()))
+        let served = tokio::spawn(server::run(listener, bridge, shutdown_signal()))
             .await
-            .context("the accept loop stopped unexpectedly")??;
+            .context("the accept loop stopped unexpectedly");
+        if let Some(path) = &ready_file {
+            let _ = std::fs::remove_file(path);
+        }
+        served??;
         tracing::info!("switchyard stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Writes `{"listen", "url", "pid"}` to `path` through a temporary file in the same
+/// directory and a rename, so a reader sees either nothing or the whole document.
+fn write_ready_file(path: &std::path::Path, addr: std::net::SocketAddr) -> std::io::Result<()> {
+    let doc = serde_json::json!({
+        "listen": addr.to_string(),
+        "url": format!("http://{addr}"),
+        "pid": std::process::id(),
+    });
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    std::fs::write(&tmp, format!("{doc}\n"))?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -214,23 +245,23 @@ fn machine_memory() -> Option<u64> {
 }
 
 fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let mut problems = Vec::new();
-    let config = match Config::load(config.as_deref()) {
-        Ok(c) => Some(c),
+    // Every file is read, whatever the others hold, and every problem listed in one shape.
+    let mut problems: Vec<Problem> = Vec::new();
+    let config = match Config::read(config.as_deref()) {
+        Ok((config, list)) => {
+            problems.extend(list);
+            config
+        }
         Err(e) => {
-            problems.push(e.to_string());
-            None
+            problems.extend(e.list);
+            Config::default()
         }
     };
-    let config = config.unwrap_or_default();
-    let routes = match Routes::load(&config.routes_file) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            problems.extend(e.problems.iter().map(|p| p.to_string()));
-            None
-        }
-    };
+    let routes = Routes::load(&config.routes_file)
+        .map_err(|e| problems.extend(e.list))
+        .ok();
     let flags = config.flags_file();
+    let shown = flags.display().to_string();
     match std::fs::read_to_string(&flags) {
         Ok(text) => {
             let names: Vec<&str> = routes
@@ -238,14 +269,12 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 .map(|r| r.iter().map(|r| &*r.name).collect())
                 .unwrap_or_default();
             if let Err(e) = Flags::parse_toml(&text, &names) {
-                let file = flags.display();
-                problems.extend(e.problems.iter().map(|p| format!("{file}: {p}")));
+                problems.extend(e.in_file(&shown).list);
             }
         }
-        Err(e) => problems.push(format!(
-            "{}: cannot read the flags file: {e}",
-            flags.display()
-        )),
+        Err(e) => {
+            problems.push(Problem::new(format!("cannot read the flags file: {e}")).in_file(&shown))
+        }
     }
     if problems.is_empty() {
         let n = routes.map(|r| r.len()).unwrap_or(0);

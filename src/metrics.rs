@@ -9,29 +9,22 @@
 
 use std::sync::Arc;
 
+use prometheus::core::Metric as _;
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::error::ApiError;
-use crate::event::EventKind;
+use crate::event::{EndReason, EventKind};
 use crate::flags::{Flags, Mode, Target};
 use crate::request::Transport;
 use crate::routes::Routes;
+use crate::stats::RecentSubjects;
 
-const TRANSPORTS: [Transport; 3] = [Transport::Socketio, Transport::Ndjson, Transport::Sse];
-/// The `reason` values of `switchyard_streams_finished_total`.
-pub const FINISH_REASONS: [&str; 7] = [
-    "completed",
-    "error",
-    "cancelled",
-    "shutdown",
-    "timeout",
-    "slow_consumer",
-    "rejected",
-];
-const MODES: [Mode; 4] = [Mode::Legacy, Mode::Dual, Mode::Rollout, Mode::New];
+/// The `reason` of `switchyard_streams_finished_total` for a request refused before its
+/// stream started (the other reasons are the [`EndReason`]s).
+pub const REJECTED: &str = "rejected";
 /// First-event latency buckets: 1 ms to 30 s.
 const FIRST_EVENT_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -68,6 +61,27 @@ pub struct Metrics {
     cluster_mirrors: IntGauge,
     cluster_takeovers: IntCounter,
     cluster_fenced: IntCounter,
+    /// The recent subjects of each route, for the console's preview (not exported).
+    recent: RecentSubjects,
+}
+
+/// One route × transport's counters as they stand, for `GET /admin/stats`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TransportCounts {
+    pub started: u64,
+    pub active: i64,
+    /// Finished streams by end reason (each [`EndReason`], then [`REJECTED`]).
+    pub finished: Vec<(&'static str, u64)>,
+    pub misrouted: u64,
+    pub first_event: HistogramCounts,
+}
+
+/// A histogram as it stands: sample count, sum, and cumulative counts per finite upper bound.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistogramCounts {
+    pub count: u64,
+    pub sum: f64,
+    pub buckets: Vec<(f64, u64)>,
 }
 
 /// Redis operations whose failures `switchyard_cluster_redis_errors_total` counts.
@@ -358,20 +372,25 @@ impl Metrics {
                 "runtime_tasks"
             ),
             registry,
+            recent: RecentSubjects::new(routes.iter().map(|r| &*r.name)),
         };
         for ns in routes.namespaces() {
             m.socketio_connections.with_label_values(&[&ns]);
         }
         for r in routes.iter() {
             let route = &*r.name;
-            for t in TRANSPORTS {
+            for t in Transport::ALL {
                 let t = t.as_str();
                 m.streams_started.with_label_values(&[route, t]);
                 m.active.with_label_values(&[route, t]);
                 m.first_event.with_label_values(&[route, t]);
                 m.duration.with_label_values(&[route, t]);
                 m.misrouted.with_label_values(&[route, t]);
-                for reason in FINISH_REASONS {
+                for reason in EndReason::ALL
+                    .map(EndReason::as_str)
+                    .into_iter()
+                    .chain([REJECTED])
+                {
                     m.streams_finished.with_label_values(&[route, t, reason]);
                 }
                 for kind in EventKind::ALL {
@@ -473,7 +492,7 @@ impl Metrics {
     pub fn refused(&self, route: &str, transport: Transport, error: &ApiError) {
         if matches!(error.http_status(), 409 | 413 | 429 | 503) {
             self.streams_finished
-                .with_label_values(&[route, transport.as_str(), "rejected"])
+                .with_label_values(&[route, transport.as_str(), REJECTED])
                 .inc();
         }
     }
@@ -482,6 +501,62 @@ impl Metrics {
         self.flag_evaluations
             .with_label_values(&[route, evaluated.as_str()])
             .inc();
+    }
+
+    /// Remembers a new request's subject for the console's preview (atomics only).
+    #[inline]
+    pub fn subject_seen(&self, route: &str, subject: &crate::request::Subject) {
+        self.recent.record(route, subject);
+    }
+
+    /// The recent subjects of every route.
+    pub fn recent_subjects(&self) -> &RecentSubjects {
+        &self.recent
+    }
+
+    /// A configured route × transport's counters now (for `GET /admin/stats`; not a hot
+    /// path: each read resolves its label set).
+    pub fn transport_counts(&self, route: &str, transport: Transport) -> TransportCounts {
+        let labels = [route, transport.as_str()];
+        let hist = self.first_event.with_label_values(&labels).metric();
+        let h = hist.get_histogram();
+        TransportCounts {
+            started: self.streams_started.with_label_values(&labels).get(),
+            active: self.active.with_label_values(&labels).get(),
+            finished: EndReason::ALL
+                .map(EndReason::as_str)
+                .into_iter()
+                .chain([REJECTED])
+                .map(|r| {
+                    let n = self
+                        .streams_finished
+                        .with_label_values(&[route, transport.as_str(), r])
+                        .get();
+                    (r, n)
+                })
+                .collect(),
+            misrouted: self.misrouted.with_label_values(&labels).get(),
+            first_event: HistogramCounts {
+                count: h.get_sample_count(),
+                sum: h.get_sample_sum(),
+                buckets: h
+                    .get_bucket()
+                    .iter()
+                    .filter(|b| b.upper_bound().is_finite())
+                    .map(|b| (b.upper_bound(), b.cumulative_count()))
+                    .collect(),
+            },
+        }
+    }
+
+    /// A configured route's flag evaluations: (http, socketio).
+    pub fn evaluations(&self, route: &str) -> (u64, u64) {
+        let get = |t: Target| {
+            self.flag_evaluations
+                .with_label_values(&[route, t.as_str()])
+                .get()
+        };
+        (get(Target::Http), get(Target::Socketio))
     }
 
     pub fn misrouted(&self, route: &str, used: Transport) {
@@ -504,7 +579,7 @@ impl Metrics {
             .set(i64::try_from(flags.version).unwrap_or(i64::MAX));
         for route in routes {
             let flag = flags.route(route);
-            for mode in MODES {
+            for mode in Mode::ALL {
                 self.flag_mode
                     .with_label_values(&[route, mode.as_str()])
                     .set(i64::from(flag.mode == mode));

@@ -62,6 +62,8 @@ pub enum Transport {
 }
 
 impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::Socketio, Transport::Ndjson, Transport::Sse];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Socketio => "socketio",

@@ -3,9 +3,8 @@
 # node:test suites against the real bridge binary (and headless Chromium when present,
 # the system's chromium driven by playwright-core: no browser is ever downloaded).
 #
-# The bridge binary: $SWITCHYARD_BIN, else <cargo target dir>/debug/switchyard (from
-# $CARGO_TARGET_DIR, else `cargo metadata`, else ../../target). Build it first
-# (`cargo build`; scripts/test's `cargo test` does).
+# The bridge binary: as scripts/bridge-bin finds it (build it first: `cargo build`;
+# scripts/test's `cargo test` does).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 REPO="$(cd ../.. && pwd)"
@@ -15,20 +14,8 @@ if [[ ! -d node_modules || package-lock.json -nt node_modules ]]; then
   touch node_modules
 fi
 
-if [[ -z "${SWITCHYARD_BIN:-}" ]]; then
-  target="${CARGO_TARGET_DIR:-}"
-  if [[ -z "$target" ]] && command -v cargo >/dev/null 2>&1; then
-    target="$(cd "$REPO" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
-      node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{try{process.stdout.write(JSON.parse(s).target_directory)}catch{}})')"
-  fi
-  target="${target:-$REPO/target}"
-  [[ "$target" = /* ]] || target="$REPO/$target"
-  export SWITCHYARD_BIN="$target/debug/switchyard"
-fi
-if [[ ! -x "$SWITCHYARD_BIN" ]]; then
-  echo "clients/js: the bridge binary is missing at $SWITCHYARD_BIN: run \`cargo build\` first (or set SWITCHYARD_BIN)" >&2
-  exit 1
-fi
+SWITCHYARD_BIN="$("$REPO/scripts/bridge-bin")" || { echo "clients/js: cannot run without the bridge binary" >&2; exit 1; }
+export SWITCHYARD_BIN
 
 # The browser test needs Debian's chromium (scripts/test installs it). Alone, this script
 # skips that test without it, unless SWITCHYARD_REQUIRE_BROWSER=1 (as scripts/test sets).

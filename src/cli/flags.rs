@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use switchyard::admin::{AuditPage, FlagsListing};
 use switchyard::flags::store::Changed;
 use switchyard::flags::{Mode, Percent, RouteFlag, Sticky, SubjectRef};
+use switchyard::problem::choices;
 
 /// Where the bridge listens unless `--url` / `SWITCHYARD_URL` says otherwise.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
@@ -209,12 +210,10 @@ pub fn plan(cmd: &FlagsCommand) -> Result<Call, ClientError> {
 /// Builds the whole route table a `set` sends, with every field explicit.
 pub fn build_table(args: &SetArgs) -> Result<Value, ClientError> {
     let Some(mode) = Mode::parse(args.mode.trim()) else {
-        let modes: Vec<&str> = Mode::ALL.iter().map(|m| m.as_str()).collect();
-        let (last, rest) = modes.split_last().unwrap_or((&"", &[]));
         return Err(invalid(format!(
-            "invalid --mode '{}': expected {} or {last}",
+            "invalid --mode '{}': expected {}",
             args.mode,
-            rest.join(", ")
+            choices(Mode::ALL.map(Mode::as_str))
         )));
     };
     let basis_points = match &args.percent {
@@ -229,7 +228,8 @@ pub fn build_table(args: &SetArgs) -> Result<Value, ClientError> {
         None => Sticky::default(),
         Some(s) => Sticky::parse(s.trim()).ok_or_else(|| {
             invalid(format!(
-                "invalid --sticky '{s}': expected user, session or tenant"
+                "invalid --sticky '{s}': expected {}",
+                choices(Sticky::ALL.map(Sticky::as_str))
             ))
         })?,
     };
@@ -282,7 +282,8 @@ fn check_entries(option: &str, entries: &[String]) -> Result<Vec<String>, Client
             .is_ok_and(|r| !r.value.trim().is_empty());
         if !ok {
             return Err(invalid(format!(
-                "invalid {option} '{raw}': expected kind:value with kind user, session or tenant (e.g. user:alice)"
+                "invalid {option} '{raw}': expected kind:value with kind {} (e.g. user:alice)",
+                choices(Sticky::ALL.map(Sticky::as_str))
             )));
         }
         if !out.iter().any(|e| e == entry) {

@@ -96,12 +96,73 @@ pub enum EngineSpec {
     Chat(openai::ChatSpec),
 }
 
+/// A problem in an `engine` table: the field inside it, and the message.
+pub type FieldError = (String, String);
+
+/// Reads the keys of an engine table that `Own` (a kind's raw serde form) declares, and
+/// hands back the rest when `common` (the upstream engines' shared keys) declares them;
+/// `kind` aside, any other key is refused, naming every key the kind takes.
+fn read_table<Own: serde::de::DeserializeOwned>(
+    t: &toml::Table,
+    common: &[&str],
+) -> Result<(Own, toml::Table), FieldError> {
+    let own_keys = crate::problem::fields_of::<Own>();
+    let (mut own, mut rest) = (toml::Table::new(), toml::Table::new());
+    for (key, value) in t {
+        if key == "kind" {
+            continue;
+        } else if own_keys.contains(&key.as_str()) {
+            own.insert(key.clone(), value.clone());
+        } else if common.contains(&key.as_str()) {
+            rest.insert(key.clone(), value.clone());
+        } else {
+            let known: Vec<&str> = own_keys.iter().chain(common).copied().collect();
+            return Err((
+                key.clone(),
+                format!("unknown field (expected {})", known.join(", ")),
+            ));
+        }
+    }
+    let own = toml::Value::Table(own)
+        .try_into()
+        .map_err(|e| field_error(&e))?;
+    Ok((own, rest))
+}
+
+/// A serde error of an engine table as the field it names and its message.
+fn field_error(e: &impl std::fmt::Display) -> FieldError {
+    let p = crate::problem::Problem::from_serde("", e);
+    (p.field.unwrap_or_else(|| "kind".into()), p.message)
+}
+
+/// Reads one kind's `engine` table; an error names the field inside it.
+type ReadTable = fn(&toml::Table) -> Result<EngineSpec, FieldError>;
+
+/// Every engine kind and how its table is read: the one list `kind` is checked against.
+const KINDS: [(&str, ReadTable); 4] = [
+    ("script", |t| {
+        script::ScriptLimits::from_table(t).map(EngineSpec::Script)
+    }),
+    ("ndjson", |t| {
+        ndjson::NdjsonSpec::from_table(t).map(EngineSpec::Ndjson)
+    }),
+    ("openai", |t| {
+        openai::ChatSpec::from_table(t, openai::Dialect::OpenAi).map(EngineSpec::Chat)
+    }),
+    ("ollama", |t| {
+        openai::ChatSpec::from_table(t, openai::Dialect::Ollama).map(EngineSpec::Chat)
+    }),
+];
+
 impl EngineSpec {
     /// Known engine kinds.
-    pub const KINDS: [&'static str; 4] = ["script", "ndjson", "openai", "ollama"];
+    pub fn kinds() -> impl Iterator<Item = &'static str> {
+        KINDS.iter().map(|(name, _)| *name)
+    }
 
     /// Parses the `engine` table of a route; errors name the field inside it.
-    pub fn from_toml(v: &toml::Value) -> Result<EngineSpec, (String, String)> {
+    pub fn from_toml(v: &toml::Value) -> Result<EngineSpec, FieldError> {
+        let known = || crate::problem::choices(EngineSpec::kinds());
         let Some(t) = v.as_table() else {
             return Err((
                 "kind".into(),
@@ -109,30 +170,15 @@ impl EngineSpec {
             ));
         };
         match t.get("kind") {
-            Some(toml::Value::String(k)) if k == "script" => {
-                script::ScriptLimits::from_table(t).map(EngineSpec::Script)
-            }
-            Some(toml::Value::String(k)) if k == "ndjson" => {
-                ndjson::NdjsonSpec::from_table(t).map(EngineSpec::Ndjson)
-            }
-            Some(toml::Value::String(k)) if k == "openai" => {
-                openai::ChatSpec::from_table(t, openai::Dialect::OpenAi).map(EngineSpec::Chat)
-            }
-            Some(toml::Value::String(k)) if k == "ollama" => {
-                openai::ChatSpec::from_table(t, openai::Dialect::Ollama).map(EngineSpec::Chat)
-            }
-            Some(toml::Value::String(k)) => Err((
-                "kind".into(),
-                format!(
-                    "unknown engine `{k}` (known: {})",
-                    EngineSpec::KINDS.join(", ")
-                ),
-            )),
+            Some(toml::Value::String(k)) => match KINDS.iter().find(|(name, _)| name == k) {
+                Some((_, read)) => read(t),
+                None => Err((
+                    "kind".into(),
+                    format!("unknown engine `{k}` (known: {})", known()),
+                )),
+            },
             Some(_) => Err(("kind".into(), "must be a string".into())),
-            None => Err((
-                "kind".into(),
-                format!("missing (known: {})", EngineSpec::KINDS.join(", ")),
-            )),
+            None => Err(("kind".into(), format!("missing (known: {})", known()))),
         }
     }
 

@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 
 use super::upstream::{self, Lines, UpstreamSpec, failed};
-use super::{Caller, Emitter, Engine, EngineError, Job, room};
+use super::{Caller, Emitter, Engine, EngineError, FieldError, Job, room};
 use crate::event::EventKind;
 
 /// How much of a bad line is quoted in the error.
@@ -22,25 +22,22 @@ pub struct NdjsonSpec {
 }
 
 impl NdjsonSpec {
-    pub(super) fn from_table(t: &toml::Table) -> Result<NdjsonSpec, (String, String)> {
-        for key in t.keys() {
-            if key != "kind" && key != "url" && !upstream::COMMON_KEYS.contains(&key.as_str()) {
-                return Err((
-                    key.clone(),
-                    format!(
-                        "unknown field (expected url, {})",
-                        upstream::COMMON_KEYS.join(", ")
-                    ),
-                ));
-            }
-        }
-        let url = upstream::string_key(t, "url")?;
+    pub(super) fn from_table(t: &toml::Table) -> Result<NdjsonSpec, FieldError> {
+        let (own, rest) = super::read_table::<RawNdjson>(t, upstream::common_keys())?;
+        let url = upstream::required("url", own.url)?;
         upstream::check_url("url", &url)?;
         Ok(NdjsonSpec {
             url,
-            upstream: UpstreamSpec::take(t)?,
+            upstream: UpstreamSpec::read(rest)?,
         })
     }
+}
+
+/// The `ndjson` engine's own key, in its raw serde form.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNdjson {
+    url: Option<String>,
 }
 
 pub struct NdjsonEngine {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value, json};
 
 use super::upstream::{self, Lines, UpstreamSpec, failed};
-use super::{Caller, Emitter, Engine, EngineError, Job, room};
+use super::{Caller, Emitter, Engine, EngineError, FieldError, Job, room};
 use crate::event::EventKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,37 +31,32 @@ pub struct ChatSpec {
     pub upstream: UpstreamSpec,
 }
 
+/// The chat engines' own keys, in their raw serde form.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChat {
+    base_url: Option<String>,
+    model: Option<String>,
+    api_key: Option<String>,
+}
+
 impl ChatSpec {
-    pub(super) fn from_table(
-        t: &toml::Table,
-        dialect: Dialect,
-    ) -> Result<ChatSpec, (String, String)> {
-        for key in t.keys() {
-            let own = ["kind", "base_url", "model", "api_key"].contains(&key.as_str());
-            if !own && !upstream::COMMON_KEYS.contains(&key.as_str()) {
-                return Err((
-                    key.clone(),
-                    format!(
-                        "unknown field (expected base_url, model, api_key, {})",
-                        upstream::COMMON_KEYS.join(", ")
-                    ),
-                ));
-            }
-        }
-        let base_url = upstream::string_key(t, "base_url")?
+    pub(super) fn from_table(t: &toml::Table, dialect: Dialect) -> Result<ChatSpec, FieldError> {
+        let (own, rest) = super::read_table::<RawChat>(t, upstream::common_keys())?;
+        let base_url = upstream::required("base_url", own.base_url)?
             .trim_end_matches('/')
             .to_string();
         upstream::check_url("base_url", &base_url)?;
-        let api_key = match t.get("api_key") {
+        let api_key = match own.api_key {
             None => None,
-            Some(_) => Some(upstream::string_key(t, "api_key")?),
+            key => Some(upstream::required("api_key", key)?),
         };
         Ok(ChatSpec {
             dialect,
-            model: upstream::string_key(t, "model")?,
+            model: upstream::required("model", own.model)?,
             base_url,
             api_key,
-            upstream: UpstreamSpec::take(t)?,
+            upstream: UpstreamSpec::read(rest)?,
         })
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use serde_json::{Map, Value, json};
 
-use super::{Caller, Emitter, Engine, EngineError, Job, room};
+use super::{Caller, Emitter, Engine, EngineError, FieldError, Job, room};
 use crate::event::EventKind;
 
 /// The text streamed when the request has no user message.
@@ -51,39 +51,32 @@ impl Default for ScriptLimits {
 }
 
 impl ScriptLimits {
-    pub(super) fn from_table(t: &toml::Table) -> Result<ScriptLimits, (String, String)> {
-        let mut limits = ScriptLimits::default();
-        for (key, value) in t {
-            let slot = match key.as_str() {
-                "kind" => continue,
-                "fault_drills" => match value.as_bool() {
-                    Some(b) => {
-                        limits.fault_drills = b;
-                        continue;
-                    }
-                    None => return Err((key.clone(), "must be true or false".into())),
-                },
-                "max_chunks" => &mut limits.max_chunks,
-                "max_chunk_bytes" => &mut limits.max_chunk_bytes,
-                "max_interval_ms" => &mut limits.max_interval_ms,
-                "max_tool_calls" => &mut limits.max_tool_calls,
-                _ => {
-                    return Err((
-                        key.clone(),
-                        "unknown field (expected max_chunks, max_chunk_bytes, max_interval_ms, max_tool_calls, fault_drills)".into(),
-                    ));
-                }
-            };
-            match value.as_integer().and_then(|i| u64::try_from(i).ok()) {
-                Some(v) => *slot = v,
-                None => return Err((key.clone(), "must be a non-negative integer".into())),
-            }
-        }
+    pub(super) fn from_table(t: &toml::Table) -> Result<ScriptLimits, FieldError> {
+        let (raw, _) = super::read_table::<RawScript>(t, &[])?;
+        let d = ScriptLimits::default();
+        let limits = ScriptLimits {
+            max_chunks: raw.max_chunks.unwrap_or(d.max_chunks),
+            max_chunk_bytes: raw.max_chunk_bytes.unwrap_or(d.max_chunk_bytes),
+            max_interval_ms: raw.max_interval_ms.unwrap_or(d.max_interval_ms),
+            max_tool_calls: raw.max_tool_calls.unwrap_or(d.max_tool_calls),
+            fault_drills: raw.fault_drills.unwrap_or(d.fault_drills),
+        };
         if limits.max_chunk_bytes == 0 {
             return Err(("max_chunk_bytes".into(), "must be at least 1".into()));
         }
         Ok(limits)
     }
+}
+
+/// The `script` engine's keys, in their raw serde form.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScript {
+    max_chunks: Option<u64>,
+    max_chunk_bytes: Option<u64>,
+    max_interval_ms: Option<u64>,
+    max_tool_calls: Option<u64>,
+    fault_drills: Option<bool>,
 }
 
 /// What one request asked of the script engine, checked against the limits.

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use serde_json::Value;
 
-use super::EngineError;
+use super::{EngineError, FieldError};
 
 /// The `error_type` of every upstream failure.
 pub const UPSTREAM_ERROR: &str = "upstream_error";
@@ -53,76 +53,56 @@ impl Default for UpstreamSpec {
     }
 }
 
-/// The keys [`UpstreamSpec::take`] understands.
-pub const COMMON_KEYS: [&str; 7] = [
-    "timeout_secs",
-    "connect_timeout_secs",
-    "idle_timeout_secs",
-    "retries",
-    "headers",
-    "forward_authorization",
-    "max_line_bytes",
-];
+/// The common keys of an upstream engine's table, in their raw serde form.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    timeout_secs: Option<u64>,
+    connect_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    retries: Option<u64>,
+    headers: Option<BTreeMap<String, String>>,
+    forward_authorization: Option<bool>,
+    max_line_bytes: Option<u64>,
+}
 
-type FieldError = (String, String);
+/// The keys every upstream engine takes besides its own.
+pub fn common_keys() -> &'static [&'static str] {
+    crate::problem::fields_of::<RawUpstream>()
+}
 
 impl UpstreamSpec {
-    /// Reads the common keys of an engine table; unknown keys are the caller's to judge.
-    pub fn take(t: &toml::Table) -> Result<UpstreamSpec, FieldError> {
-        let mut spec = UpstreamSpec::default();
-        let int = |key: &str| -> Result<Option<u64>, FieldError> {
-            match t.get(key) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_integer()
-                    .and_then(|i| u64::try_from(i).ok())
-                    .map(Some)
-                    .ok_or_else(|| (key.to_string(), "must be a non-negative integer".into())),
+    /// Reads the common keys of an engine table (the caller has refused unknown ones).
+    pub fn read(t: toml::Table) -> Result<UpstreamSpec, FieldError> {
+        let raw: RawUpstream = toml::Value::Table(t)
+            .try_into()
+            .map_err(|e| super::field_error(&e))?;
+        let d = UpstreamSpec::default();
+        let mut headers = BTreeMap::new();
+        for (name, value) in raw.headers.unwrap_or_default() {
+            let field = format!("headers.{name}");
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err((field, "is not a valid header name".into()));
             }
-        };
-        if let Some(v) = int("timeout_secs")? {
-            spec.timeout_secs = v.max(1);
+            headers.insert(name, interpolate(&value).map_err(|m| (field, m))?);
         }
-        if let Some(v) = int("connect_timeout_secs")? {
-            spec.connect_timeout_secs = v.max(1);
-        }
-        if let Some(v) = int("idle_timeout_secs")? {
-            spec.idle_timeout_secs = v.max(1);
-        }
-        if let Some(v) = int("retries")? {
-            spec.retries = u32::try_from(v.min(10)).unwrap_or(10);
-        }
-        if let Some(v) = int("max_line_bytes")? {
-            spec.max_line_bytes = usize::try_from(v).unwrap_or(usize::MAX).max(1024);
-        }
-        match t.get("forward_authorization") {
-            None => {}
-            Some(toml::Value::Boolean(b)) => spec.forward_authorization = *b,
-            Some(_) => {
-                return Err((
-                    "forward_authorization".into(),
-                    "must be true or false".into(),
-                ));
-            }
-        }
-        match t.get("headers") {
-            None => {}
-            Some(toml::Value::Table(h)) => {
-                for (name, value) in h {
-                    let field = format!("headers.{name}");
-                    let Some(value) = value.as_str() else {
-                        return Err((field, "must be a string".into()));
-                    };
-                    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                        return Err((field, "is not a valid header name".into()));
-                    }
-                    spec.headers
-                        .insert(name.clone(), interpolate(value).map_err(|m| (field, m))?);
-                }
-            }
-            Some(_) => return Err(("headers".into(), "must be a table of strings".into())),
-        }
-        Ok(spec)
+        Ok(UpstreamSpec {
+            timeout_secs: raw.timeout_secs.map_or(d.timeout_secs, |v| v.max(1)),
+            connect_timeout_secs: raw
+                .connect_timeout_secs
+                .map_or(d.connect_timeout_secs, |v| v.max(1)),
+            idle_timeout_secs: raw
+                .idle_timeout_secs
+                .map_or(d.idle_timeout_secs, |v| v.max(1)),
+            retries: raw
+                .retries
+                .map_or(d.retries, |v| u32::try_from(v.min(10)).unwrap_or(10)),
+            headers,
+            forward_authorization: raw.forward_authorization.unwrap_or(d.forward_authorization),
+            max_line_bytes: raw.max_line_bytes.map_or(d.max_line_bytes, |v| {
+                usize::try_from(v).unwrap_or(usize::MAX).max(1024)
+            }),
+        })
     }
 
     /// The engine's pooled client.
@@ -135,11 +115,9 @@ impl UpstreamSpec {
 }
 
 /// A required string key of an engine table, `${ENV}` interpolated.
-pub fn string_key(t: &toml::Table, key: &str) -> Result<String, FieldError> {
-    match t.get(key) {
-        Some(toml::Value::String(s)) if !s.is_empty() => {
-            interpolate(s).map_err(|m| (key.to_string(), m))
-        }
+pub fn required(key: &str, value: Option<String>) -> Result<String, FieldError> {
+    match value {
+        Some(s) if !s.is_empty() => interpolate(&s).map_err(|m| (key.to_string(), m)),
         Some(_) => Err((key.into(), "must be a non-empty string".into())),
         None => Err((key.into(), "missing".into())),
     }
@@ -331,19 +309,20 @@ mod tests {
     }
 
     #[test]
-    fn common_keys() {
+    fn reads_the_common_keys() {
         let t: toml::Table = toml::from_str(
             "timeout_secs = 3\nretries = 2\nheaders = { x-key = \"${CARGO_PKG_NAME}\" }\nforward_authorization = true\n",
         )
         .unwrap();
-        let s = UpstreamSpec::take(&t).unwrap();
+        let s = UpstreamSpec::read(t).unwrap();
         assert_eq!(
             (s.timeout_secs, s.retries, s.forward_authorization),
             (3, 2, true)
         );
         assert_eq!(s.headers["x-key"], "switchyard");
         let bad: toml::Table = toml::from_str("headers = { \"bad name\" = \"x\" }").unwrap();
-        assert_eq!(UpstreamSpec::take(&bad).unwrap_err().0, "headers.bad name");
+        assert_eq!(UpstreamSpec::read(bad).unwrap_err().0, "headers.bad name");
+        assert!(super::common_keys().contains(&"max_line_bytes"));
         assert!(check_url("url", "ftp://x").is_err());
         assert!(check_url("url", "http://127.0.0.1:1/x").is_ok());
     }

@@ -21,8 +21,10 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::{Flags, FlagsError, Mode, RouteFlag};
+use super::parse::WHAT;
+use super::{Flags, Mode, RouteFlag};
 use crate::metrics::Metrics;
+use crate::problem::{Problem, Problems};
 use crate::routes::template::iso8601;
 
 /// How often the flags file is checked for hand edits (a valid edit applies within 2 s).
@@ -44,7 +46,7 @@ pub enum ChangeError {
     #[error("flags are at version {current}, not {expected}; read them again and retry")]
     StaleVersion { current: u64, expected: u64 },
     #[error("{0}")]
-    Invalid(FlagsError),
+    Invalid(Problems),
     #[error("cannot write the flags file: {0}")]
     Io(#[from] std::io::Error),
     #[error("the cluster's flags cannot be changed now: {0}")]
@@ -170,7 +172,9 @@ impl FlagStore {
         dir: &Path,
         routes: Vec<String>,
         metrics: Arc<Metrics>,
-    ) -> Result<Arc<FlagStore>, FlagsError> {
+    ) -> Result<Arc<FlagStore>, Problems> {
+        let shown = dir.join(FLAGS_FILE).display().to_string();
+        let fail = |message: String| Problems::one(WHAT, Problem::new(message).in_file(&shown));
         let file = dir.join(FLAGS_FILE);
         match create_from_example(dir) {
             Ok(true) => tracing::info!(
@@ -180,28 +184,13 @@ impl FlagStore {
             ),
             Ok(false) => {}
             Err(e) => {
-                return Err(FlagsError {
-                    problems: vec![format!(
-                        "{}: cannot create it from {EXAMPLE_FILE}: {e}",
-                        file.display()
-                    )],
-                });
+                return Err(fail(format!("cannot create it from {EXAMPLE_FILE}: {e}")));
             }
         }
-        let text = std::fs::read_to_string(&file).map_err(|e| FlagsError {
-            problems: vec![format!(
-                "{}: cannot read the flags file: {e}",
-                file.display()
-            )],
-        })?;
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| fail(format!("cannot read the flags file: {e}")))?;
         let names: Vec<&str> = routes.iter().map(String::as_str).collect();
-        let flags = Flags::parse_toml(&text, &names).map_err(|e| FlagsError {
-            problems: e
-                .problems
-                .into_iter()
-                .map(|p| format!("{}: {p}", file.display()))
-                .collect(),
-        })?;
+        let flags = Flags::parse_toml(&text, &names).map_err(|e| e.in_file(&shown))?;
         metrics.flags_in_force(&flags, &routes);
         Ok(Arc::new(FlagStore {
             audit: dir.join("audit.jsonl"),
@@ -260,7 +249,7 @@ impl FlagStore {
             Err(e) => self.fail(format!(
                 "{}: {}; the last good flags stay in force",
                 self.file.display(),
-                e.problems.join("; ")
+                e.lines().join("; ")
             )),
             Ok(mut next) => {
                 let before = self.current();
@@ -461,7 +450,7 @@ impl FlagStore {
                 return Err(format!(
                     "the cluster's flags (version {}) are not valid here: {}",
                     remote.version,
-                    e.problems.join("; ")
+                    e.lines().join("; ")
                 ));
             }
         };

@@ -81,7 +81,7 @@ pub async fn guard(State(cors): State<Cors>, req: Request, next: Next) -> Respon
     if origin_text != "null" && same_origin(origin_text, req.headers()) {
         return next.run(req).await;
     }
-    if req.uri().path().starts_with("/admin") {
+    if req.uri().path().starts_with(crate::routes::paths::ADMIN) {
         return ApiError::Forbidden("the admin API is not available cross-origin".into())
             .into_response();
     }

@@ -30,7 +30,7 @@ use crate::event::{Event, EventKind, slow_consumer_events};
 use crate::hub::{Batch, Cursor, SessionFollow};
 use crate::metrics::{EventCounters, Metrics};
 use crate::request::{StreamRequest, Subject, parse_session_id};
-use crate::routes::{HttpFormat, RequestContext, Route};
+use crate::routes::{HttpFormat, RequestContext, Route, paths};
 
 /// Most logged events written in one body chunk (a burst already queued goes out in one
 /// write; a long backlog is still cut into bounded writes).
@@ -56,15 +56,19 @@ pub fn router(bridge: Bridge) -> Router {
         );
     }
     router
-        .route("/api/ai/cancel/{request_id}", post(cancel))
-        .route("/api/streams/{request_id}", get(resume))
-        .route("/api/sessions/{session_id}/events", get(follow_session))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/flags", get(flags_all))
-        .route("/api/flags/{route}", get(flags_one))
+        .route(&format!("{}/{{request_id}}", paths::CANCEL), post(cancel))
+        .route(&format!("{}/{{request_id}}", paths::STREAMS), get(resume))
+        .route(
+            &format!("{}/{{session_id}}/events", paths::SESSIONS),
+            get(follow_session),
+        )
+        .route(paths::HEALTHZ, get(healthz))
+        .route(paths::READYZ, get(readyz))
+        .route(paths::METRICS, get(metrics))
+        .route(paths::FLAGS, get(flags_all))
+        .route(&format!("{}/{{route}}", paths::FLAGS), get(flags_one))
         .merge(crate::admin::router())
+        .merge(crate::console::router())
         .fallback(unknown_route)
         .with_state(bridge)
 }

@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -25,6 +25,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
 use dashmap::DashMap;
+// tokio's clock (the system's, except in tests with paused time).
+use tokio::time::Instant;
 
 /// The most packets one polling response carries (python-engineio's own limit).
 pub const MAX_PACKETS_PER_POLL: usize = 16;
@@ -112,7 +114,8 @@ impl Pacer {
     /// `since`: its client has fetched everything queued before `since`. Called at
     /// shutdown, after the streams' last events were queued and before the sockets are
     /// closed.
-    pub async fn flushed(&self, since: Instant, limit: Duration) {
+    pub async fn flushed(&self, since: impl Into<Instant>, limit: Duration) {
+        let since = since.into();
         let deadline = Instant::now() + limit;
         let done = || {
             let now = Instant::now();
@@ -240,7 +243,9 @@ mod tests {
         Bytes::from(packets.join("\u{1e}"))
     }
 
-    #[tokio::test]
+    // Paused time: the clock moves only when every task waits, so what these tests order
+    // (a poll after a wait, a bound reached) cannot be reordered by a loaded machine.
+    #[tokio::test(start_paused = true)]
     async fn shutdown_waits_for_a_recent_polling_session_to_poll_again() {
         let p = Pacer::default();
         drop(p.poll_started("a"));
@@ -259,7 +264,7 @@ mod tests {
         assert!(t0.elapsed() < Duration::from_secs(5));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn shutdown_does_not_wait_for_closed_sessions_and_waits_boundedly() {
         let p = Pacer::default();
         drop(p.poll_started("closed"));

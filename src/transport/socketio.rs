@@ -48,6 +48,11 @@ const YIELDS_BEFORE_BACKOFF: u32 = 4;
 /// gets its `slow_consumer` end, never a stream that just stops. A socket that still has
 /// no room after this long is disconnected, so its client sees the connection drop.
 const FAREWELL_LIMIT: Duration = Duration::from_secs(60);
+/// How long a delivery waits for its socket to finish connecting. socketioxide sends the
+/// CONNECT packet before it marks the socket connected, so a fast client's first request
+/// can start a stream whose first emit finds the socket "closed" for a moment; a socket
+/// still not connected after this long never will be.
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
 
 /// Handshake query keys that belong to Engine.IO, not to the client's auth.
 const ENGINE_IO_QUERY: [&str; 4] = ["EIO", "transport", "t", "sid"];
@@ -69,6 +74,9 @@ struct SocketCtx {
     /// Counted in `switchyard_socketio_connections` (and in the socket limit) and not
     /// yet gone.
     open: AtomicBool,
+    /// Not yet through its connect handler, nor gone: an emit that finds it closed waits
+    /// (see [`CONNECT_WAIT`]).
+    connecting: AtomicBool,
     connections: Arc<Connections>,
 }
 
@@ -89,6 +97,7 @@ impl SocketCtx {
     /// The socket is gone: uncounted once, whichever of the disconnect handler and the
     /// connect handler sees it first, and its deliveries stopped.
     fn gone(&self, metrics: &Metrics, namespace: &str) {
+        self.connecting.store(false, Ordering::Release);
         if self.open.swap(false, Ordering::AcqRel) {
             metrics.socket_disconnected(namespace);
             self.connections.socket_gone();
@@ -182,6 +191,7 @@ fn handshake(b: &Bridge, socket: &SocketRef, auth: Option<Value>) -> Result<(), 
         sessions: Mutex::new(HashMap::new()),
         handshake_session: Mutex::new(handshake_session),
         open: AtomicBool::new(false),
+        connecting: AtomicBool::new(true),
         connections: b.connections().clone(),
     }));
     Ok(())
@@ -196,7 +206,7 @@ pub const WS_READ_BUFFER: usize = 1024;
 /// buffer, and Engine.IO keeps the request parts for the socket's whole life: without the
 /// copy every idle socket holds that buffer.
 pub async fn detach_head(mut req: Request, next: Next) -> Response {
-    if req.uri().path().starts_with("/socket.io") {
+    if req.uri().path().starts_with(crate::routes::paths::SOCKETIO) {
         if let Ok(uri) = Uri::try_from(req.uri().to_string()) {
             *req.uri_mut() = uri;
         }
@@ -288,6 +298,7 @@ fn on_connect(b: &Bridge, socket: SocketRef) {
     b.metrics().socket_connected(socket.ns());
     b.connections().socket_connected();
     ctx.open.store(true, Ordering::Release);
+    ctx.connecting.store(false, Ordering::Release);
     let metrics = b.metrics().clone();
     socket.on_disconnect(move |s: SocketRef| {
         let metrics = metrics.clone();
@@ -528,6 +539,7 @@ fn deliver(b: &Bridge, socket: &SocketRef, ctx: &Arc<SocketCtx>, cursor: Cursor)
             .metrics()
             .subscriber(&cursor.stream().route.name, Transport::Socketio),
         metrics: b.metrics().clone(),
+        ctx: Arc::downgrade(ctx),
     };
     let weak: Weak<SocketCtx> = Arc::downgrade(ctx);
     let stream = Arc::downgrade(cursor.stream());
@@ -554,6 +566,16 @@ fn deliver(b: &Bridge, socket: &SocketRef, ctx: &Arc<SocketCtx>, cursor: Cursor)
 struct Delivery {
     counters: EventCounters,
     metrics: Arc<Metrics>,
+    ctx: Weak<SocketCtx>,
+}
+
+impl Delivery {
+    /// The socket has not finished connecting yet (and is not gone).
+    fn connecting(&self) -> bool {
+        self.ctx
+            .upgrade()
+            .is_some_and(|c| c.connecting.load(Ordering::Acquire))
+    }
 }
 
 enum Stop {
@@ -571,7 +593,7 @@ async fn pump(socket: &SocketRef, mut cursor: Cursor, d: &Delivery) {
             Batch::Events(entries) => {
                 for e in &entries {
                     if let Some(frame) = encode::legacy_frame(e, &stream.describe()) {
-                        match emit(socket, &frame, || cursor.stalled_at(e), None).await {
+                        match emit(socket, &frame, || cursor.stalled_at(e), None, d).await {
                             Ok(()) => d.counters.delivered(e.kind),
                             Err(Stop::Gone) => return,
                             Err(Stop::Lagging) => {
@@ -609,7 +631,7 @@ async fn farewell(socket: &SocketRef, cursor: Cursor, seq: u64, d: &Delivery) {
         let Some(frame) = encode::encode_legacy(&ev, &stream.describe()) else {
             continue;
         };
-        if emit(socket, &frame, || false, Some(deadline))
+        if emit(socket, &frame, || false, Some(deadline), d)
             .await
             .is_err()
         {
@@ -629,12 +651,29 @@ async fn emit(
     frame: &LegacyFrame,
     lagging: impl Fn() -> bool,
     deadline: Option<tokio::time::Instant>,
+    d: &Delivery,
 ) -> Result<(), Stop> {
     let mut backoff = Duration::from_micros(250);
     let mut yields = 0;
+    let mut connect_wait = None;
     loop {
         match socket.emit(&*frame.event, &frame.payload) {
             Ok(()) => return Ok(()),
+            Err(SendError::Socket(SocketError::Closed)) if d.connecting() => {
+                // Its connect handler is about to run: wait for it, a bounded time.
+                let until =
+                    *connect_wait.get_or_insert_with(|| tokio::time::Instant::now() + CONNECT_WAIT);
+                if tokio::time::Instant::now() >= until {
+                    return Err(Stop::Gone);
+                }
+                if yields < YIELDS_BEFORE_BACKOFF {
+                    yields += 1;
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
             Err(SendError::Socket(SocketError::InternalChannelFull)) => {
                 if lagging() {
                     return Err(Stop::Lagging);
@@ -653,7 +692,7 @@ async fn emit(
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(e) => {
-                tracing::debug!(error = %e, "socket gone");
+                tracing::debug!(socket = %socket.id, connected = socket.connected(), error = %e, "socket gone");
                 return Err(Stop::Gone);
             }
         }

@@ -4,7 +4,6 @@
 //! speed, hundreds of huge streams never read) leave memory bounded and well-behaved
 //! clients served, against the real binary.
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::common::*;
-use crate::faults::{Lean, proc_status_bytes, rss, spawn_switchyard};
+use crate::support::upstream::flood;
 
 /// A stream whose text outgrows `limits.max_output_bytes` ends with its own error, on
 /// HTTP and on Socket.IO: never a completion with a cut-short text.
@@ -51,34 +50,18 @@ async fn text_past_max_output_bytes_ends_the_stream_with_an_error() {
     s.shutdown().await;
 }
 
-/// An NDJSON upstream that writes chunk lines as fast as its socket takes them and counts
-/// the bytes the bridge accepted.
+/// An NDJSON upstream that writes chunk lines as fast as its connection takes them and
+/// counts the bytes the bridge accepted.
 async fn flooding_upstream() -> (String, Arc<AtomicU64>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let written = Arc::new(AtomicU64::new(0));
-    let counter = written.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            let counter = counter.clone();
-            std::thread::spawn(move || {
-                // The request head and its small body, then an endless answer.
-                let mut buf = [0u8; 4096];
-                let _ = conn.read(&mut buf);
-                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n";
-                if conn.write_all(head.as_bytes()).is_err() {
-                    return;
-                }
-                let text = "x".repeat(1000);
-                let line = format!("{}\n", json!({"event": "chunk", "data": {"text": text}}));
-                while conn.write_all(line.as_bytes()).is_ok() {
-                    counter.fetch_add(line.len() as u64, Ordering::Relaxed);
-                }
-            });
-        }
-    });
-    (format!("http://{addr}"), written)
+    let text = "x".repeat(1000);
+    let line = format!("{}\n", json!({"event": "chunk", "data": {"text": text}}));
+    let up = Upstream::start({
+        let written = written.clone();
+        move |_, _| std::future::ready(flood(line.clone(), written.clone()))
+    })
+    .await;
+    (up.base, written)
 }
 
 /// Waits until `written` stops growing for a while (its writer is blocked); returns it.
@@ -349,11 +332,6 @@ async fn well_behaved(
     [median(n), median(s), median(k)]
 }
 
-/// Peak resident memory of a process, in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    proc_status_bytes(pid, "VmHWM:")
-}
-
 const MIB: u64 = 1 << 20;
 
 /// The two attacks of the issue tracker, against the real binary with the shipped routes:
@@ -367,16 +345,15 @@ async fn one_anonymous_client_cannot_take_the_bridges_memory() {
     const RETAINED: u64 = 64 * MIB;
     /// The process itself, allocator slack, hyper and Socket.IO buffers of 300 connections.
     const MARGIN: u64 = 128 * MIB;
-    let (mut child, addr) = spawn_switchyard(&[
-        ("SWITCHYARD_LIMITS__MAX_LIVE_BYTES", LIVE.to_string()),
-        ("SWITCHYARD_REPLAY__MAX_TOTAL_BYTES", RETAINED.to_string()),
-        ("SWITCHYARD_LIMITS__SLOW_CONSUMER_SECS", "2".into()),
-        ("SWITCHYARD_REPLAY__ORPHAN_GRACE_SECS", "2".into()),
-    ])
-    .await;
-    let pid = child.id().unwrap();
-    let base = format!("http://{addr}");
-    let sock: std::net::SocketAddr = addr.parse().unwrap();
+    let mut bridge = Spawn::new()
+        .env("SWITCHYARD_LIMITS__MAX_LIVE_BYTES", LIVE)
+        .env("SWITCHYARD_REPLAY__MAX_TOTAL_BYTES", RETAINED)
+        .env("SWITCHYARD_LIMITS__SLOW_CONSUMER_SECS", 2)
+        .env("SWITCHYARD_REPLAY__ORPHAN_GRACE_SECS", 2)
+        .start()
+        .await;
+    let (pid, addr, sock) = (bridge.pid, bridge.addr, bridge.addr);
+    let base = bridge.base();
     let unloaded = well_behaved(&base, sock, 5, Duration::ZERO).await;
     let huge = json!({"messages": [{"role": "user", "content": "x"}],
                       "options": {"chunks": 100000, "chunk_bytes": 4096}});
@@ -440,5 +417,5 @@ async fn one_anonymous_client_cannot_take_the_bridges_memory() {
             unloaded[i]
         );
     }
-    child.kill().await.unwrap();
+    bridge.kill().await;
 }

@@ -11,7 +11,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::common::*;
@@ -125,10 +124,9 @@ impl Redis {
     }
 }
 
-/// One bridge process of the cluster.
+/// One bridge process of the cluster (the test-support spawner: port from its ready file).
 pub struct Node {
-    /// Killed when the node is dropped.
-    child: Child,
+    process: crate::support::spawn::Process,
     pub base: String,
     pub flags_dir: PathBuf,
 }
@@ -156,42 +154,22 @@ impl Node {
     /// Starts `switchyard serve` on an ephemeral port; returns once it listens (not
     /// necessarily ready: see [`Node::ready`]).
     pub async fn spawn(spec: NodeSpec<'_>) -> Node {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-        cmd.arg("serve")
-            .current_dir(repo())
-            .env("SWITCHYARD_LISTEN", "127.0.0.1:0")
-            .env("SWITCHYARD_FLAGS_DIR", &spec.flags_dir)
+        let mut spawn = crate::support::spawn::Spawn::new()
+            .env("SWITCHYARD_FLAGS_DIR", spec.flags_dir.display())
             .env("SWITCHYARD_ADMIN__TOKEN", TOKEN)
             .env("SWITCHYARD_CLUSTER__REDIS_URL", spec.redis_url)
             .env("SWITCHYARD_CLUSTER__NODE_ID", spec.node_id)
-            .env("SWITCHYARD_CLUSTER__HEARTBEAT_MS", "200")
-            .env("SWITCHYARD_CLUSTER__LEASE_MS", "800")
-            .env("SWITCHYARD_CLUSTER__OUTAGE_TIMEOUT_MS", "2000")
-            .env("SWITCHYARD_CLUSTER__FLAGS_POLL_MS", "200")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
+            .env("SWITCHYARD_CLUSTER__HEARTBEAT_MS", 200)
+            .env("SWITCHYARD_CLUSTER__LEASE_MS", 800)
+            .env("SWITCHYARD_CLUSTER__OUTAGE_TIMEOUT_MS", 2000)
+            .env("SWITCHYARD_CLUSTER__FLAGS_POLL_MS", 200);
         for (k, v) in &spec.env {
-            cmd.env(k, v);
+            spawn = spawn.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = tokio::time::timeout(WAIT, async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    return rest.split_whitespace().next().unwrap().to_string();
-                }
-            }
-            panic!("the node exited before listening");
-        })
-        .await
-        .unwrap();
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let process = spawn.start().await;
         Node {
-            child,
-            base: format!("http://{addr}"),
+            base: process.base(),
+            process,
             flags_dir: spec.flags_dir,
         }
     }
@@ -245,19 +223,12 @@ impl Node {
 
     /// SIGTERM: the node drains (SPEC section 8) and exits.
     pub fn terminate(&self) {
-        let pid = self.child.id().unwrap();
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -TERM node");
+        self.process.sigterm();
     }
 
     /// `kill -9`.
     pub async fn kill(mut self) {
-        let _ = self.child.kill().await;
-        let _ = self.child.wait().await;
+        self.process.kill().await;
     }
 
     /// A metric's value (the first sample whose line starts with `name`).

@@ -1,8 +1,10 @@
-//! The test harness: the real server on an ephemeral port, a real HTTP client, and real
-//! Socket.IO clients (socket.io-client under Node, python-socketio) run as child processes.
+//! The e2e harness: the server in process on an ephemeral port (`Server`), a real HTTP
+//! client with NDJSON and SSE readers, the stream rules, and the real Socket.IO clients
+//! (socket.io-client under Node, python-socketio) run as child processes. What any test
+//! binary needs (waiting, the real binary, the fake upstream, the census, the lean
+//! clients) is in `tests/support/`, re-exported here.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -15,55 +17,14 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot};
 
-pub const WAIT: Duration = Duration::from_secs(20);
-
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Waits until `cond` holds, polling; fails the test after `WAIT`.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits until the async condition `cond` holds, polling; fails the test after `WAIT`.
-pub async fn eventually_async<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// A fresh flags directory holding `flags_toml`.
-pub fn flags_dir(flags_toml: &str) -> PathBuf {
-    let dir = tempfile::tempdir().unwrap().keep();
-    std::fs::write(dir.join("flags.toml"), flags_toml).unwrap();
-    dir
-}
-
-/// A fresh flags directory holding a copy of the shipped flags (`flags/flags.example.toml`,
-/// what a first run starts from).
-pub fn shipped_flags_dir() -> PathBuf {
-    flags_dir(&std::fs::read_to_string(repo().join("flags/flags.example.toml")).unwrap())
-}
+pub use crate::support::census::{Census, peak_rss, rss, scrape, settle};
+pub use crate::support::lean::Lean;
+pub use crate::support::spawn::Spawn;
+pub use crate::support::upstream::{Seen, Upstream};
+pub use crate::support::{WAIT, eventually, eventually_async, flags_dir, repo, shipped_flags_dir};
 
 /// A fresh routes file holding `routes_toml`.
-pub fn routes_file(routes_toml: &str) -> PathBuf {
+pub fn routes_file(routes_toml: &str) -> std::path::PathBuf {
     let path = tempfile::tempdir().unwrap().keep().join("routes.toml");
     std::fs::write(&path, routes_toml).unwrap();
     path
@@ -192,7 +153,7 @@ pub async fn post_ndjson(url: &str, body: &Value) -> Vec<Value> {
 
 /// GETs and reads the whole body as text.
 pub async fn get_text(url: &str) -> String {
-    http().get(url).send().await.unwrap().text().await.unwrap()
+    crate::support::text(http().get(url)).await
 }
 
 pub fn parse_ndjson(text: &str) -> Vec<Value> {
@@ -359,10 +320,7 @@ impl Sio {
         let dir = repo().join("tests/interop");
         let mut cmd = match client {
             Client::Node | Client::NodeV2 => {
-                assert!(
-                    dir.join("node_modules").exists(),
-                    "the Node interop clients are not installed: run scripts/interop-setup (needs node and npm)"
-                );
+                crate::support::needs::node_clients();
                 if matches!(client, Client::NodeV2) {
                     spec["client"] = json!("v2");
                 }
@@ -371,11 +329,8 @@ impl Sio {
                 c
             }
             Client::Python => {
+                crate::support::needs::python_client();
                 let py = dir.join(".venv/bin/python");
-                assert!(
-                    py.exists(),
-                    "the Python interop client is not installed: run scripts/interop-setup (needs python3)"
-                );
                 let mut c = Command::new(py);
                 c.arg(dir.join("sio_client.py"));
                 c
@@ -478,6 +433,7 @@ pub fn sio_spec(server: &Server, transports: &[&str], steps: Value) -> Value {
 /// fetch: see the contract at its top); returns every JSON line it printed, the last one
 /// being `{"type":"done"}`.
 pub async fn run_node(script: &str, spec: Value) -> Vec<Value> {
+    crate::support::needs::node();
     let out = tokio::time::timeout(
         Duration::from_secs(120),
         Command::new("node")

@@ -244,11 +244,13 @@ async fn once_probe(client: Client, spec: Value) -> Value {
     let dir = repo().join("tests/interop");
     let mut cmd = match client {
         Client::Python => {
+            crate::support::needs::python_client();
             let mut c = tokio::process::Command::new(dir.join(".venv/bin/python"));
             c.arg(dir.join("once_probe.py"));
             c
         }
         Client::Node | Client::NodeV2 => {
+            crate::support::needs::node_clients();
             let mut c = tokio::process::Command::new("node");
             c.arg(dir.join("once_probe.js"));
             c
@@ -316,5 +318,23 @@ async fn a_requester_in_its_session_room_gets_each_stream_once() {
     assert_eq!(summary["missing"], 0, "{}", report.join("\n"));
     assert_eq!(summary["duplicates"], 0, "{}", report.join("\n"));
     eprintln!("{total} streams, each once:\n{}", report.join("\n"));
+    s.shutdown().await;
+}
+
+/// socketioxide sends CONNECT before it marks the socket connected, so a client that asks
+/// for a stream the moment it is connected can have that stream's first emit find the
+/// socket "closed": the stream must still arrive, whole and once. Hundreds of new sockets,
+/// each asking at once, on worker threads so the connect and the request really race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_the_moment_a_socket_connects_is_delivered() {
+    let s = Server::default().await;
+    let summary = once_probe(
+        Client::Node,
+        json!({"url": s.base(), "transports": ["websocket"], "join": "auth",
+               "connection": "new", "streams": 1500, "parallel": 48, "grace_ms": 0}),
+    )
+    .await;
+    assert_eq!(summary["missing"], 0, "{summary}");
+    assert_eq!(summary["duplicates"], 0, "{summary}");
     s.shutdown().await;
 }

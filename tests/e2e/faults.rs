@@ -3,19 +3,17 @@
 //! subscriber gets either every event or an explicit end, that nothing else running is
 //! disturbed, and that nothing is left behind.
 
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Body;
-use axum::response::Response;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use switchyard::routes::Routes;
 use tokio::sync::mpsc;
 
 use crate::common::*;
+use crate::support::upstream::{Dropped, respond, tracked};
 
 /// Chunks of every healthy stream that runs beside a fault (one every `HEALTHY_MS`).
 const HEALTHY_CHUNKS: u64 = 60;
@@ -58,32 +56,29 @@ request = {{ fault = "$.fault", session_id = "$.session_id", request_id = "$.req
     Routes::parse(&text, "faults").unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A real NDJSON upstream on loopback. The bridge POSTs the client's body; its `fault`
+/// The fake upstream of the `up` route. The bridge POSTs the client's body; its `fault`
 /// field picks the answer: `ok` (HEALTHY_CHUNKS chunks, then completion and end),
 /// `error` (3 chunks, then a line that is not JSON) or `stall` (3 chunks, then silence
 /// with the connection open). `closed` records when the bridge hung up on a stall.
-struct Upstream {
+struct FaultUpstream {
     base: String,
-    closed: Arc<Mutex<Option<Instant>>>,
+    closed: Dropped,
 }
 
-fn line(v: Value) -> Result<Bytes, Infallible> {
+fn line(v: Value) -> Result<Bytes, std::io::Error> {
     Ok(Bytes::from(format!("{v}\n")))
 }
 
-async fn start_upstream() -> Upstream {
-    let closed: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let app = Router::new().fallback({
+async fn start_upstream() -> FaultUpstream {
+    let closed: Dropped = Arc::default();
+    let up = Upstream::start({
         let closed = closed.clone();
-        move |req: axum::extract::Request| {
+        move |_, seen| {
             let closed = closed.clone();
             async move {
-                let bytes = axum::body::to_bytes(req.into_body(), usize::MAX)
-                    .await
-                    .unwrap();
-                let body: Value = serde_json::from_slice(&bytes).unwrap();
-                let fault = body["fault"].as_str().unwrap_or("ok").to_string();
-                let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(4);
+                let fault = seen.body["fault"].as_str().unwrap_or("ok").to_string();
+                let stall = fault == "stall";
+                let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
                 tokio::spawn(async move {
                     let chunks = if fault == "ok" { HEALTHY_CHUNKS } else { 3 };
                     for i in 0..chunks {
@@ -92,6 +87,7 @@ async fn start_upstream() -> Upstream {
                         if tx.send(line(chunk)).await.is_err() {
                             return;
                         }
+                        // The healthy pace: a chunk every HEALTHY_MS, as a model writes.
                         tokio::time::sleep(Duration::from_millis(HEALTHY_MS)).await;
                     }
                     match fault.as_str() {
@@ -111,27 +107,24 @@ async fn start_upstream() -> Upstream {
                                 .await;
                             tx.closed().await;
                         }
-                        _ => {
-                            tx.closed().await;
-                            *closed.lock().unwrap() = Some(Instant::now());
-                        }
+                        _ => tx.closed().await,
                     }
                 });
                 let frames = futures_util::stream::unfold(rx, |mut rx| async move {
                     rx.recv().await.map(|item| (item, rx))
                 });
-                Response::builder()
-                    .header("content-type", "application/x-ndjson")
-                    .body(Body::from_stream(frames))
-                    .unwrap()
+                let body = if stall {
+                    tracked(frames.boxed(), closed)
+                } else {
+                    axum::body::Body::from_stream(frames)
+                };
+                respond(200, "application/x-ndjson", body)
             }
         }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Upstream {
-        base: format!("http://{addr}"),
+    })
+    .await;
+    FaultUpstream {
+        base: up.base,
         closed,
     }
 }
@@ -145,7 +138,7 @@ async fn body_text(resp: reqwest::Response) -> String {
 }
 
 async fn engine_errors(s: &Server, route: &str, engine: &str) -> f64 {
-    let m = crate::metrics::scrape(&get_text(&s.url("/metrics")).await);
+    let m = scrape(&get_text(&s.url("/metrics")).await);
     let key = format!("switchyard_engine_errors_total{{engine=\"{engine}\",route=\"{route}\"}}");
     *m.get(&key).unwrap_or_else(|| panic!("no sample {key}"))
 }
@@ -481,91 +474,6 @@ async fn the_panic_drill_is_refused_where_the_route_does_not_enable_it() {
     s.shutdown().await;
 }
 
-/// A lean Socket.IO v5 client over WebSocket, for volume and for readers that stop
-/// reading (the Node and Python clients always read). It speaks just enough: the
-/// Engine.IO open, the namespace connect, events, acks and pongs.
-pub(crate) struct Lean {
-    ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-    next_ack: u64,
-}
-
-impl Lean {
-    /// Connects to `/` with the handshake `auth`; `rcvbuf` shrinks the socket's receive
-    /// buffer, so a client that stops reading is felt by the server at once.
-    pub(crate) async fn connect(
-        addr: std::net::SocketAddr,
-        auth: Value,
-        rcvbuf: Option<u32>,
-    ) -> Lean {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        if let Some(n) = rcvbuf {
-            socket.set_recv_buffer_size(n).unwrap();
-        }
-        let tcp = socket.connect(addr).await.unwrap();
-        let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
-        let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
-        let mut lean = Lean { ws, next_ack: 0 };
-        let open = lean.recv_text().await.expect("the Engine.IO open packet");
-        assert!(open.starts_with("0{"), "{open}");
-        lean.send_text(format!("40{auth}")).await;
-        let connect = lean.recv_text().await.expect("the namespace connect");
-        assert!(connect.starts_with("40{"), "refused: {connect}");
-        lean
-    }
-
-    async fn send_text(&mut self, text: String) {
-        use futures_util::SinkExt;
-        self.ws
-            .send(tokio_tungstenite::tungstenite::Message::text(text))
-            .await
-            .unwrap();
-    }
-
-    /// The next Engine.IO packet other than a ping (answered), or `None` once closed.
-    async fn recv_text(&mut self) -> Option<String> {
-        use futures_util::StreamExt;
-        use tokio_tungstenite::tungstenite::Message;
-        loop {
-            match self.ws.next().await? {
-                Ok(Message::Text(t)) if t.as_str() == "2" => self.send_text("3".into()).await,
-                Ok(Message::Text(t)) => return Some(t.as_str().to_string()),
-                Ok(Message::Close(_)) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
-    }
-
-    /// Emits `event` with `data` and an ack id; returns the id.
-    pub(crate) async fn emit(&mut self, event: &str, data: Value) -> u64 {
-        let id = self.next_ack;
-        self.next_ack += 1;
-        self.send_text(format!("42{id}{}", json!([event, data])))
-            .await;
-        id
-    }
-
-    /// The next Socket.IO event or ack as (name, data); acks are named `ack:<id>`.
-    /// `None` when the connection or the namespace closed.
-    async fn next(&mut self) -> Option<(String, Value)> {
-        loop {
-            let text = self.recv_text().await?;
-            if text.starts_with('1') {
-                return None;
-            }
-            if let Some(event) = sio_event(&text)? {
-                return Some(event);
-            }
-        }
-    }
-
-    /// Reads with a deadline; `None` when the connection closed.
-    pub(crate) async fn next_within(&mut self, limit: Duration) -> Option<(String, Value)> {
-        tokio::time::timeout(limit, self.next())
-            .await
-            .expect("a Socket.IO packet in time")
-    }
-}
-
 /// Gaps between consecutive arrivals: (p99, max).
 fn gaps(arrivals: &[Instant]) -> (Duration, Duration) {
     let mut g: Vec<Duration> = arrivals.windows(2).map(|w| w[1] - w[0]).collect();
@@ -737,151 +645,14 @@ async fn stalled_readers_on_both_transports_end_alone_and_fast_readers_keep_thei
     s.shutdown().await;
 }
 
-/// A lean Socket.IO v5 client over Engine.IO long-polling, for volume and for clients
-/// that just stop polling.
-struct LeanPoll {
-    http: reqwest::Client,
-    url: String,
-    /// A pause before each poll: a slow (mobile, busy) client.
-    gap: Duration,
-    next_ack: u64,
-    /// Packets received but not yet returned.
-    pending: std::collections::VecDeque<String>,
-}
-
-impl LeanPoll {
-    async fn connect(base: &str, auth: Value, gap: Duration) -> LeanPoll {
-        let http = http();
-        let open = http
-            .get(format!("{base}/socket.io/?EIO=4&transport=polling"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let open: Value = serde_json::from_str(open.strip_prefix('0').expect("open")).unwrap();
-        let url = format!(
-            "{base}/socket.io/?EIO=4&transport=polling&sid={}",
-            open["sid"].as_str().unwrap()
-        );
-        let mut lean = LeanPoll {
-            http,
-            url,
-            gap,
-            next_ack: 0,
-            pending: Default::default(),
-        };
-        lean.post(format!("40{auth}")).await;
-        let connect = lean.packet().await.expect("the namespace connect");
-        assert!(connect.starts_with("40{"), "refused: {connect}");
-        lean
-    }
-
-    async fn post(&self, body: String) -> bool {
-        match self.http.post(&self.url).body(body).send().await {
-            Ok(r) => r.status().is_success(),
-            Err(_) => false,
-        }
-    }
-
-    /// The next packet other than a ping (answered); polls when none is queued. `None`
-    /// once the server closed the session.
-    async fn packet(&mut self) -> Option<String> {
-        loop {
-            if let Some(p) = self.pending.pop_front() {
-                if p == "2" {
-                    self.post("3".into()).await;
-                    continue;
-                }
-                if p.starts_with('1') {
-                    return None;
-                }
-                return Some(p);
-            }
-            tokio::time::sleep(self.gap).await;
-            let r = self.http.get(&self.url).send().await.ok()?;
-            if !r.status().is_success() {
-                return None;
-            }
-            let body = r.text().await.ok()?;
-            self.pending
-                .extend(body.split('\u{1e}').map(str::to_string));
-        }
-    }
-
-    async fn emit(&mut self, event: &str, data: Value) -> u64 {
-        let id = self.next_ack;
-        self.next_ack += 1;
-        assert!(self.post(format!("42{id}{}", json!([event, data]))).await);
-        id
-    }
-
-    /// The next event or ack, as [`Lean::next`].
-    async fn next(&mut self) -> Option<(String, Value)> {
-        loop {
-            let text = self.packet().await?;
-            if let Some(event) = sio_event(&text)? {
-                return Some(event);
-            }
-        }
-    }
-}
-
-/// A Socket.IO packet as `(event name, first argument)`, an ack as `("ack:<id>", its
-/// first argument)`; `None` for a disconnect (`41`), `Some(None)` for anything else.
-fn sio_event(text: &str) -> Option<Option<(String, Value)>> {
-    if let Some(rest) = text.strip_prefix("42") {
-        let v: Value = serde_json::from_str(rest).unwrap();
-        return Some(Some((v[0].as_str().unwrap().to_string(), v[1].clone())));
-    }
-    if let Some(rest) = text.strip_prefix("43") {
-        let split = rest.find('[').unwrap();
-        let v: Value = serde_json::from_str(&rest[split..]).unwrap();
-        return Some(Some((format!("ack:{}", &rest[..split]), v[0].clone())));
-    }
-    if text.starts_with("41") {
-        return None;
-    }
-    Some(None)
-}
-
-/// Either lean client.
-enum LeanClient {
-    Ws(Box<Lean>),
-    Poll(LeanPoll),
-}
-
-impl LeanClient {
-    async fn emit(&mut self, event: &str, data: Value) -> u64 {
-        match self {
-            LeanClient::Ws(c) => c.emit(event, data).await,
-            LeanClient::Poll(c) => c.emit(event, data).await,
-        }
-    }
-
-    async fn next(&mut self) -> Option<(String, Value)> {
-        tokio::time::timeout(WAIT, self.next_unbounded())
-            .await
-            .expect("a Socket.IO packet in time")
-    }
-
-    async fn next_unbounded(&mut self) -> Option<(String, Value)> {
-        match self {
-            LeanClient::Ws(c) => c.next().await,
-            LeanClient::Poll(c) => c.next().await,
-        }
-    }
-
-    /// Stays connected, as a real client does, until the server closes the connection.
-    fn linger(mut self) {
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(60), async {
-                while self.next_unbounded().await.is_some() {}
-            })
-            .await;
-        });
-    }
+/// Stays connected, as a real client does, until the server closes the connection.
+fn linger(mut c: Lean) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(60), async {
+            while c.next().await.is_some() {}
+        })
+        .await;
+    });
 }
 
 /// How one client saw its stream end.
@@ -900,7 +671,7 @@ struct Outcome {
 /// The shipped `agent` route speaks the neutral vocabulary over Socket.IO:
 /// `chat_service {taskName, taskData: {messages, options}}`.
 async fn lean_agent_stream(
-    mut c: LeanClient,
+    mut c: Lean,
     what: String,
     options: Value,
     first: mpsc::UnboundedSender<()>,
@@ -913,7 +684,7 @@ async fn lean_agent_stream(
     let mut chunks = 0;
     let mut text = String::new();
     let mut output = None;
-    while let Some((name, data)) = c.next().await {
+    while let Some((name, data)) = c.next_within(WAIT).await {
         match name.as_str() {
             "chunk" => {
                 if chunks == 0 {
@@ -924,7 +695,7 @@ async fn lean_agent_stream(
             }
             "completion" => output = data["data"]["output"].as_str().map(str::to_string),
             "end" => {
-                c.linger();
+                linger(c);
                 return Outcome {
                     what,
                     chunks,
@@ -995,48 +766,15 @@ async fn http_stream(
     }
 }
 
-/// Starts the real binary on an ephemeral port with `env`; returns it and its address.
-pub(crate) async fn spawn_switchyard(env: &[(&str, String)]) -> (tokio::process::Child, String) {
-    use tokio::io::AsyncBufReadExt;
-    let dir = tempfile::tempdir().unwrap().keep();
-    let flags = shipped_flags_dir();
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    cmd.arg("serve")
-        .current_dir(&dir)
-        .env("SWITCHYARD_LISTEN", "127.0.0.1:0")
-        .env("SWITCHYARD_ROUTES_FILE", repo().join("routes.toml"))
-        .env("SWITCHYARD_FLAGS_DIR", &flags)
-        .env("RUST_LOG", "warn,switchyard=info")
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_string();
-            }
-        }
-        panic!("the server exited before listening");
-    })
-    .await
-    .unwrap();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_ends_every_stream_on_every_transport_and_exits_zero() {
     const GRACE: u64 = 3;
-    let (mut child, addr) =
-        spawn_switchyard(&[("SWITCHYARD_SHUTDOWN__GRACE_SECS", GRACE.to_string())]).await;
-    let base = format!("http://{addr}");
-    let sock_addr: std::net::SocketAddr = addr.parse().unwrap();
+    let mut bridge = Spawn::new()
+        .env("SWITCHYARD_SHUTDOWN__GRACE_SECS", GRACE)
+        .start()
+        .await;
+    let base = bridge.base();
+    let sock_addr = bridge.addr;
     // Long streams outlive the grace time; short ones (2 s) finish within it.
     let long = json!({"chunks": 100000, "interval_ms": 50});
     let short = json!({"chunks": 40, "interval_ms": 50});
@@ -1083,9 +821,7 @@ async fn sigterm_under_load_ends_every_stream_on_every_transport_and_exits_zero(
                 }
                 "ws" => {
                     tasks.spawn(async move {
-                        let c = LeanClient::Ws(Box::new(
-                            Lean::connect(sock_addr, json!({}), None).await,
-                        ));
+                        let c = Lean::connect(sock_addr, json!({}), None).await;
                         lean_agent_stream(c, what, opts, first).await
                     });
                 }
@@ -1093,7 +829,7 @@ async fn sigterm_under_load_ends_every_stream_on_every_transport_and_exits_zero(
                     tasks.spawn(async move {
                         // Half of them pause 250 ms before each poll.
                         let gap = Duration::from_millis(if i % 2 == 0 { 250 } else { 0 });
-                        let c = LeanClient::Poll(LeanPoll::connect(&base, json!({}), gap).await);
+                        let c = Lean::polling(sock_addr, json!({}), gap).await;
                         lean_agent_stream(c, what, opts, first).await
                     });
                 }
@@ -1107,14 +843,7 @@ async fn sigterm_under_load_ends_every_stream_on_every_transport_and_exits_zero(
     }
 
     let sigterm = Instant::now();
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    bridge.sigterm();
 
     let mut outcomes = Vec::new();
     while let Some(o) = tasks.join_next().await {
@@ -1159,10 +888,7 @@ async fn sigterm_under_load_ends_every_stream_on_every_transport_and_exits_zero(
         );
     }
 
-    let exit = tokio::time::timeout(Duration::from_secs(GRACE + 15), child.wait())
-        .await
-        .expect("the process exits")
-        .unwrap();
+    let exit = bridge.exit_within(Duration::from_secs(GRACE + 15)).await;
     let took = sigterm.elapsed();
     assert_eq!(exit.code(), Some(0));
     assert!(
@@ -1244,11 +970,11 @@ async fn vanishing_client(
                     }
                 }
                 if cut.is_multiple_of(2) {
-                    let _ = c.ws.close(None).await;
+                    c.close().await;
                 }
             }
             Vanish::Poll => {
-                let mut c = LeanPoll::connect(&base, json!({}), Duration::ZERO).await;
+                let mut c = Lean::polling(addr, json!({}), Duration::ZERO).await;
                 c.emit("chat_message", json!({"message": "x", "options": options}))
                     .await;
                 for _ in 0..cut {
@@ -1299,121 +1025,21 @@ async fn churn(base: &str, addr: std::net::SocketAddr, n: usize, seed: u64) {
     }
 }
 
-/// The bridge's own view, from `/metrics`: (streams running, streams held, Socket.IO
-/// connections, runtime tasks, streams started, streams ended by reason).
-struct Census {
-    running: f64,
-    held: f64,
-    sockets: f64,
-    tasks: f64,
-    started: f64,
-    ended: std::collections::BTreeMap<String, f64>,
-}
-
-async fn census(scraper: &reqwest::Client, base: &str) -> Census {
-    let text = scraper
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let m = crate::metrics::scrape(&text);
-    let sum = |prefix: &str| -> f64 {
-        m.iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(_, v)| v)
-            .sum()
-    };
-    let mut ended = std::collections::BTreeMap::new();
-    for (k, v) in &m {
-        if let Some(rest) = k.strip_prefix("switchyard_streams_finished_total{") {
-            let reason = rest
-                .split("reason=\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap();
-            *ended.entry(reason.to_string()).or_insert(0.0) += v;
-        }
-    }
-    Census {
-        running: sum("switchyard_active_streams{"),
-        held: sum("switchyard_streams_held"),
-        sockets: sum("switchyard_socketio_connections{"),
-        tasks: sum("switchyard_runtime_tasks"),
-        started: sum("switchyard_streams_started_total{"),
-        ended,
-    }
-}
-
-/// Resident memory of a process, in bytes.
-pub(crate) fn rss(pid: u32) -> u64 {
-    proc_status_bytes(pid, "VmRSS:")
-}
-
-/// A size field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:` for the peak), in bytes.
-pub(crate) fn proc_status_bytes(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .unwrap();
-    kb * 1024
-}
-
-/// Waits until no stream runs or is held and no socket is open, then for the task count
-/// to stop falling; returns the settled census.
-async fn settle(scraper: &reqwest::Client, base: &str) -> Census {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let c = census(scraper, base).await;
-        if c.running == 0.0 && c.held == 0.0 && c.sockets == 0.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "left behind: {} streams running, {} held, {} sockets open ({} tasks alive)",
-            c.running,
-            c.held,
-            c.sockets,
-            c.tasks
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut last = census(scraper, base).await;
-    loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let c = census(scraper, base).await;
-        if c.tasks >= last.tasks || Instant::now() > deadline {
-            return c;
-        }
-        last = c;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_vanishing_clients_leave_no_stream_task_or_memory_behind() {
     // The real binary, so its memory and tasks are its own. Streams end 0 s after their
     // last subscriber left and are kept 1 s for resume; a client that stops polling
     // misses a ping within 1 s and is dropped 1 s later.
-    let (mut child, addr) = spawn_switchyard(&[
-        ("SWITCHYARD_REPLAY__ORPHAN_GRACE_SECS", "0".into()),
-        ("SWITCHYARD_REPLAY__RETENTION_SECS", "1".into()),
-        ("SWITCHYARD_LIMITS__SOCKETIO_PING_INTERVAL_SECS", "1".into()),
-        ("SWITCHYARD_LIMITS__SOCKETIO_PING_TIMEOUT_SECS", "1".into()),
-    ])
-    .await;
-    let pid = child.id().unwrap();
-    let base = format!("http://{addr}");
-    let sock_addr: std::net::SocketAddr = addr.parse().unwrap();
+    let mut bridge = Spawn::new()
+        .env("SWITCHYARD_REPLAY__ORPHAN_GRACE_SECS", 0)
+        .env("SWITCHYARD_REPLAY__RETENTION_SECS", 1)
+        .env("SWITCHYARD_LIMITS__SOCKETIO_PING_INTERVAL_SECS", 1)
+        .env("SWITCHYARD_LIMITS__SOCKETIO_PING_TIMEOUT_SECS", 1)
+        .start()
+        .await;
+    let pid = bridge.pid;
+    let base = bridge.base();
+    let sock_addr = bridge.addr;
     let scraper = reqwest::Client::new();
 
     // Warm up (allocator arenas, pools, lazy statics), then take the baseline.
@@ -1439,7 +1065,7 @@ async fn ten_thousand_vanishing_clients_leave_no_stream_task_or_memory_behind() 
     // ended: cancelled when its client vanished, completed when it read to the end.
     let started = after.started - before.started;
     assert_eq!(started, 10_000.0);
-    let ended = |c: &Census, r: &str| c.ended.get(r).copied().unwrap_or(0.0);
+    let ended = |c: &Census, r: &str| c.ended(r);
     let cancelled = ended(&after, "cancelled") - ended(&before, "cancelled");
     let completed = ended(&after, "completed") - ended(&before, "completed");
     assert_eq!(cancelled + completed, started, "{:?}", after.ended);
@@ -1475,14 +1101,7 @@ async fn ten_thousand_vanishing_clients_leave_no_stream_task_or_memory_behind() 
         "the churn took {churned:?}"
     );
 
-    let pid = pid.to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    bridge.sigterm();
+    let exit = bridge.exit_within(Duration::from_secs(20)).await;
     assert_eq!(exit.code(), Some(0));
 }

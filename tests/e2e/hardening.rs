@@ -1,11 +1,9 @@
 //! Bad input and hostile clients: resume edge cases, refused tokens on both transports,
 //! and no secret in the logs.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::common::*;
 
@@ -187,47 +185,15 @@ async fn no_secret_reaches_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let secret = "jwt-secret-7f3a";
     let admin = "admin-token-91c2";
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    let flags = shipped_flags_dir();
-    cmd.arg("serve")
+    let mut bridge = Spawn::new()
         .current_dir(dir.path())
-        .env("SWITCHYARD_LISTEN", "127.0.0.1:0")
-        .env("SWITCHYARD_ROUTES_FILE", repo().join("routes.toml"))
-        .env("SWITCHYARD_FLAGS_DIR", &flags)
         .env("SWITCHYARD_AUTH__JWT_SECRET", secret)
         .env("SWITCHYARD_ADMIN__TOKEN", admin)
-        .env("RUST_LOG", "trace")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = out.next_line().await.unwrap() {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_string();
-            }
-        }
-        panic!("the server exited before listening");
-    })
-    .await
-    .unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = log.clone();
-    let read_out = tokio::spawn(async move {
-        while let Ok(Some(l)) = out.next_line().await {
-            sink.lock().unwrap().push_str(&format!("{l}\n"));
-        }
-    });
-    let sink = log.clone();
-    let read_err = tokio::spawn(async move {
-        while let Ok(Some(l)) = err.next_line().await {
-            sink.lock().unwrap().push_str(&format!("{l}\n"));
-        }
-    });
-    let base = format!("http://{addr}");
+        .log("trace")
+        .capture_output()
+        .start()
+        .await;
+    let base = bridge.base();
     let jwt = token(secret, json!({"sub": "alice", "exp": now() + 600}));
     let r = http()
         .post(format!("{base}{CHAT}"))
@@ -259,19 +225,9 @@ async fn no_secret_reaches_the_log() {
     ]});
     let (lines, code) = Sio::spawn(Client::Node, spec).finish().await;
     assert_eq!(code, 0, "{lines:?}");
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    for reader in [read_out, read_err] {
-        tokio::time::timeout(WAIT, reader).await.unwrap().unwrap();
-    }
-    let log = log.lock().unwrap().clone();
+    bridge.sigterm();
+    bridge.exit_within(Duration::from_secs(20)).await;
+    let log = bridge.output().await;
     assert!(
         log.contains("stream"),
         "the trace log was captured: {} bytes",

@@ -1,50 +1,20 @@
 //! The process: `switchyard serve` on its defaults, graceful shutdown on SIGTERM with live
 //! streams on both transports, `switchyard check`.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 use crate::common::*;
 
-/// Starts the real binary on an ephemeral port; returns it and its address.
-async fn spawn_binary(env: &[(&str, &str)]) -> (tokio::process::Child, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    cmd.arg("serve")
-        .current_dir(repo())
-        .env("SWITCHYARD_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_string();
-            }
-        }
-        panic!("the server exited before listening");
-    })
-    .await
-    .unwrap();
-    // Keep draining its output so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
-}
-
 #[tokio::test]
 async fn sigterm_drains_live_streams_on_both_transports_and_exits_zero() {
-    let (mut child, addr) = spawn_binary(&[("SWITCHYARD_SHUTDOWN__GRACE_SECS", "2")]).await;
-    let base = format!("http://{addr}");
+    let mut bridge = Spawn::new()
+        .log("info")
+        .env("SWITCHYARD_SHUTDOWN__GRACE_SECS", 2)
+        .start()
+        .await;
+    let base = bridge.base();
     let long = json!({"options": {"chunks": 100000, "interval_ms": 50}});
     let short = json!({"options": {"chunks": 10, "interval_ms": 50}});
     let mut http_long = LineReader::open(http().post(format!("{base}{CHAT}")).json(&long)).await;
@@ -63,32 +33,21 @@ async fn sigterm_drains_live_streams_on_both_transports_and_exits_zero() {
     let mut sock = Sio::spawn(Client::Node, spec);
     sock.expect_event("chat_chunk").await;
 
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    // New work is refused while draining.
-    let mut refused = false;
-    for _ in 0..100 {
-        match http()
-            .post(format!("{base}{CHAT}"))
-            .json(&chat_body("late"))
-            .send()
-            .await
-        {
+    bridge.sigterm();
+    // New work is refused while draining (once the signal is handled).
+    let late = format!("{base}{CHAT}");
+    eventually_async("requests during the drain get 503 draining", || async {
+        match http().post(&late).json(&chat_body("late")).send().await {
             Ok(r) if r.status() == 503 => {
                 let body: serde_json::Value = r.json().await.unwrap();
                 assert_eq!(body["error"]["error_type"], "draining");
-                refused = true;
-                break;
+                true
             }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            Err(_) => break,
+            Ok(_) => false,
+            Err(e) => panic!("the bridge stopped before refusing a request: {e}"),
         }
-    }
-    assert!(refused, "requests during the drain get 503 draining");
+    })
+    .await;
 
     // The short stream finishes within the grace time; the long ones end with `shutdown`.
     let short_events = http_short.rest().await;
@@ -105,11 +64,12 @@ async fn sigterm_drains_live_streams_on_both_transports_and_exits_zero() {
         "the legacy client hears the end through its completion event"
     );
 
-    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("exits in time")
-        .unwrap();
+    let exit = bridge.exit_within(Duration::from_secs(15)).await;
     assert_eq!(exit.code(), Some(0));
+    assert!(
+        !bridge.ready.exists(),
+        "the ready file goes with the bridge"
+    );
 }
 
 #[tokio::test]
@@ -186,12 +146,16 @@ fn check_validates_the_shipped_files_and_lists_every_problem() {
 }
 
 /// A flags file naming a route the routes file lacks is found before the port is bound:
-/// `serve` exits non-zero naming the route, and never says it is listening.
+/// `serve` exits non-zero naming the route, and never says it is listening (nor writes its
+/// ready file).
 #[test]
 fn serve_validates_the_flags_before_it_listens() {
     let flags = flags_dir("version = 1\n[route.ghost]\nmode = \"dual\"\n");
+    let ready = flags.join("ready.json");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .arg("serve")
+        .arg("--ready-file")
+        .arg(&ready)
         .current_dir(repo())
         .env("SWITCHYARD_LISTEN", "127.0.0.1:0")
         .env("SWITCHYARD_FLAGS_DIR", &flags)
@@ -210,4 +174,48 @@ fn serve_validates_the_flags_before_it_listens() {
         !stdout.contains("listening") && !stderr.contains("listening"),
         "nothing says it listens: {stdout}{stderr}"
     );
+    assert!(!ready.exists(), "no ready file is written");
+}
+
+/// `check` reads every file whatever the others hold, and lists each problem of each in one
+/// shape: `file: [route "name", ]field `key`: message`.
+#[test]
+fn check_lists_the_problems_of_every_file_in_one_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("switchyard.toml"),
+        "heartbeat_secs = 0\nroutes_file = \"r.toml\"\nflags_dir = \"f\"\n[limits]\nmax_streams = 0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("r.toml"),
+        "[[route]]\nname = \"a\"\nhttp = { path = \"/a\", colour = 1 }\nengine = { kind = \"script\", max_chunk = 3 }\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("f")).unwrap();
+    std::fs::write(
+        dir.path().join("f/flags.toml"),
+        "version = 1\n[route.a]\nmode = \"fast\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("check")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter_map(|l| l.strip_prefix("  - ")).collect();
+    assert_eq!(
+        lines,
+        [
+            "switchyard.toml: field `heartbeat_secs`: must be at least 1",
+            "switchyard.toml: field `limits.max_streams`: must be at least 1",
+            "r.toml: route \"a\", field `http.colour`: unknown field (expected path, sse_framing, emit, emit_unmapped, request, default_format)",
+            "r.toml: route \"a\", field `engine.max_chunk`: unknown field (expected max_chunks, max_chunk_bytes, max_interval_ms, max_tool_calls, fault_drills)",
+            "f/flags.toml: route \"a\", field `mode`: \"fast\" is not a mode (expected legacy, dual, rollout or new)",
+        ],
+        "{err}"
+    );
+    assert!(err.starts_with("5 problems found:"), "{err}");
 }

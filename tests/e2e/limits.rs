@@ -185,8 +185,9 @@ async fn socketio_packets_over_the_max_payload_are_refused_without_harm() {
     let mut c = config();
     c.limits.socketio_max_payload = 2000;
     let s = Server::start(c).await;
+    // The bystander asks for its stream once the oversized packet's client is gone.
     let bystander_spec = json!({"url": s.base(), "transports": ["websocket"], "steps": [
-        {"sleep_ms": 1500},
+        {"wait_stdin": true},
         {"emit": "chat_message", "data": {"message": "still here"}, "ack": true},
         {"wait_for": "chat_complete", "timeout_ms": 10000},
     ]});
@@ -203,6 +204,8 @@ async fn socketio_packets_over_the_max_payload_are_refused_without_harm() {
         big.expect_type("connect").await;
         let gone = big.expect_type("disconnect").await;
         let (lines, _) = big.finish().await;
+        bystander.expect_type("waiting").await;
+        bystander.send(json!("go")).await;
         assert!(
             events_of(&lines).is_empty(),
             "{transports}: an oversized packet started a stream: {lines:?} ({gone})"

@@ -8,6 +8,7 @@ mod abuse;
 mod backpressure;
 mod cluster;
 mod common;
+mod console;
 mod engines;
 mod fanout;
 mod faults;
@@ -18,3 +19,5 @@ mod lifecycle;
 mod limits;
 mod metrics;
 mod socketio;
+#[path = "../support/mod.rs"]
+mod support;

@@ -7,17 +7,6 @@ use serde_json::json;
 
 use crate::common::*;
 
-/// `name{labels}` → value, from the text exposition.
-pub fn scrape(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
 async fn metrics(s: &Server) -> BTreeMap<String, f64> {
     let text = get_text(&s.url("/metrics")).await;
     scrape(&text)
@@ -262,6 +251,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             .json(&json!({"options": {"chunks": 3000, "interval_ms": 20}})),
     )
     .await;
+    crate::support::needs::prometheus();
     let out = tokio::time::timeout(
         std::time::Duration::from_secs(120),
         tokio::process::Command::new(repo().join("scripts/check-dashboards"))

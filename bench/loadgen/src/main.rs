@@ -8,17 +8,8 @@
 //! chunked decoding), `frames` (NDJSON lines, SSE frames), `sio` (the Engine.IO /
 //! Socket.IO client), `check` (what a correct stream is), `stats` (histograms, counters,
 //! tables), `procfs` (CPU and memory from /proc), `load` (the load run), `idle` (idle
-//! connections and their memory). This file parses arguments and prints the report.
-
-mod check;
-mod frames;
-mod http;
-mod idle;
-mod load;
-mod net;
-mod procfs;
-mod sio;
-mod stats;
+//! connections and their memory), all in the library (`lib.rs`), which the bridge's
+//! tests use too. This file parses arguments and prints the report.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -28,10 +19,11 @@ use clap::{Parser, ValueEnum};
 use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
 
-use check::Expect;
-use idle::{IdlePlan, IdleTransport};
-use load::{Plan, Transport, Until};
-use net::Target;
+use switchyard_loadgen::check::Expect;
+use switchyard_loadgen::idle::{IdlePlan, IdleTransport};
+use switchyard_loadgen::load::{self, Plan, Transport, Until};
+use switchyard_loadgen::net::Target;
+use switchyard_loadgen::{http, idle, procfs, stats};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum TransportArg {

@@ -24,6 +24,7 @@ pub struct Target {
     sources: Vec<IpAddr>,
     next_source: AtomicUsize,
     connect_timeout: Duration,
+    recv_buffer: Option<u32>,
 }
 
 impl Target {
@@ -68,7 +69,15 @@ impl Target {
             sources,
             next_source: AtomicUsize::new(0),
             connect_timeout,
+            recv_buffer: None,
         })
+    }
+
+    /// Connections get a receive buffer of `bytes` (`SO_RCVBUF`): a client that stops
+    /// reading is then felt by the server at once.
+    pub fn with_recv_buffer(mut self, bytes: u32) -> Target {
+        self.recv_buffer = Some(bytes);
+        self
     }
 
     /// A new TCP connection (`TCP_NODELAY` on), within the connect timeout.
@@ -80,13 +89,22 @@ impl Target {
                 .get(self.next_source.fetch_add(1, Ordering::Relaxed) % n)
                 .copied(),
         };
-        let addr = self.addr;
+        let (addr, recv_buffer) = (self.addr, self.recv_buffer);
         let connect = async move {
-            let stream = match source {
-                None => TcpStream::connect(addr).await?,
-                Some(ip) => {
-                    let socket = TcpSocket::new_v4()?;
-                    socket.bind(SocketAddr::new(ip, 0))?;
+            let stream = match (source, recv_buffer) {
+                (None, None) => TcpStream::connect(addr).await?,
+                (source, recv_buffer) => {
+                    let socket = if addr.is_ipv4() {
+                        TcpSocket::new_v4()?
+                    } else {
+                        TcpSocket::new_v6()?
+                    };
+                    if let Some(ip) = source {
+                        socket.bind(SocketAddr::new(ip, 0))?;
+                    }
+                    if let Some(n) = recv_buffer {
+                        socket.set_recv_buffer_size(n)?;
+                    }
                     socket.connect(addr).await?
                 }
             };

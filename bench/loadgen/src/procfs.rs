@@ -1,4 +1,4 @@
-//! Reading a process's CPU time and resident memory from `/proc` (Linux only): the
+//! Reading a process's CPU time, resident memory and threads from `/proc` (Linux only): the
 //! server's cost during a run (`--server-pid`) and the load generator's own.
 
 use std::fs;
@@ -13,6 +13,8 @@ pub struct Sample {
     pub rss_kb: u64,
     /// VmHWM (peak resident since start, or since the peak was last reset), kB.
     pub hwm_kb: u64,
+    /// Threads of the process.
+    pub threads: u64,
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100 when that is not available).
@@ -74,6 +76,7 @@ pub fn sample(pid: &str) -> Result<Sample, String> {
         cpu_secs: ticks as f64 / clk_tck(),
         rss_kb: status_kb(&status, "VmRSS").unwrap_or(0),
         hwm_kb: status_kb(&status, "VmHWM").unwrap_or(0),
+        threads: status_kb(&status, "Threads").unwrap_or(0),
     })
 }
 

@@ -135,6 +135,48 @@ fn open_sid(json: &str) -> Result<String, Failure> {
         })
 }
 
+/// A Socket.IO event or ack, owned: what [`SioSocket::next_message`] and
+/// [`SioPolling::next_message`] return.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SioMessage {
+    /// `Event` or `Ack`.
+    pub kind: SioType,
+    /// The ack id: asked for by an event, answered by an ack.
+    pub id: Option<u64>,
+    /// The JSON array of arguments (an event's name first), unparsed.
+    pub data: String,
+}
+
+/// What a client outside a checked stream makes of one packet.
+enum Received {
+    Message(SioMessage),
+    Ping(String),
+    Closed,
+    Other,
+}
+
+fn received(text: &str) -> Result<Received, Failure> {
+    Ok(match parse(text).map_err(protocol)? {
+        Eio::Ping(p) => Received::Ping(p.to_string()),
+        Eio::Close
+        | Eio::Message(Sio {
+            kind: SioType::Disconnect,
+            ..
+        }) => Received::Closed,
+        Eio::Message(Sio {
+            kind: kind @ (SioType::Event | SioType::Ack),
+            id,
+            data,
+            ..
+        }) => Received::Message(SioMessage {
+            kind,
+            id,
+            data: data.to_string(),
+        }),
+        _ => Received::Other,
+    })
+}
+
 /// What one packet of a stream meant.
 enum Handled {
     Continue,
@@ -211,6 +253,11 @@ fn ws_failure(e: tungstenite::Error) -> Failure {
 impl SioSocket {
     /// Connects: TCP, WebSocket upgrade, Engine.IO open, Socket.IO `40` → `40{sid}`.
     pub async fn connect(target: &Target) -> Result<SioSocket, Failure> {
+        SioSocket::connect_with_auth(target, "").await
+    }
+
+    /// Connects with a handshake `auth` (a JSON object, or `""` for none): `40{auth}`.
+    pub async fn connect_with_auth(target: &Target, auth: &str) -> Result<SioSocket, Failure> {
         let tcp = target
             .connect()
             .await
@@ -232,7 +279,7 @@ impl SioSocket {
             match parse(&text).map_err(protocol)? {
                 Eio::Open(json) => {
                     open_sid(json)?;
-                    s.send("40".into()).await?;
+                    s.send(format!("40{auth}")).await?;
                 }
                 Eio::Ping(p) => s.pong(p).await?,
                 Eio::Message(Sio {
@@ -298,6 +345,38 @@ impl SioSocket {
         }
     }
 
+    /// Emits an event: `42<ack id>` + `args` (a JSON array, the event name first); returns
+    /// the ack id.
+    pub async fn emit(&mut self, args: &str) -> Result<u64, Failure> {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        self.send(format!("42{id}{args}")).await?;
+        Ok(id)
+    }
+
+    /// The next Socket.IO event or ack, answering pings; `None` once the server closed the
+    /// socket (a disconnect, an Engine.IO close, a WebSocket close).
+    pub async fn next_message(&mut self) -> Result<Option<SioMessage>, Failure> {
+        loop {
+            let text = match self.next_text().await {
+                Ok(t) => t,
+                Err(f) if f.kind == Kind::Closed => return Ok(None),
+                Err(f) => return Err(f),
+            };
+            match received(&text)? {
+                Received::Message(m) => return Ok(Some(m)),
+                Received::Closed => return Ok(None),
+                Received::Ping(p) => self.pong(&p).await?,
+                Received::Other => {}
+            }
+        }
+    }
+
+    /// Closes the WebSocket (a close frame), as a client leaving politely does.
+    pub async fn close(&mut self) -> Result<(), Failure> {
+        self.ws.close(None).await.map_err(ws_failure)
+    }
+
     /// Idles: answers pings until the server sends something else or fails.
     pub async fn idle(&mut self) -> Result<(), Failure> {
         loop {
@@ -350,6 +429,11 @@ pub struct SioPolling {
     query: String,
     next_ack: u64,
     body: Vec<u8>,
+    /// Packets received but not yet returned by [`SioPolling::next_message`].
+    pending: std::collections::VecDeque<String>,
+    /// A pause before each poll of [`SioPolling::next_message`]: a slow (mobile, busy)
+    /// client.
+    pub poll_gap: std::time::Duration,
     pub pongs: u64,
 }
 
@@ -363,6 +447,11 @@ fn http_failure(e: HttpError) -> Failure {
 
 impl SioPolling {
     pub async fn connect(target: &Target) -> Result<SioPolling, Failure> {
+        SioPolling::connect_with_auth(target, "").await
+    }
+
+    /// Connects with a handshake `auth` (a JSON object, or `""` for none): `40{auth}`.
+    pub async fn connect_with_auth(target: &Target, auth: &str) -> Result<SioPolling, Failure> {
         let conn = HttpConn::connect(target)
             .await
             .map_err(|e| Failure::new(Kind::Connect, e.to_string()))?;
@@ -372,6 +461,8 @@ impl SioPolling {
             query: format!("{EIO_PATH}?EIO=4&transport=polling"),
             next_ack: 1,
             body: Vec::with_capacity(16 * 1024),
+            pending: Default::default(),
+            poll_gap: std::time::Duration::ZERO,
             pongs: 0,
         };
         s.get().await?;
@@ -386,7 +477,7 @@ impl SioPolling {
             }
         };
         s.query = format!("{EIO_PATH}?EIO=4&transport=polling&sid={sid}");
-        s.post("40").await?;
+        s.post(&format!("40{auth}")).await?;
         loop {
             s.get().await?;
             let payload = String::from_utf8_lossy(&s.body).into_owned();
@@ -469,6 +560,46 @@ impl SioPolling {
             payload.as_bytes(),
         );
         self.exchange(&req).await
+    }
+
+    /// Emits an event (one POST): `42<ack id>` + `args` (a JSON array, the event name
+    /// first); returns the ack id.
+    pub async fn emit(&mut self, args: &str) -> Result<u64, Failure> {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        self.post(&format!("42{id}{args}")).await?;
+        Ok(id)
+    }
+
+    /// The next Socket.IO event or ack, polling when none is queued and answering pings;
+    /// `None` once the server closed the session.
+    pub async fn next_message(&mut self) -> Result<Option<SioMessage>, Failure> {
+        loop {
+            let Some(packet) = self.pending.pop_front() else {
+                if !self.poll_gap.is_zero() {
+                    tokio::time::sleep(self.poll_gap).await;
+                }
+                match self.get().await {
+                    Ok(()) => {}
+                    Err(f) if matches!(f.kind, Kind::Closed | Kind::Http(_)) => return Ok(None),
+                    Err(f) => return Err(f),
+                }
+                let payload = std::str::from_utf8(&self.body)
+                    .map_err(|e| protocol(format!("polling payload: {e}")))?;
+                self.pending
+                    .extend(payload.split(RECORD_SEPARATOR).map(str::to_string));
+                continue;
+            };
+            match received(&packet)? {
+                Received::Message(m) => return Ok(Some(m)),
+                Received::Closed => return Ok(None),
+                Received::Ping(p) => {
+                    self.pongs += 1;
+                    self.post(&format!("3{p}")).await?;
+                }
+                Received::Other => {}
+            }
+        }
     }
 
     /// Runs one stream; packets after the stream's end in the same poll response are
@@ -648,5 +779,35 @@ mod tests {
         );
         assert!(open_sid("{}").is_err());
         assert!(open_sid("nope").is_err());
+    }
+
+    #[test]
+    fn received_packets_outside_a_stream() {
+        let message = |text| match received(text) {
+            Ok(Received::Message(m)) => Some(m),
+            _ => None,
+        };
+        assert_eq!(
+            message(r#"427["chat_chunk",{"chunk":"a"}]"#),
+            Some(SioMessage {
+                kind: SioType::Event,
+                id: Some(7),
+                data: r#"["chat_chunk",{"chunk":"a"}]"#.into()
+            })
+        );
+        assert_eq!(
+            message(r#"433[{"request_id":"r"}]"#),
+            Some(SioMessage {
+                kind: SioType::Ack,
+                id: Some(3),
+                data: r#"[{"request_id":"r"}]"#.into()
+            })
+        );
+        assert!(matches!(received("2probe"), Ok(Received::Ping(p)) if p == "probe"));
+        assert!(matches!(received("41"), Ok(Received::Closed)));
+        assert!(matches!(received("1"), Ok(Received::Closed)));
+        assert!(matches!(received("40{\"sid\":\"x\"}"), Ok(Received::Other)));
+        assert!(matches!(received("6"), Ok(Received::Other)));
+        assert!(received("x").is_err());
     }
 }

@@ -50,14 +50,15 @@ export async function startBridge({ env = {}, extraRoutes = "", flags = null } =
   if (flags !== null) writeFileSync(join(flagsDir, "flags.toml"), flags);
   const routesFile = join(dir, "routes.toml");
   writeFileSync(routesFile, readFileSync(join(REPO, "routes.toml"), "utf8") + "\n" + extraRoutes);
-  const proc = spawn(bin, ["serve"], {
+  // The bridge writes its bound address here once it listens (`serve --ready-file`).
+  const readyFile = join(dir, "ready.json");
+  const proc = spawn(bin, ["serve", "--listen", "127.0.0.1:0", "--ready-file", readyFile], {
     cwd: dir,
     env: {
       PATH: process.env.PATH,
       HOME: process.env.HOME ?? dir,
       NO_COLOR: "1",
       RUST_LOG: "warn,switchyard=info",
-      SWITCHYARD_LISTEN: "127.0.0.1:0",
       SWITCHYARD_FLAGS_DIR: flagsDir,
       SWITCHYARD_ROUTES_FILE: routesFile,
       SWITCHYARD_ADMIN__TOKEN: ADMIN_TOKEN,
@@ -75,22 +76,22 @@ export async function startBridge({ env = {}, extraRoutes = "", flags = null } =
   );
   proc.stdout.setEncoding("utf8");
   proc.stderr.setEncoding("utf8");
+  proc.stdout.on("data", (d) => (output += d));
   proc.stderr.on("data", (d) => (output += d));
-  const port = await new Promise((resolvePort, reject) => {
-    const timer = setTimeout(() => reject(new Error(`the bridge did not start:\n${output}`)), 20_000);
-    proc.stdout.on("data", (d) => {
-      output += d;
-      const m = /listening on http:\/\/[^:\s]+:(\d+)/.exec(output.replace(/\x1b\[[0-9;]*m/g, ""));
-      if (m) {
-        clearTimeout(timer);
-        resolvePort(Number(m[1]));
-      }
-    });
-    exit.then(() => {
-      clearTimeout(timer);
-      reject(new Error(`the bridge exited before listening (${JSON.stringify(exited)}):\n${output}`));
-    });
-  });
+  let ready;
+  try {
+    ready = await waitFor(
+      () => {
+        if (exited) throw new Error(`the bridge exited before listening (${JSON.stringify(exited)}):\n${output}`);
+        return existsSync(readyFile) && JSON.parse(readFileSync(readyFile, "utf8"));
+      },
+      { timeoutMs: 20_000, what: "the bridge's ready file" },
+    );
+  } catch (e) {
+    proc.kill("SIGKILL");
+    throw new Error(`the bridge did not start: ${e.message}\n${output}`);
+  }
+  const port = Number(ready.listen.split(":").pop());
   const url = `http://127.0.0.1:${port}`;
   const bridge = {
     url,
