@@ -377,7 +377,20 @@ impl Bridge {
     pub fn follow_session(&self, session: Arc<str>) -> SessionFollow {
         let mut follow = self.inner.hub.follow_session(session.clone());
         if let Some(c) = &self.inner.cluster {
-            follow.hold(Box::new(c.watch_session(session)));
+            follow.hold(Box::new(c.watch_session(session).0));
+        }
+        follow
+    }
+
+    /// [`Bridge::follow_session`], returning (in a cluster) once the other nodes' new
+    /// streams of the session reach this follower (at most `cluster.outage_timeout_ms`).
+    pub async fn follow_session_ready(&self, session: Arc<str>) -> SessionFollow {
+        let mut follow = self.inner.hub.follow_session(session.clone());
+        if let Some(c) = &self.inner.cluster {
+            let (watch, ready) = c.watch_session(session);
+            let bound = Duration::from_millis(c.config().outage_timeout_ms);
+            let _ = tokio::time::timeout(bound, ready).await;
+            follow.hold(Box::new(watch));
         }
         follow
     }

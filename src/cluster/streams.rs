@@ -405,10 +405,16 @@ impl Cluster {
 
     /// Mirrors every stream of `session` run elsewhere, the live ones now and each new
     /// one as it is announced, until the returned guard is dropped.
-    pub fn watch_session(self: &Arc<Self>, session: Arc<str>) -> SessionWatch {
+    /// The receiver resolves once the node listens to the session's announcements and
+    /// mirrors its live streams: a stream started after that reaches the follower.
+    pub fn watch_session(
+        self: &Arc<Self>,
+        session: Arc<str>,
+    ) -> (SessionWatch, tokio::sync::oneshot::Receiver<()>) {
         let stop = tokio_util::sync::CancellationToken::new();
         let c = self.clone();
         let token = stop.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let (tx, mut rx) = mpsc::unbounded_channel();
             let channel = c.session_channel(&session);
@@ -440,6 +446,7 @@ impl Cluster {
                     let _ = c.mirror(&id).await;
                 }
             }
+            let _ = ready_tx.send(());
             loop {
                 tokio::select! {
                     _ = token.cancelled() => break,
@@ -463,7 +470,7 @@ impl Cluster {
                 c.unsubscribe(&channel).await;
             }
         });
-        SessionWatch { stop }
+        (SessionWatch { stop }, ready_rx)
     }
 }
 

@@ -616,7 +616,7 @@ async fn follow_session(
     identify(&b, &headers)?;
     let session = parse_session_id(&session_id)?;
     let wire = wire_for(&headers, Wire::SessionSse, Wire::SessionNdjson);
-    let follow = b.follow_session(session);
+    let follow = b.follow_session_ready(session).await;
     let frames = session_frames(follow, Delivery::new(&b, wire));
     let heartbeat = move || Some(encode::session_heartbeat(&Event::heartbeat(now_ms()), wire));
     let body = with_heartbeat(frames, b.config().heartbeat(), heartbeat);

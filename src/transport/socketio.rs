@@ -439,6 +439,20 @@ fn on_join(b: &Bridge, socket: SocketRef, payload: Option<Value>, ack: AckSender
         .ok_or_else(|| ApiError::InvalidRequest("`join` needs {session_id}".into()))
         .and_then(|s| parse_session_id(&s));
     match session {
+        Ok(session) if b.cluster().is_some() => {
+            // In a cluster the ack waits until the other nodes' new streams of the
+            // session reach this socket.
+            let b = b.clone();
+            tokio::spawn(async move {
+                if !locked(&ctx.sessions).contains_key(&session) {
+                    let f = b.follow_session_ready(session.clone()).await;
+                    if !locked(&ctx.sessions).contains_key(&session) {
+                        follow(&b, &socket, &ctx, f);
+                    }
+                }
+                let _ = ack.send(&json!({ "session_id": &*session }));
+            });
+        }
         Ok(session) => {
             let _ = ack.send(&json!({ "session_id": &*session }));
             join(b, &socket, &ctx, session);

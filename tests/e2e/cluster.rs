@@ -1279,3 +1279,47 @@ async fn cluster_settings_are_checked_by_switchyard_check() {
     );
     assert!(!out.contains("secret"), "{out}");
 }
+
+/// Every key the cluster writes in Redis is under the prefix and expires (streams, their
+/// session index, node liveness, the flags and their audit): nothing in Redis outlives
+/// its use without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_every_redis_key_is_prefixed_and_expiring() {
+    if skip() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let (n1, n2, _n3) = three_nodes(&redis).await;
+    let (status, _) = n1.put_flag("chat", json!({"mode": "new"}), None).await;
+    assert_eq!(status, 200);
+    let _ = &n2;
+    let done = post_all(
+        n1.url(CHAT),
+        chat(json!({"chunks": 5, "interval_ms": 5}), Some("keys")),
+    )
+    .await;
+    check_rules(&done);
+    let mut live = LineReader::open(http().post(n1.url(CHAT)).json(&chat(
+        json!({"chunks": 100000, "interval_ms": 20}),
+        Some("keys"),
+    )))
+    .await;
+    live.until(|v| v["event"] == "chunk").await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(keys.len() >= 6, "{keys:?}");
+    for key in &keys {
+        assert!(key.starts_with("sy:"), "{key} is under the prefix");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{key} expires (PTTL {ttl})");
+    }
+}
