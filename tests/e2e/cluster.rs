@@ -518,6 +518,22 @@ fn chat(options: Value, session: Option<&str>) -> Value {
     body
 }
 
+/// Starts a chat stream on `node`, reads it until `pred` holds, and returns the reader,
+/// what it read and the stream's request id.
+async fn start_chat(
+    node: &Node,
+    options: Value,
+    pred: impl Fn(&Value) -> bool,
+) -> (LineReader, Vec<Value>, String) {
+    let mut owner = LineReader::open(http().post(node.url(CHAT)).json(&chat(options, None))).await;
+    let head = owner.until(pred).await;
+    let id = head[0]["data"]["metadata"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (owner, head, id)
+}
+
 /// A stream started on one node is resumed (`?after=`, SSE `Last-Event-ID`) and followed
 /// through its session from the others, with every SPEC section 1 rule holding for every
 /// subscriber: over many concurrent streams, each resumed on another node.
@@ -632,17 +648,11 @@ async fn cluster_cancel_from_another_node() {
     }
     let redis = Redis::start().await;
     let (n1, n2, n3) = three_nodes(&redis).await;
-    let mut owner = LineReader::open(
-        http()
-            .post(n1.url(CHAT))
-            .json(&chat(json!({"chunks": 100000, "interval_ms": 20}), None)),
-    )
-    .await;
-    let head = owner.until(|v| v["event"] == "chunk").await;
-    let id = head[0]["data"]["metadata"]["request_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (mut owner, head, id) =
+        start_chat(&n1, json!({"chunks": 100000, "interval_ms": 20}), |v| {
+            v["event"] == "chunk"
+        })
+        .await;
     let mut mirror =
         LineReader::open(http().get(n2.url(&format!("/api/streams/{id}?after=0")))).await;
     mirror.until(|v| v["event"] == "chunk").await;
@@ -764,17 +774,11 @@ async fn cluster_redis_down_past_the_bound_ends_live_streams_explicitly() {
         Node::start(NodeSpec::new(&url, "n1")),
         Node::start(NodeSpec::new(&url, "n2"))
     );
-    let mut owner = LineReader::open(
-        http()
-            .post(n1.url(CHAT))
-            .json(&chat(json!({"chunks": 100000, "interval_ms": 20}), None)),
-    )
-    .await;
-    let head = owner.until(|v| v["event"] == "chunk").await;
-    let id = head[0]["data"]["metadata"]["request_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (mut owner, head, id) =
+        start_chat(&n1, json!({"chunks": 100000, "interval_ms": 20}), |v| {
+            v["event"] == "chunk"
+        })
+        .await;
     let mut remote = LineReader::open(http().get(n2.url(&format!("/api/streams/{id}")))).await;
     remote.until(|v| v["event"] == "chunk").await;
     redis.pause();
@@ -834,17 +838,10 @@ async fn cluster_redis_restarted_empty_never_leaves_a_gap_or_a_hang() {
         Node::start(NodeSpec::new(&url, "n1")),
         Node::start(NodeSpec::new(&url, "n2"))
     );
-    let mut owner = LineReader::open(
-        http()
-            .post(n1.url(CHAT))
-            .json(&chat(json!({"chunks": 150, "interval_ms": 20}), None)),
-    )
+    let (mut owner, head, id) = start_chat(&n1, json!({"chunks": 150, "interval_ms": 20}), |v| {
+        v["event"] == "chunk"
+    })
     .await;
-    let head = owner.until(|v| v["event"] == "chunk").await;
-    let id = head[0]["data"]["metadata"]["request_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let mut remote = LineReader::open(http().get(n2.url(&format!("/api/streams/{id}")))).await;
     remote.until(|v| v["event"] == "chunk").await;
     redis.restart_empty().await;
@@ -1056,17 +1053,11 @@ async fn cluster_a_node_cut_off_from_redis_loses_its_streams_and_never_writes_th
         Node::start(NodeSpec::new(&purl, "cut")),
         Node::start(NodeSpec::new(&url, "n2"))
     );
-    let mut owner = LineReader::open(
-        http()
-            .post(n1.url(CHAT))
-            .json(&chat(json!({"chunks": 100000, "interval_ms": 20}), None)),
-    )
-    .await;
-    let head = owner.until(|v| v["event"] == "chunk").await;
-    let id = head[0]["data"]["metadata"]["request_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (mut owner, head, id) =
+        start_chat(&n1, json!({"chunks": 100000, "interval_ms": 20}), |v| {
+            v["event"] == "chunk"
+        })
+        .await;
     let mut remote = LineReader::open(http().get(n2.url(&format!("/api/streams/{id}")))).await;
     let remote_head = remote.until(|v| v["event"] == "chunk").await;
     proxy.cut();
@@ -1135,17 +1126,11 @@ async fn cluster_a_short_redis_pause_loses_and_repeats_nothing() {
     );
     let mut pairs = Vec::new();
     for i in 0..10 {
-        let mut owner = LineReader::open(
-            http()
-                .post(n1.url(CHAT))
-                .json(&chat(json!({"chunks": 80, "interval_ms": 20}), None)),
-        )
-        .await;
-        let head = owner.until(|v| v["event"] == "chunk").await;
-        let id = head[0]["data"]["metadata"]["request_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let (owner, head, id) =
+            start_chat(&n1, json!({"chunks": 80, "interval_ms": 20}), |v| {
+                v["event"] == "chunk"
+            })
+            .await;
         let node = if i % 2 == 0 { &n2 } else { &n1 };
         let mut remote =
             LineReader::open(http().get(node.url(&format!("/api/streams/{id}")))).await;
@@ -1182,17 +1167,11 @@ async fn cluster_a_drained_nodes_client_resumes_on_another_node() {
         Node::start(spec),
         Node::start(NodeSpec::new(&url, "staying"))
     );
-    let mut owner = LineReader::open(
-        http()
-            .post(n1.url(CHAT))
-            .json(&chat(json!({"chunks": 100000, "interval_ms": 20}), None)),
-    )
-    .await;
-    let head = owner.until(|v| v["seq"] == 5).await;
-    let id = head[0]["data"]["metadata"]["request_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (owner, head, id) =
+        start_chat(&n1, json!({"chunks": 100000, "interval_ms": 20}), |v| {
+            v["seq"] == 5
+        })
+        .await;
     n1.terminate();
     // The client loses its node; it resumes on another from the last seq it had.
     drop(owner);
