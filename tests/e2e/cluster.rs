@@ -1126,11 +1126,10 @@ async fn cluster_a_short_redis_pause_loses_and_repeats_nothing() {
     );
     let mut pairs = Vec::new();
     for i in 0..10 {
-        let (owner, head, id) =
-            start_chat(&n1, json!({"chunks": 80, "interval_ms": 20}), |v| {
-                v["event"] == "chunk"
-            })
-            .await;
+        let (owner, head, id) = start_chat(&n1, json!({"chunks": 80, "interval_ms": 20}), |v| {
+            v["event"] == "chunk"
+        })
+        .await;
         let node = if i % 2 == 0 { &n2 } else { &n1 };
         let mut remote =
             LineReader::open(http().get(node.url(&format!("/api/streams/{id}")))).await;
@@ -1167,11 +1166,10 @@ async fn cluster_a_drained_nodes_client_resumes_on_another_node() {
         Node::start(spec),
         Node::start(NodeSpec::new(&url, "staying"))
     );
-    let (owner, head, id) =
-        start_chat(&n1, json!({"chunks": 100000, "interval_ms": 20}), |v| {
-            v["seq"] == 5
-        })
-        .await;
+    let (owner, head, id) = start_chat(&n1, json!({"chunks": 100000, "interval_ms": 20}), |v| {
+        v["seq"] == 5
+    })
+    .await;
     n1.terminate();
     // The client loses its node; it resumes on another from the last seq it had.
     drop(owner);
