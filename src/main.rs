@@ -6,6 +6,11 @@ use std::process::ExitCode;
 
 mod cli;
 
+/// jemalloc with background purging: memory freed when streams end goes back to the system
+/// within seconds (glibc's arenas kept it), and long-lived fragmentation stays low.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchyard::config::Config;
