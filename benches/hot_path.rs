@@ -33,6 +33,7 @@ fn hub() -> std::sync::Arc<Hub> {
         max_live_bytes: 1 << 30,
         replay_max_total_bytes: 1 << 30,
         retention: Duration::from_secs(60),
+        delivered_retention: Duration::from_secs(5),
     })
 }
 

@@ -110,6 +110,7 @@ impl Bridge {
             max_live_bytes: config.limits.max_live_bytes,
             replay_max_total_bytes: config.replay.max_total_bytes,
             retention: Duration::from_secs(config.replay.retention_secs),
+            delivered_retention: Duration::from_secs(config.replay.delivered_retention_secs),
         };
         let hub = match &cluster {
             Some(c) => {

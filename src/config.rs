@@ -338,6 +338,10 @@ impl Default for Limits {
 pub struct ReplayConfig {
     /// Seconds a finished stream stays resumable.
     pub retention_secs: u64,
+    /// Seconds a finished stream stays resumable when every subscriber was sent its `end`
+    /// (none left early): it is then released before `retention_secs`, but never before
+    /// 5 s, so a client that lost the last bytes can still resume at once.
+    pub delivered_retention_secs: u64,
     /// Bytes of encoded events kept per stream; older events are evicted past it.
     pub max_bytes: usize,
     /// Approximate memory all finished streams together may hold for resume; past it the
@@ -352,6 +356,7 @@ impl Default for ReplayConfig {
     fn default() -> Self {
         ReplayConfig {
             retention_secs: 60,
+            delivered_retention_secs: 5,
             max_bytes: 8 * 1024 * 1024,
             max_total_bytes: 256 * 1024 * 1024,
             orphan_grace_secs: 10,
@@ -574,6 +579,12 @@ impl Config {
                 ),
             ));
         }
+        at_least(
+            &mut out,
+            "replay.delivered_retention_secs",
+            self.replay.delivered_retention_secs,
+            5,
+        );
         at_least(
             &mut out,
             "limits.slow_consumer_secs",

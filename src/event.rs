@@ -231,6 +231,16 @@ impl Line {
         Some((kind, seq, Line { bytes, data_at }))
     }
 
+    /// Where the event's `data` starts in the line (see [`Line::from_parts`]).
+    pub(crate) fn data_at(&self) -> u32 {
+        self.data_at
+    }
+
+    /// A line again from its bytes and [`Line::data_at`], as a compacted log keeps them.
+    pub(crate) fn from_parts(bytes: Bytes, data_at: u32) -> Line {
+        Line { bytes, data_at }
+    }
+
     /// The line's bytes, shared (no copy).
     pub fn bytes(&self) -> &Bytes {
         &self.bytes

@@ -53,6 +53,7 @@ pub struct Metrics {
     engine_errors: IntCounterVec,
     streams_held: IntGauge,
     live_bytes: IntGauge,
+    retained_bytes: IntGauge,
     connections: IntGauge,
     runtime_tasks: IntGauge,
     cluster_flush: Histogram,
@@ -357,6 +358,13 @@ impl Metrics {
                 ),
                 "live_bytes"
             ),
+            retained_bytes: reg!(
+                IntGauge::new(
+                    "switchyard_retained_bytes",
+                    "Memory finished streams kept for resume hold (compacted), against replay.max_total_bytes. Read at scrape time."
+                ),
+                "retained_bytes"
+            ),
             connections: reg!(
                 IntGauge::new(
                     "switchyard_connections",
@@ -435,11 +443,19 @@ impl Metrics {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    pub fn sample(&self, streams_held: usize, live_bytes: u64, connections: usize) {
+    pub fn sample(
+        &self,
+        streams_held: usize,
+        live_bytes: u64,
+        retained_bytes: u64,
+        connections: usize,
+    ) {
         self.streams_held
             .set(i64::try_from(streams_held).unwrap_or(i64::MAX));
         self.live_bytes
             .set(i64::try_from(live_bytes).unwrap_or(i64::MAX));
+        self.retained_bytes
+            .set(i64::try_from(retained_bytes).unwrap_or(i64::MAX));
         self.connections
             .set(i64::try_from(connections).unwrap_or(i64::MAX));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {

@@ -39,6 +39,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::compact::Compact;
 use crate::engine::Sink;
 use crate::event::{EndReason, Event, EventKind, Finish, Line, Pushed, Seq, StreamRules};
 use crate::metrics::StreamMetrics;
@@ -86,6 +87,8 @@ pub struct LiveBudget {
     used: AtomicU64,
     max: u64,
     share: u64,
+    /// Memory finished streams kept for resume hold (`replay.max_total_bytes` bounds it).
+    finished: AtomicU64,
 }
 
 impl LiveBudget {
@@ -94,6 +97,7 @@ impl LiveBudget {
             used: AtomicU64::new(0),
             max,
             share: max / streams.max(1) as u64,
+            finished: AtomicU64::new(0),
         }
     }
 
@@ -117,11 +121,21 @@ impl LiveBudget {
     }
 
     fn charge(&self, from: u64, to: u64) {
-        if to > from {
-            self.used.fetch_add(to - from, Ordering::Relaxed);
-        } else {
-            self.used.fetch_sub(from - to, Ordering::Relaxed);
-        }
+        move_counter(&self.used, from, to);
+    }
+
+    /// Bytes finished streams kept for resume hold now.
+    pub fn finished(&self) -> u64 {
+        self.finished.load(Ordering::Relaxed)
+    }
+}
+
+/// Changes what `counter` holds for one stream from `from` to `to`.
+fn move_counter(counter: &AtomicU64, from: u64, to: u64) {
+    if to > from {
+        counter.fetch_add(to - from, Ordering::Relaxed);
+    } else {
+        counter.fetch_sub(from - to, Ordering::Relaxed);
     }
 }
 
@@ -169,7 +183,7 @@ pub struct StreamBounds {
 pub struct Entry {
     pub kind: EventKind,
     /// Milliseconds after the stream's creation when the entry was logged (saturating).
-    at_ms: u32,
+    pub(super) at_ms: u32,
     pub seq: Seq,
     /// Bytes appended to the stream before this entry.
     pub offset: u64,
@@ -177,7 +191,7 @@ pub struct Entry {
     pub line: Line,
     /// Whatever the adapters make from the line once and share (mapped encodings): opaque
     /// to the hub, filled on first use.
-    cache: OnceLock<Box<dyn Any + Send + Sync>>,
+    pub(super) cache: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 impl Entry {
@@ -206,7 +220,10 @@ impl Entry {
 
 struct Log {
     rules: StreamRules,
+    /// The entries of a live log; empty once the log is `compact`.
     entries: VecDeque<Arc<Entry>>,
+    /// A finished log packed for resume (see `compact.rs`): the entries, compactly.
+    compact: Option<Compact>,
     /// Seq of `entries[0]`.
     first_seq: Seq,
     retained: u64,
@@ -230,6 +247,12 @@ struct Log {
     stored: Seq,
     /// The seq of the `end` entry, once logged.
     end_seq: Option<Seq>,
+    /// Some subscriber left (or was cut) before it was sent `end`: it may resume, so the
+    /// stream is kept the whole retention time.
+    left_early: bool,
+    /// Counted in the budget's `finished` bytes (from [`Stream::retire`] to
+    /// [`Stream::forget`]).
+    counted: bool,
 }
 
 /// A cursor's place in the log.
@@ -245,7 +268,32 @@ enum Slot {
 impl Log {
     /// The seq the next entry gets.
     fn head(&self) -> Seq {
-        self.first_seq + self.entries.len() as u64
+        self.first_seq + self.len() as u64
+    }
+
+    /// Entries held.
+    fn len(&self) -> usize {
+        self.compact
+            .as_ref()
+            .map_or(self.entries.len(), Compact::len)
+    }
+
+    /// Bytes written before entry `idx` (counted from `first_seq`), and when it was logged.
+    fn offset_and_time(&self, idx: usize) -> Option<(u64, u32)> {
+        match &self.compact {
+            Some(c) => Some((c.offset(idx)?, c.at_ms(idx)?)),
+            None => self.entries.get(idx).map(|e| (e.offset, e.at_ms)),
+        }
+    }
+
+    /// Entries `idx..idx + take` (counted from `first_seq`).
+    fn range(&self, idx: usize, take: usize) -> Vec<Arc<Entry>> {
+        match &self.compact {
+            Some(c) => (idx..idx + take)
+                .filter_map(|i| c.entry(i, self.first_seq + i as u64))
+                .collect(),
+            None => self.entries.range(idx..idx + take).cloned().collect(),
+        }
     }
 
     /// Whether every entry up to `end` is visible: nothing more will come.
@@ -282,6 +330,9 @@ impl Log {
                 *slot = Slot::Cut;
                 cut += 1;
             }
+        }
+        if cut > 0 {
+            self.left_early = true;
         }
         cut
     }
@@ -356,6 +407,7 @@ impl Stream {
             log: Mutex::new(Log {
                 rules: StreamRules::with_max_output(bounds.max_output),
                 entries: VecDeque::new(),
+                compact: None,
                 first_seq: 0,
                 retained: 0,
                 total: 0,
@@ -368,6 +420,8 @@ impl Stream {
                 committed: 0,
                 stored: 0,
                 end_seq: None,
+                left_early: false,
+                counted: false,
             }),
             max_bytes: bounds.max_bytes,
             lag: bounds.lag,
@@ -430,7 +484,7 @@ impl Stream {
         self.queued.store(false, Ordering::SeqCst);
         let log = self.log();
         let from = log.stored.saturating_sub(log.first_seq) as usize;
-        log.entries.range(from..).cloned().collect()
+        log.entries.iter().skip(from).cloned().collect()
     }
 
     /// The store holds every entry below `upto`: cursors may read them.
@@ -648,13 +702,76 @@ impl Stream {
         }
     }
 
-    /// The stream has finished: it no longer counts in the live budget (the hub's
-    /// retention of finished streams accounts for it from now on).
+    /// The stream has finished: it no longer counts in the live budget.
     pub fn release_budget(&self) {
         let mut log = self.log();
+        self.release(&mut log);
+    }
+
+    fn release(&self, log: &mut Log) {
         self.budget.charge(log.charged, 0);
         log.charged = 0;
         log.released = true;
+    }
+
+    /// The stream has finished and is kept for resume: it no longer counts in the live
+    /// budget but in the finished bytes, and is compacted at once when nobody reads it.
+    pub fn retire(&self) {
+        let mut log = self.log();
+        self.release(&mut log);
+        if !log.counted {
+            log.counted = true;
+            move_counter(&self.budget.finished, 0, log.retained);
+        }
+        if self.subscribers() == 0 {
+            self.compact_log(&mut log);
+        }
+    }
+
+    /// The hub dropped the stream: it no longer counts in the finished bytes.
+    pub fn forget(&self) {
+        let mut log = self.log();
+        if log.counted {
+            log.counted = false;
+            move_counter(&self.budget.finished, log.retained, 0);
+        }
+    }
+
+    /// Every subscriber was sent `end` and none is left: the stream may be released
+    /// before its retention ends (SPEC section 3).
+    pub fn delivered(&self) -> bool {
+        let log = self.log();
+        !log.left_early && self.subscribers() == 0
+    }
+
+    /// Packs the log for resume (see `compact.rs`), if it is finished, released and all in
+    /// its store.
+    pub fn compact(&self) {
+        let mut log = self.log();
+        self.compact_log(&mut log);
+    }
+
+    fn compact_log(&self, log: &mut Log) {
+        let head = log.head();
+        if log.compact.is_some()
+            || log.end_seq.is_none()
+            || !log.released
+            || log.committed < head
+            || log.stored < head
+        {
+            return;
+        }
+        let Some(packed) = Compact::pack(log.entries.iter()) else {
+            return;
+        };
+        let before = log.retained;
+        log.retained = packed.cost();
+        log.compact = Some(packed);
+        log.entries = VecDeque::new();
+        log.scratch = Vec::new();
+        if log.counted {
+            move_counter(&self.budget.finished, before, log.retained);
+        }
     }
 
     /// Under memory pressure, a stream holding more than its share stops growing.
@@ -965,7 +1082,9 @@ impl Cursor {
     pub fn lag_bytes(&self) -> u64 {
         let log = self.stream.log();
         let idx = self.next.saturating_sub(log.first_seq) as usize;
-        let delivered = log.entries.get(idx).map_or(log.total, |e| e.offset);
+        let delivered = log
+            .offset_and_time(idx)
+            .map_or(log.total, |(offset, _)| offset);
         log.total.saturating_sub(delivered)
     }
 
@@ -1009,16 +1128,16 @@ impl Cursor {
         }
         let idx = (self.next - log.first_seq) as usize;
         let visible = (log.committed - log.first_seq) as usize;
-        if let Some(first) = log.entries.get(idx).filter(|_| idx < visible) {
-            let lag = log.total - first.offset;
+        if let Some((offset, at_ms)) = log.offset_and_time(idx).filter(|_| idx < visible) {
+            let lag = log.total - offset;
             if lag > stream.lag.max_lag_bytes
-                && stream.now_ms().saturating_sub(u64::from(first.at_ms)) >= stream.stall_ms()
+                && stream.now_ms().saturating_sub(u64::from(at_ms)) >= stream.stall_ms()
             {
                 self.cut(&mut log);
                 return Some(Batch::Lagged);
             }
             let take = (visible - idx).min(max.max(1));
-            let batch: Vec<Arc<Entry>> = log.entries.range(idx..idx + take).cloned().collect();
+            let batch = log.range(idx, take);
             self.next += take as u64;
             if let Some(p @ Slot::Live(_)) = log.positions.get_mut(self.slot) {
                 *p = Slot::Live(self.next);
@@ -1037,6 +1156,9 @@ impl Cursor {
 impl Cursor {
     /// This subscriber stops keeping up: it is no longer counted (once).
     fn cut(&self, log: &mut Log) {
+        if log.end_seq.is_none_or(|end| self.next <= end) {
+            log.left_early = true;
+        }
         if let Some(slot) = log.positions.get_mut(self.slot)
             && matches!(slot, Slot::Live(_))
         {
@@ -1055,6 +1177,10 @@ impl Drop for Cursor {
             self.cut(&mut log);
             if let Some(slot) = log.positions.get_mut(self.slot) {
                 *slot = Slot::Free;
+            }
+            // The last reader of a finished stream is gone: keep only its bytes.
+            if self.stream.subscribers() == 0 {
+                self.stream.compact_log(&mut log);
             }
         }
         self.stream.wake_producer();

@@ -6,6 +6,7 @@
 //! cursor on every stream of its session). It never encodes for a wire, never runs an
 //! engine, and never blocks a producer on a subscriber.
 
+mod compact;
 mod log;
 
 use std::collections::HashSet;
@@ -46,13 +47,43 @@ pub struct HubConfig {
     /// the oldest are dropped before their retention ends.
     pub replay_max_total_bytes: u64,
     pub retention: Duration,
+    /// How long a finished stream whose every subscriber was sent `end` is kept
+    /// (`replay.delivered_retention_secs`; at most `retention`).
+    pub delivered_retention: Duration,
 }
 
-/// Finished streams kept for resume, oldest first (they expire in this order too).
+impl HubConfig {
+    /// How often the retained streams are looked at: often enough that a stream is
+    /// released within a fifth of its retention of when it could be.
+    fn sweep_every(&self) -> Duration {
+        (self.delivered_retention.min(self.retention) / 5)
+            .clamp(Duration::from_millis(20), Duration::from_secs(1))
+    }
+}
+
+/// Finished streams kept for resume, each queue oldest first (by when they finished).
+/// A stream is `fresh` until `delivered_retention` has passed: then it is dropped if every
+/// subscriber was sent its `end`, else `kept` (compacted) until `retention` has passed.
 #[derive(Default)]
 struct Retained {
-    queue: VecDeque<(Instant, Arc<Stream>, u64)>,
-    bytes: u64,
+    fresh: VecDeque<(Instant, Arc<Stream>)>,
+    kept: VecDeque<(Instant, Arc<Stream>)>,
+    /// Whether the sweeper task runs (it stops when both queues are empty).
+    sweeping: bool,
+}
+
+impl Retained {
+    /// The oldest stream of either queue.
+    fn pop_oldest(&mut self) -> Option<Arc<Stream>> {
+        let fresh = self.fresh.front().map(|(at, _)| *at);
+        let kept = self.kept.front().map(|(at, _)| *at);
+        let queue = match (fresh, kept) {
+            (Some(f), Some(k)) if k <= f => &mut self.kept,
+            (Some(_), _) => &mut self.fresh,
+            (None, _) => &mut self.kept,
+        };
+        queue.pop_front().map(|(_, s)| s)
+    }
 }
 
 struct Tap {
@@ -210,7 +241,6 @@ impl Hub {
     /// A mirror ended (or is given up): kept for resume for the retention time, then
     /// dropped like a finished stream.
     pub fn mirror_finished(self: &Arc<Self>, stream: &Arc<Stream>) {
-        stream.release_budget();
         self.retain(stream);
     }
 
@@ -258,49 +288,84 @@ impl Hub {
     /// slot and keeps it resumable for the retention time.
     pub fn finished(self: &Arc<Self>, stream: &Arc<Stream>) {
         self.release_slots(stream);
-        stream.release_budget();
         self.retain(stream);
     }
 
+    /// Keeps a finished stream for resume; one sweeper task (not a timer per stream)
+    /// releases it when its time is up.
     fn retain(self: &Arc<Self>, stream: &Arc<Stream>) {
-        let bytes = stream.retained_bytes();
-        {
-            let mut kept = self.retained_queue();
-            kept.bytes += bytes;
-            kept.queue
-                .push_back((Instant::now(), stream.clone(), bytes));
-        }
+        stream.retire();
+        let start_sweeper = {
+            let mut q = self.retained_queue();
+            q.fresh.push_back((Instant::now(), stream.clone()));
+            !std::mem::replace(&mut q.sweeping, true)
+        };
         self.sweep();
-        let hub = Arc::downgrade(self);
-        let retention = self.config.retention;
-        tokio::spawn(async move {
-            tokio::time::sleep(retention).await;
-            if let Some(hub) = hub.upgrade() {
-                hub.sweep();
-            }
-        });
+        if start_sweeper {
+            let hub = Arc::downgrade(self);
+            let every = self.config.sweep_every();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(hub) = hub.upgrade() else { return };
+                    if !hub.sweep() {
+                        return;
+                    }
+                }
+            });
+        }
     }
 
     fn retained_queue(&self) -> std::sync::MutexGuard<'_, Retained> {
         self.retained.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Drops finished streams whose retention is over, then the oldest ones while all of
-    /// them together hold more than `replay_max_total_bytes`.
-    fn sweep(&self) {
+    /// Drops the finished streams whose time is up (see [`Retained`]), then the oldest
+    /// while all of them together hold more than `replay_max_total_bytes`. Returns
+    /// whether any is still kept (else the sweeper stops, under the same lock that a new
+    /// retained stream checks, so none is missed).
+    fn sweep(&self) -> bool {
         let now = Instant::now();
-        let mut kept = self.retained_queue();
-        while let Some((at, _, _)) = kept.queue.front() {
-            let expired = now.duration_since(*at) >= self.config.retention;
-            if !expired && kept.bytes <= self.config.replay_max_total_bytes {
+        let delivered_after = self.config.delivered_retention.min(self.config.retention);
+        let mut q = self.retained_queue();
+        while let Some((at, _)) = q.fresh.front() {
+            let at = *at;
+            if now.duration_since(at) < delivered_after {
                 break;
             }
-            if let Some((_, stream, bytes)) = kept.queue.pop_front() {
-                kept.bytes -= bytes;
-                self.streams
-                    .remove_if(&stream.id, |_, s| Arc::ptr_eq(s, &stream));
+            let Some((_, stream)) = q.fresh.pop_front() else {
+                break;
+            };
+            if stream.delivered() {
+                self.drop_retained(&stream);
+            } else {
+                stream.compact();
+                q.kept.push_back((at, stream));
             }
         }
+        while let Some((at, _)) = q.kept.front() {
+            if now.duration_since(*at) < self.config.retention {
+                break;
+            }
+            if let Some((_, stream)) = q.kept.pop_front() {
+                self.drop_retained(&stream);
+            }
+        }
+        while self.budget.finished() > self.config.replay_max_total_bytes {
+            let Some(stream) = q.pop_oldest() else { break };
+            self.drop_retained(&stream);
+        }
+        let any = !q.fresh.is_empty() || !q.kept.is_empty();
+        q.sweeping = any;
+        any
+    }
+
+    fn drop_retained(&self, stream: &Arc<Stream>) {
+        stream.forget();
+        self.streams
+            .remove_if(&stream.id, |_, s| Arc::ptr_eq(s, stream));
     }
 
     /// Memory live streams hold (their logs and text), against `limits.max_live_bytes`.
@@ -310,7 +375,7 @@ impl Hub {
 
     /// Approximate memory held by finished streams kept for resume, in bytes.
     pub fn retained_bytes(&self) -> u64 {
-        self.retained_queue().bytes
+        self.budget.finished()
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Stream>> {
@@ -476,21 +541,15 @@ mod tests {
     async fn finished_streams_past_the_total_budget_are_dropped_oldest_first() {
         let routes = Routes::parse(ROUTES, "test").unwrap();
         let hub = Hub::new(HubConfig {
-            max_streams: 100,
-            max_streams_per_subject: 0,
-            replay_max_bytes: 1 << 20,
-            lag: LagPolicy::default(),
-            max_output_bytes: 1 << 20,
-            max_live_bytes: 1 << 30,
-            replay_max_total_bytes: 30_000,
-            retention: Duration::from_secs(60),
+            replay_max_total_bytes: 5_000,
+            ..test_config()
         });
         for i in 0..20 {
             finished_stream(&hub, &routes, &format!("s{i}"), None);
         }
         let kept = hub.held();
         assert!(kept > 0 && kept < 20, "kept {kept} of 20");
-        assert!(hub.retained_bytes() <= 30_000);
+        assert!(hub.retained_bytes() <= 5_000);
         // The newest are the ones kept.
         assert!(hub.get("s19").is_some());
         assert!(hub.get("s0").is_none());
@@ -500,14 +559,8 @@ mod tests {
     async fn per_subject_slots_are_taken_and_given_back() {
         let routes = Routes::parse(ROUTES, "test").unwrap();
         let hub = Hub::new(HubConfig {
-            max_streams: 100,
             max_streams_per_subject: 1,
-            replay_max_bytes: 1 << 20,
-            lag: LagPolicy::default(),
-            max_output_bytes: 1 << 20,
-            max_live_bytes: 1 << 30,
-            replay_max_total_bytes: 1 << 30,
-            retention: Duration::from_secs(60),
+            ..test_config()
         });
         let route = routes.get("chat").unwrap().clone();
         let metrics = Metrics::new(&routes);
@@ -537,20 +590,121 @@ mod tests {
         assert!(open("a3").is_ok());
     }
 
-    fn small_hub(max_bytes: usize, stall: Duration) -> Arc<Hub> {
-        Hub::new(HubConfig {
+    /// A hub's settings for tests: roomy, with the default retention.
+    fn test_config() -> HubConfig {
+        HubConfig {
             max_streams: 100,
             max_streams_per_subject: 0,
+            replay_max_bytes: 1 << 20,
+            lag: LagPolicy::default(),
+            max_output_bytes: 1 << 20,
+            max_live_bytes: 1 << 30,
+            replay_max_total_bytes: 1 << 30,
+            retention: Duration::from_secs(60),
+            delivered_retention: Duration::from_secs(5),
+        }
+    }
+
+    fn small_hub(max_bytes: usize, stall: Duration) -> Arc<Hub> {
+        Hub::new(HubConfig {
             replay_max_bytes: max_bytes,
             lag: LagPolicy {
                 max_lag_bytes: 1024,
                 stall,
             },
-            max_output_bytes: 1 << 20,
-            max_live_bytes: 1 << 30,
-            replay_max_total_bytes: 1 << 30,
-            retention: Duration::from_secs(60),
+            ..test_config()
         })
+    }
+
+    /// Waits (polling, at most 5 s) until `done` holds.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Every event a cursor reads to the end: kind, seq and line.
+    fn read_lines(cursor: &mut Cursor) -> Vec<(EventKind, u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some(Batch::Events(es)) = cursor.try_batch(1000) {
+            out.extend(
+                es.iter()
+                    .map(|e| (e.kind, e.seq, e.line.as_bytes().to_vec())),
+            );
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_stream_every_subscriber_read_to_the_end_is_released_early() {
+        let routes = Routes::parse(ROUTES, "test").unwrap();
+        let hub = Hub::new(HubConfig {
+            retention: Duration::from_secs(2),
+            delivered_retention: Duration::from_millis(100),
+            ..test_config()
+        });
+        // Read to its end, then gone.
+        let (done, mut reader) = open(&hub, &routes, "delivered");
+        done.emit_chunk("a");
+        done.finish(Finish::Completed);
+        hub.finished(&done);
+        let read = read_lines(&mut reader);
+        assert_eq!(read.last().map(|e| e.0), Some(EventKind::End));
+        drop(reader);
+        // Its reader left before `end`: kept for the whole retention, for its resume.
+        let (left, early) = open(&hub, &routes, "left-early");
+        drop(early);
+        left.emit_chunk("a");
+        left.finish(Finish::Completed);
+        hub.finished(&left);
+        let started = Instant::now();
+        until("the delivered stream is released", || {
+            hub.get("delivered").is_none()
+        })
+        .await;
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert!(
+            hub.get("left-early").is_some(),
+            "released before its retention"
+        );
+        until("the other one's retention is over", || {
+            hub.get("left-early").is_none()
+        })
+        .await;
+        assert!(started.elapsed() >= Duration::from_secs(2));
+        assert_eq!(hub.retained_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_finished_log_is_compacted_and_replays_the_same_events() {
+        let routes = Routes::parse(ROUTES, "test").unwrap();
+        let hub = Hub::new(test_config());
+        let (stream, mut reader) = open(&hub, &routes, "packed");
+        for i in 0..200 {
+            assert!(stream.emit_chunk(&format!("{i:016}")));
+        }
+        stream.finish(Finish::Completed);
+        hub.finished(&stream);
+        let live = read_lines(&mut reader);
+        let before = stream.retained_bytes();
+        drop(reader);
+        let after = stream.retained_bytes();
+        // A retained event costs its line and a 12-byte index slot.
+        let lines: u64 = live.iter().map(|e| e.2.len() as u64).sum();
+        assert_eq!(after, lines + 12 * live.len() as u64, "was {before}");
+        assert!(after * 2 < before, "{after} of {before}");
+        assert_eq!(hub.retained_bytes(), after);
+        // A resumer reads the same events, from the start or from the middle.
+        assert_eq!(read_lines(&mut stream.subscribe_from(0)), live);
+        let mut tail = stream.subscribe_from(150);
+        assert_eq!(
+            tail.lag_bytes(),
+            live[150..].iter().map(|e| e.2.len() as u64).sum::<u64>()
+        );
+        assert_eq!(read_lines(&mut tail), live[150..]);
+        assert!(matches!(tail.try_batch(10), Some(Batch::End)));
     }
 
     fn open(hub: &Arc<Hub>, routes: &Routes, id: &str) -> (Arc<Stream>, Cursor) {
@@ -678,13 +832,7 @@ mod tests {
         let hub = Hub::with_backing(
             HubConfig {
                 max_streams: 10,
-                max_streams_per_subject: 0,
-                replay_max_bytes: 1 << 20,
-                lag: LagPolicy::default(),
-                max_output_bytes: 1 << 20,
-                max_live_bytes: 1 << 30,
-                replay_max_total_bytes: 1 << 30,
-                retention: Duration::from_secs(60),
+                ..test_config()
             },
             Backing::WriteThrough(store.clone()),
         );

@@ -82,6 +82,7 @@ async fn metrics(State(b): State<Bridge>) -> Response {
     b.metrics().sample(
         b.hub().held(),
         b.hub().live_bytes(),
+        b.hub().retained_bytes(),
         b.connections().count(),
     );
     let mut resp = b.metrics().render().into_response();

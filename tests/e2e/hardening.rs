@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::common::*;
+use crate::support::eventually_within;
 
 #[tokio::test]
 async fn resume_edge_cases() {
@@ -72,6 +73,64 @@ async fn resume_edge_cases() {
         r.json::<Value>().await.unwrap()["error"]["error_type"],
         "unknown_stream"
     );
+    s.shutdown().await;
+}
+
+/// SPEC section 3: a stream whose every subscriber was sent its `end` is released after
+/// `replay.delivered_retention_secs`; one a subscriber left early stays resumable for the
+/// whole `replay.retention_secs`, every event in it.
+#[tokio::test]
+async fn a_stream_read_to_its_end_is_released_early_one_left_early_is_kept() {
+    let mut c = config();
+    c.replay.retention_secs = 60;
+    c.replay.delivered_retention_secs = 5;
+    // The stream whose reader hangs up runs on to its end.
+    c.replay.orphan_grace_secs = 30;
+    let s = Server::start(c).await;
+    let delivered = post_ndjson(
+        &s.url(CHAT),
+        &json!({"request_id": "read-all", "messages": [{"role": "user", "content": "a b"}]}),
+    )
+    .await;
+    assert_eq!(delivered.last().unwrap()["event"], "end");
+    let finished_at = std::time::Instant::now();
+    // This reader takes the first chunk and hangs up; the stream runs on to its end.
+    let mut early = LineReader::open(http().post(s.url(CHAT)).json(&json!({
+        "request_id": "left-early",
+        "options": {"chunks": 20, "interval_ms": 10},
+    })))
+    .await;
+    early.until(|v| v["event"] == "chunk").await;
+    drop(early);
+    let hub = s.bridge.hub().clone();
+    eventually("the stream left early has ended", || {
+        hub.get("left-early").is_some_and(|st| st.is_ended())
+    })
+    .await;
+    eventually_within(
+        Duration::from_secs(15),
+        "the stream read to its end is released",
+        || {
+            let gone = hub.get("read-all").is_none();
+            std::future::ready(gone)
+        },
+    )
+    .await;
+    assert!(
+        finished_at.elapsed() >= Duration::from_secs(5),
+        "released before 5 s"
+    );
+    let r = http()
+        .get(s.url("/api/streams/read-all?after=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // The other one is still whole: from the start to its `end`.
+    let resumed = parse_ndjson(&get_text(&s.url("/api/streams/left-early")).await);
+    assert_eq!(check_rules(&resumed).len(), 20);
+    assert_eq!(resumed.last().unwrap()["data"]["reason"], "completed");
+    assert!(hub.retained_bytes() > 0);
     s.shutdown().await;
 }
 

@@ -150,6 +150,7 @@ engine = { kind = "script" }
             max_live_bytes: 1 << 30,
             replay_max_total_bytes: 1 << 30,
             retention: Duration::from_secs(1),
+            delivered_retention: Duration::from_secs(1),
         });
         let route = routes.get(route).unwrap().clone();
         let metrics = crate::metrics::Metrics::new(&routes);
