@@ -4,7 +4,7 @@
 //! `seq`, puts `started` first and exactly one `end` last, and fills `completion.output`.
 //! It knows nothing of transports, engines or the hub's storage.
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -170,46 +170,81 @@ pub struct Line {
     data_at: u32,
 }
 
+/// Where lines are written: a block that successive lines share (each line is a slice of
+/// it), so a stream's lines cost one allocation per block instead of one each, and sit
+/// side by side in memory. Blocks grow from 512 bytes to 16 KiB as the stream writes, so a
+/// quiet stream pins little.
+#[derive(Debug, Default)]
+pub struct LineBuf {
+    block: BytesMut,
+    /// The size of the next block.
+    next: usize,
+}
+
+impl LineBuf {
+    const FIRST_BLOCK: usize = 512;
+    const LAST_BLOCK: usize = 16 * 1024;
+
+    /// Makes room for a line of about `want` bytes (one known to be long).
+    pub fn reserve(&mut self, want: usize) {
+        self.with_room(want);
+    }
+
+    /// The block, with room for at least `want` more bytes (a line longer than guessed
+    /// still fits: the block then grows on its own).
+    fn with_room(&mut self, want: usize) -> &mut BytesMut {
+        if self.block.capacity() - self.block.len() < want {
+            self.next = (self.next * 2).clamp(Self::FIRST_BLOCK, Self::LAST_BLOCK);
+            self.block = BytesMut::with_capacity(self.next.max(want));
+        }
+        &mut self.block
+    }
+}
+
 impl Line {
-    /// Encodes `event`, using `scratch` (cleared first) as the work buffer so that the line
-    /// is stored in one allocation of its exact size.
-    pub fn of(event: &Event, scratch: &mut Vec<u8>) -> Line {
-        Line::encode(event.event, event.seq, scratch, |out| {
+    /// Encodes `event` into `buf`'s current block.
+    pub fn of(event: &Event, buf: &mut LineBuf) -> Line {
+        let guess = match &event.data {
+            Value::Object(m) if m.is_empty() => 64,
+            _ => 256,
+        };
+        Line::encode(event.event, event.seq, buf.with_room(guess), |out| {
             // Serialising a Value into memory cannot fail.
-            let _ = serde_json::to_writer(out, &event.data);
+            let _ = serde_json::to_writer(out.writer(), &event.data);
         })
     }
 
     /// The line of `chunk {text}`: the same bytes as [`Line::of`] of that event, without
     /// building its JSON value (the per-token path).
-    pub fn chunk(seq: Seq, text: &str, scratch: &mut Vec<u8>) -> Line {
-        Line::encode(EventKind::Chunk, Some(seq), scratch, |out| {
-            out.extend_from_slice(b"{\"text\":");
-            let _ = serde_json::to_writer(&mut *out, text);
-            out.push(b'}');
+    pub fn chunk(seq: Seq, text: &str, buf: &mut LineBuf) -> Line {
+        let guess = 64 + text.len() + text.len() / 8;
+        Line::encode(EventKind::Chunk, Some(seq), buf.with_room(guess), |out| {
+            out.put_slice(b"{\"text\":");
+            let _ = serde_json::to_writer((&mut *out).writer(), text);
+            out.put_u8(b'}');
         })
     }
 
+    /// Writes one line at the end of `block` (which holds nothing unsplit) and splits it off.
     fn encode(
         kind: EventKind,
         seq: Option<Seq>,
-        scratch: &mut Vec<u8>,
-        data: impl FnOnce(&mut Vec<u8>),
+        block: &mut BytesMut,
+        data: impl FnOnce(&mut BytesMut),
     ) -> Line {
-        scratch.clear();
-        scratch.extend_from_slice(b"{\"event\":\"");
-        scratch.extend_from_slice(kind.as_str().as_bytes());
-        scratch.push(b'"');
+        block.put_slice(b"{\"event\":\"");
+        block.put_slice(kind.as_str().as_bytes());
+        block.put_u8(b'"');
         if let Some(seq) = seq {
-            scratch.extend_from_slice(b",\"seq\":");
-            put_u64(scratch, seq);
+            block.put_slice(b",\"seq\":");
+            put_u64(block, seq);
         }
-        scratch.extend_from_slice(b",\"data\":");
-        let data_at = scratch.len();
-        data(scratch);
-        scratch.extend_from_slice(b"}\n");
+        block.put_slice(b",\"data\":");
+        let data_at = block.len();
+        data(block);
+        block.put_slice(b"}\n");
         Line {
-            bytes: Bytes::copy_from_slice(scratch),
+            bytes: block.split().freeze(),
             data_at: u32::try_from(data_at).unwrap_or(u32::MAX),
         }
     }
@@ -283,7 +318,7 @@ mod line_tests {
 
     #[test]
     fn a_line_reads_back_from_its_bytes() {
-        let mut scratch = Vec::new();
+        let mut scratch = LineBuf::default();
         let ev = Event {
             event: EventKind::Error,
             seq: Some(42),

@@ -628,7 +628,7 @@ async fn check_owner(
     if since.elapsed() < lease || c.silent_ms().is_none_or(|ms| ms > lease.as_millis() as u64) {
         return Some(since);
     }
-    let mut scratch = Vec::new();
+    let mut scratch = crate::event::LineBuf::default();
     let error = Line::of(
         &crate::event::Event {
             event: EventKind::Error,
@@ -670,7 +670,7 @@ async fn check_owner(
 /// subscribers get `error` + `end {error}` right after what they have.
 fn end_mirror(stream: &Stream, error_type: &str, message: &str) {
     let head = stream.next_seq();
-    let mut scratch = Vec::new();
+    let mut scratch = crate::event::LineBuf::default();
     let error = Line::of(
         &crate::event::Event {
             event: EventKind::Error,

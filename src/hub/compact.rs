@@ -5,6 +5,7 @@
 //! Owns only that representation; when to compact and who may read is the log's business
 //! (`log.rs`). Entries are rebuilt on demand for a reader, sharing the buffer (no copy).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
@@ -36,26 +37,31 @@ pub struct Compact {
 }
 
 impl Compact {
-    /// Packs `entries` (consecutive, oldest first); `None` when they do not fit the index's
-    /// 32-bit offsets (a log over 4 GiB stays as it is).
-    pub fn pack<'a>(
-        entries: impl ExactSizeIterator<Item = &'a Arc<Entry>> + Clone,
-    ) -> Option<Compact> {
-        let total: usize = entries.clone().map(|e| e.line.len()).sum();
-        u32::try_from(total).ok()?;
-        let base_offset = entries.clone().next().map_or(0, |e| e.offset);
-        let mut bytes = BytesMut::with_capacity(total);
+    /// Packs the entries of a finished log, oldest first: `base_offset` is the first one's
+    /// offset and `total` their lines' bytes together (the log knows both, so each entry
+    /// is visited once, as it is dropped). Gives the entries back untouched when they do
+    /// not fit the index (a log over 4 GiB).
+    pub fn pack(
+        entries: VecDeque<Arc<Entry>>,
+        base_offset: u64,
+        total: u64,
+    ) -> Result<Compact, VecDeque<Arc<Entry>>> {
+        if u32::try_from(total).is_err() {
+            return Err(entries);
+        }
+        let mut bytes = BytesMut::with_capacity(total as usize);
         let mut index = Vec::with_capacity(entries.len());
         for e in entries {
             bytes.extend_from_slice(e.line.as_bytes());
             index.push(Slot {
-                end: u32::try_from(bytes.len()).ok()?,
+                end: bytes.len() as u32,
                 at_ms: e.at_ms,
-                data_at: u16::try_from(e.line.data_at()).ok()?,
+                // `data` starts after `{"event":"<kind>","seq":<u64>,"data":`: under 64.
+                data_at: e.line.data_at() as u16,
                 kind: e.kind,
             });
         }
-        Some(Compact {
+        Ok(Compact {
             bytes: bytes.freeze(),
             index: index.into_boxed_slice(),
             base_offset,

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::compact::Compact;
 use crate::engine::Sink;
-use crate::event::{EndReason, Event, EventKind, Finish, Line, Pushed, Seq, StreamRules};
+use crate::event::{EndReason, Event, EventKind, Finish, Line, LineBuf, Pushed, Seq, StreamRules};
 use crate::metrics::StreamMetrics;
 use crate::request::{RequestId, StreamDesc, Transport};
 use crate::routes::Route;
@@ -230,8 +230,8 @@ struct Log {
     total: u64,
     /// Whether a chunk was written yet (first-event latency).
     chunked: bool,
-    /// Where neutral lines are encoded before being stored at their exact size.
-    scratch: Vec<u8>,
+    /// The blocks its neutral lines are written into (each line a slice of one).
+    lines: LineBuf,
     /// Each cursor's state, by slot.
     positions: Vec<Slot>,
     /// A lower bound of the positions of the live cursors: while the oldest entry's seq
@@ -412,7 +412,7 @@ impl Stream {
                 retained: 0,
                 total: 0,
                 chunked: false,
-                scratch: Vec::new(),
+                lines: LineBuf::default(),
                 positions: Vec::new(),
                 min_position: 0,
                 charged: 0,
@@ -579,6 +579,9 @@ impl Stream {
     /// (`None` if the stream had already ended).
     pub fn finish(&self, how: Finish) -> Option<String> {
         let mut log = self.log();
+        // The completion carries the whole text: room for it at once, not by doublings.
+        let room = log.rules.output().len() + 256;
+        log.lines.reserve(room);
         let events = log.rules.finish(how);
         let reason = events
             .last()
@@ -586,7 +589,7 @@ impl Stream {
             .map(str::to_string);
         let now = self.now_ms();
         for ev in events {
-            let frames = Line::of(&ev, &mut log.scratch);
+            let frames = Line::of(&ev, &mut log.lines);
             let seq = ev.seq.unwrap_or(log.rules.next_seq().saturating_sub(1));
             // The last two events never cut a reader: they end the stream, so what the log
             // holds beyond `max_bytes` is theirs alone and goes with the stream.
@@ -604,7 +607,7 @@ impl Stream {
     }
 
     fn append(&self, log: &mut Log, event: Event, now_ms: u64) {
-        let frames = Line::of(&event, &mut log.scratch);
+        let frames = Line::of(&event, &mut log.lines);
         let seq = event.seq.unwrap_or(log.rules.next_seq().saturating_sub(1));
         self.append_frames(log, event.event, seq, frames, now_ms);
     }
@@ -761,14 +764,21 @@ impl Stream {
         {
             return;
         }
-        let Some(packed) = Compact::pack(log.entries.iter()) else {
+        let Some(base) = log.entries.front().map(|e| e.offset) else {
             return;
+        };
+        let entries = std::mem::take(&mut log.entries);
+        let packed = match Compact::pack(entries, base, log.total - base) {
+            Ok(packed) => packed,
+            Err(entries) => {
+                log.entries = entries;
+                return;
+            }
         };
         let before = log.retained;
         log.retained = packed.cost();
         log.compact = Some(packed);
-        log.entries = VecDeque::new();
-        log.scratch = Vec::new();
+        log.lines = LineBuf::default();
         if log.counted {
             move_counter(&self.budget.finished, before, log.retained);
         }
@@ -1016,7 +1026,7 @@ impl Sink for Stream {
             }
         };
         self.first_chunk(&mut log);
-        let frames = Line::chunk(seq, text, &mut log.scratch);
+        let frames = Line::chunk(seq, text, &mut log.lines);
         self.append_frames(&mut log, EventKind::Chunk, seq, frames, now);
         drop(log);
         self.engine_wrote(now);

@@ -870,8 +870,8 @@ mod tests {
             metrics.stream(&route.name, Transport::Ndjson),
         );
         assert!(created && mirror.is_mirror());
-        let mut scratch = Vec::new();
-        let line = |seq, s: &mut Vec<u8>| crate::event::Line::chunk(seq, "x", s);
+        let mut scratch = crate::event::LineBuf::default();
+        let line = |seq, s: &mut crate::event::LineBuf| crate::event::Line::chunk(seq, "x", s);
         assert!(!mirror.mirror_append(6, EventKind::Chunk, line(6, &mut scratch)));
         assert!(mirror.mirror_append(5, EventKind::Chunk, line(5, &mut scratch)));
         assert!(!mirror.mirror_append(5, EventKind::Chunk, line(5, &mut scratch)));

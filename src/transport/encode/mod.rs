@@ -190,7 +190,7 @@ engine = { kind = "script" }
 
     #[test]
     fn chunk_lines_written_by_text_are_the_lines_of_the_event() {
-        let mut scratch = Vec::new();
+        let mut scratch = crate::event::LineBuf::default();
         for text in [
             "Hel",
             "",
