@@ -7,6 +7,7 @@
 //! before anything happened. Hot paths use handles resolved once per stream or per
 //! subscriber; counting an event is one atomic add.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use prometheus::core::Metric as _;
@@ -64,6 +65,16 @@ pub struct Metrics {
     cluster_fenced: IntCounter,
     /// The recent subjects of each route, for the console's preview (not exported).
     recent: RecentSubjects,
+    /// Each route's handles by transport (`Transport::ALL` order), resolved once at start
+    /// so a stream costs no label lookup.
+    handles: HashMap<Arc<str>, [Handles; 3]>,
+}
+
+/// What a stream and its subscribers of one route × transport count with.
+#[derive(Clone)]
+struct Handles {
+    stream: StreamMetrics,
+    events: EventCounters,
 }
 
 /// One route × transport's counters as they stand, for `GET /admin/stats`.
@@ -130,7 +141,7 @@ impl StreamMetrics {
 
 /// Per-event-type delivery counters of one subscriber.
 #[derive(Clone)]
-pub struct EventCounters([IntCounter; EventKind::ALL.len()]);
+pub struct EventCounters(Arc<[IntCounter; EventKind::ALL.len()]>);
 
 impl EventCounters {
     #[inline]
@@ -381,6 +392,7 @@ impl Metrics {
             ),
             registry,
             recent: RecentSubjects::new(routes.iter().map(|r| &*r.name)),
+            handles: HashMap::new(),
         };
         for ns in routes.namespaces() {
             m.socketio_connections.with_label_values(&[&ns]);
@@ -414,6 +426,14 @@ impl Metrics {
         }
         for op in CLUSTER_OPS {
             m.cluster_redis_errors.with_label_values(&[op]);
+        }
+        let mut m = m;
+        for r in routes.iter() {
+            let handles = Transport::ALL.map(|t| Handles {
+                stream: m.resolve_stream(&r.name, t),
+                events: m.resolve_events(&r.name, t),
+            });
+            m.handles.insert(r.name.clone(), handles);
         }
         Arc::new(m)
     }
@@ -476,6 +496,18 @@ impl Metrics {
     /// The handles of a stream about to start (nothing is counted until
     /// [`StreamMetrics::started`]).
     pub fn stream(&self, route: &Arc<str>, transport: Transport) -> StreamMetrics {
+        match self.handles(route, transport) {
+            Some(h) => h.stream.clone(),
+            None => self.resolve_stream(route, transport),
+        }
+    }
+
+    fn handles(&self, route: &str, transport: Transport) -> Option<&Handles> {
+        let i = Transport::ALL.iter().position(|t| *t == transport)?;
+        self.handles.get(route).and_then(|h| h.get(i))
+    }
+
+    fn resolve_stream(&self, route: &Arc<str>, transport: Transport) -> StreamMetrics {
         let labels = [&**route, transport.as_str()];
         StreamMetrics {
             started: self.streams_started.with_label_values(&labels),
@@ -490,10 +522,17 @@ impl Metrics {
 
     /// The delivery counters of one subscriber.
     pub fn subscriber(&self, route: &str, transport: Transport) -> EventCounters {
-        EventCounters(EventKind::ALL.map(|k| {
+        match self.handles(route, transport) {
+            Some(h) => h.events.clone(),
+            None => self.resolve_events(route, transport),
+        }
+    }
+
+    fn resolve_events(&self, route: &str, transport: Transport) -> EventCounters {
+        EventCounters(Arc::new(EventKind::ALL.map(|k| {
             self.events
                 .with_label_values(&[route, transport.as_str(), k.as_str()])
-        }))
+        })))
     }
 
     /// A subscriber cut off for lagging.
