@@ -204,14 +204,14 @@ impl LineBuf {
 impl Line {
     /// Encodes `event` into `buf`'s current block.
     pub fn of(event: &Event, buf: &mut LineBuf) -> Line {
-        let guess = match &event.data {
-            Value::Object(m) if m.is_empty() => 64,
-            _ => 256,
-        };
-        Line::encode(event.event, event.seq, buf.with_room(guess), |out| {
-            // Serialising a Value into memory cannot fail.
-            let _ = serde_json::to_writer(out.writer(), &event.data);
-        })
+        // Through a `Vec`: serde_json's writer for it is compiled once, in serde_json.
+        let data = serde_json::to_vec(&event.data).unwrap_or_else(|_| b"null".to_vec());
+        Line::encode(
+            event.event,
+            event.seq,
+            buf.with_room(64 + data.len()),
+            |out| out.put_slice(&data),
+        )
     }
 
     /// The line of `chunk {text}`: the same bytes as [`Line::of`] of that event, without
@@ -220,7 +220,15 @@ impl Line {
         let guess = 64 + text.len() + text.len() / 8;
         Line::encode(EventKind::Chunk, Some(seq), buf.with_room(guess), |out| {
             out.put_slice(b"{\"text\":");
-            let _ = serde_json::to_writer((&mut *out).writer(), text);
+            // Most text needs no escape at all: copied as it is.
+            if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+                out.put_u8(b'"');
+                out.put_slice(text.as_bytes());
+                out.put_u8(b'"');
+            } else {
+                let quoted = serde_json::to_vec(text).unwrap_or_default();
+                out.put_slice(&quoted);
+            }
             out.put_u8(b'}');
         })
     }
