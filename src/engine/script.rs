@@ -21,9 +21,9 @@ pub const FIXED_TEXT: &str =
     "Hello from the Switchyard script engine. Send a user message and it streams your words back.";
 
 /// Chunks written between two yields to the runtime when `interval_ms` is 0, so a long
-/// burst never monopolises a worker thread. The engine also yields right after its first
-/// chunk: the subscriber it just woke writes that chunk before the burst goes on, so the
-/// time to first byte does not wait behind the other streams' bursts.
+/// burst never monopolises a worker thread. The first burst is written where the stream
+/// starts (the requesting task polls the engine once), so a short stream leaves whole with
+/// its response head, as a server writing a ready buffer would send it.
 const YIELD_EVERY: u64 = 128;
 
 /// A route's maxima for the script options (`engine = { kind = "script", ... }`).
@@ -271,7 +271,7 @@ async fn run(plan: ScriptPlan, out: Emitter) -> Result<(), EngineError> {
         if i > 0 {
             if plan.interval_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(plan.interval_ms)).await;
-            } else if i == 1 || i % YIELD_EVERY == 0 {
+            } else if i % YIELD_EVERY == 0 {
                 tokio::task::yield_now().await;
             }
         }
