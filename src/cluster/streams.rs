@@ -2,16 +2,20 @@
 //!
 //! - **Write-through** ([`RedisLog`], the hub's `LogStore`): one writer task per node,
 //!   group commit without a timer: it takes every stream with pending entries, writes them
-//!   all in one pipeline of append scripts (one per stream: `XADD <seq>-1` per entry, the
-//!   meta hash, trimming, expiry and one `PUBLISH` of the batch), then commits them to the
-//!   local logs. The script refuses a node that is no longer the stream's owner
-//!   (fencing): that node aborts the stream and writes nothing more to Redis.
+//!   all in one pipeline of append scripts (one per stream: one `XADD <seq>-1` of the
+//!   batch, whose id is the seq of its first line, the meta hash, trimming, expiry and one
+//!   `PUBLISH` of the batch), then commits them to the local logs. A Redis Stream entry
+//!   is thus a batch of lines, not one event: readers split it and skip the seqs they
+//!   hold, and trimming keeps the whole batch holding the oldest kept seq. The script
+//!   refuses a node that is no longer the stream's owner (fencing): that node aborts the
+//!   stream and writes nothing more to Redis.
 //! - **Mirrors**: a stream another node runs is copied into an ordinary local log
-//!   (`Backing::Mirror`): `SUBSCRIBE` its batch channel first, then `XRANGE` what is
-//!   already there; a batch that does not follow the copy's head triggers an `XRANGE`
-//!   repair, and a position check every heartbeat catches a lost last message. When the
-//!   owner's liveness key is gone for a lease, a mirroring node ends the stream for
-//!   everyone with `error {node_lost}` + `end {error}` by compare-and-set on `top`.
+//!   (`Backing::Mirror`): `SUBSCRIBE` its batch channel first, then read what is already
+//!   there (from the batch holding the copy's head on); a batch that does not follow the
+//!   copy's head triggers a repair read, and a position check every heartbeat catches a
+//!   lost last message. When the owner's liveness key is gone for a lease, a mirroring
+//!   node ends the stream for everyone with `error {node_lost}` + `end {error}` by
+//!   compare-and-set on `top`.
 //! - **Cancel** of a stream owned elsewhere is published on the owner's control channel.
 //! - **Sessions**: owners announce a session's streams (a sorted set of live ids and a
 //!   channel); a node with followers of the session mirrors each of them.
@@ -25,46 +29,59 @@ use tokio::sync::mpsc;
 
 use super::{Cluster, ClusterError};
 use crate::event::{EventKind, Line, Seq};
-use crate::hub::{Backing, Hub, LogStore, Stream};
+use crate::hub::{Backing, Entry, Hub, LogStore, Stream};
 use crate::metrics::Metrics;
 use crate::request::{RequestId, Transport};
 use crate::routes::Route;
 use std::collections::HashMap;
 
-/// Entries one `XRANGE` call reads.
-const RANGE_COUNT: usize = 512;
+/// Redis Stream entries (batches) one read takes.
+const RANGE_COUNT: usize = 256;
 
 /// `KEYS`: log, meta, batch channel. `ARGV`: node, first seq, live ttl ms, end ttl ms,
-/// ended (0/1), route, session, most entries kept, then one line per entry from `first`.
+/// ended (0/1), route, session, most entries kept, how many lines, then the lines from
+/// `first` on, concatenated. The lines not in Redis yet (a retried flush may repeat
+/// some) become one Redis Stream entry whose id is the seq of its first line.
 const APPEND: &str = r"
-local owner = redis.call('HGET', KEYS[2], 'owner')
+local m = redis.call('HMGET', KEYS[2], 'owner', 'ended', 'top', 'first')
+local owner = m[1]
 if owner and owner ~= ARGV[1] then return {'FENCED', 0} end
 local first = tonumber(ARGV[2])
 local top
+local held_from
 if not owner then
   redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'route', ARGV[6], 'session', ARGV[7],
     'first', first, 'top', first, 'ended', '0')
   top = first
+  held_from = first
 else
-  if redis.call('HGET', KEYS[2], 'ended') == '1' then return {'FENCED', 0} end
-  top = tonumber(redis.call('HGET', KEYS[2], 'top'))
+  if m[2] == '1' then return {'FENCED', 0} end
+  top = tonumber(m[3])
+  held_from = tonumber(m[4])
 end
 if top < first then return {'GAP', top} end
-local n = #ARGV - 8
-local batch = {}
-for i = 1, n do
-  local seq = first + i - 1
-  if seq >= top then
-    redis.call('XADD', KEYS[1], seq .. '-1', 'e', ARGV[8 + i])
-    batch[#batch + 1] = ARGV[8 + i]
+local last = first + tonumber(ARGV[9])
+local lines = ARGV[10]
+local receivers = 0
+if last > top then
+  if top > first then
+    local at = 1
+    for _ = 1, top - first do at = string.find(lines, '\n', at, true) + 1 end
+    lines = string.sub(lines, at)
   end
+  redis.call('XADD', KEYS[1], top .. '-1', 'e', lines)
+  redis.call('HSET', KEYS[2], 'top', last)
 end
-local last = first + n
-if last > top then redis.call('HSET', KEYS[2], 'top', last) end
 local kept_from = last - tonumber(ARGV[8])
-if kept_from > tonumber(redis.call('HGET', KEYS[2], 'first')) then
-  redis.call('XTRIM', KEYS[1], 'MINID', kept_from .. '-1')
-  redis.call('HSET', KEYS[2], 'first', kept_from)
+if kept_from > held_from then
+  local holder = redis.call('XREVRANGE', KEYS[1], kept_from .. '-1', '-', 'COUNT', 1)[1]
+  if holder then
+    local from = tonumber(string.match(holder[1], '^%d+'))
+    if from > held_from then
+      redis.call('XTRIM', KEYS[1], 'MINID', holder[1])
+      redis.call('HSET', KEYS[2], 'first', from)
+    end
+  end
 end
 local ttl = ARGV[3]
 if ARGV[5] == '1' then
@@ -73,9 +90,17 @@ if ARGV[5] == '1' then
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
-local receivers = 0
-if #batch > 0 then receivers = redis.call('PUBLISH', KEYS[3], table.concat(batch)) end
+if last > top then receivers = redis.call('PUBLISH', KEYS[3], lines) end
 return {'OK', receivers}
+";
+
+/// `KEYS`: log. `ARGV`: a seq, most entries. The log's entries from the one holding
+/// that seq on (or from the first past it).
+const RANGE: &str = r"
+local from = ARGV[1] .. '-1'
+local holder = redis.call('XREVRANGE', KEYS[1], from, '-', 'COUNT', 1)[1]
+if holder then from = holder[1] end
+return redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', ARGV[2])
 ";
 
 /// `KEYS`: meta, log, batch channel, the owner's liveness key. `ARGV`: owner, observed
@@ -88,14 +113,34 @@ if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[1], 'ended') == '1' then return 0 end
 local top = tonumber(redis.call('HGET', KEYS[1], 'top'))
 if top ~= tonumber(ARGV[2]) then return 0 end
-redis.call('XADD', KEYS[2], top .. '-1', 'e', ARGV[4])
-redis.call('XADD', KEYS[2], (top + 1) .. '-1', 'e', ARGV[5])
+local lines = ARGV[4] .. ARGV[5]
+redis.call('XADD', KEYS[2], top .. '-1', 'e', lines)
 redis.call('HSET', KEYS[1], 'top', top + 2, 'ended', '1')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', KEYS[3], ARGV[4] .. ARGV[5])
+redis.call('PUBLISH', KEYS[3], lines)
 return 1
 ";
+
+static RANGE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(RANGE));
+
+/// A flush's lines of one stream as one argument (copied once, into the command).
+struct Lines<'a>(&'a [Arc<Entry>]);
+
+impl redis::ToRedisArgs for Lines<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + redis::RedisWrite,
+    {
+        use std::io::Write;
+        let mut w = out.writer_for_next_arg();
+        for e in self.0 {
+            // Writing into the command's buffer cannot fail.
+            let _ = w.write_all(e.line.as_bytes());
+        }
+    }
+}
 
 /// What a node needs of the rest of the bridge to mirror streams.
 pub(super) struct Attached {
@@ -259,38 +304,18 @@ impl Cluster {
         }))
     }
 
-    /// Entries of stream `id` from `from` on (at most [`RANGE_COUNT`]).
-    async fn range(&self, id: &str, from: Seq) -> Result<Vec<(Seq, Bytes)>, ClusterError> {
+    /// Lines of stream `id` from the entry (batch) holding `from` on: at most
+    /// [`RANGE_COUNT`] entries, and how many entries that was.
+    async fn range(&self, id: &str, from: Seq) -> Result<(Vec<Bytes>, usize), ClusterError> {
         let mut conn = self.conn();
-        let v: Value = redis::cmd("XRANGE")
-            .arg(self.stream_key(id, "log"))
-            .arg(format!("{from}-1"))
-            .arg("+")
-            .arg("COUNT")
+        let v: Value = RANGE_SCRIPT
+            .key(self.stream_key(id, "log"))
+            .arg(from)
             .arg(RANGE_COUNT)
-            .query_async(&mut conn)
+            .invoke_async(&mut conn)
             .await?;
         self.saw_redis();
-        let mut out = Vec::new();
-        let Value::Array(entries) = v else {
-            return Ok(out);
-        };
-        for e in entries {
-            let Value::Array(parts) = e else { continue };
-            let (Some(Value::BulkString(eid)), Some(Value::Array(fields))) =
-                (parts.first(), parts.get(1))
-            else {
-                continue;
-            };
-            let seq = std::str::from_utf8(eid)
-                .ok()
-                .and_then(|s| s.split('-').next())
-                .and_then(|s| s.parse().ok());
-            if let (Some(seq), Some(Value::BulkString(line))) = (seq, fields.get(1)) {
-                out.push((seq, Bytes::copy_from_slice(line)));
-            }
-        }
-        Ok(out)
+        Ok(lines_of_entries(v))
     }
 
     /// The local copy of stream `id`, run on another node: the one held, or a new mirror
@@ -336,16 +361,16 @@ impl Cluster {
         Ok(Some(stream))
     }
 
-    /// Appends to a mirror what Redis holds past its head.
+    /// Appends to a mirror what Redis holds past its head (lines it holds already are
+    /// skipped).
     async fn fill(&self, stream: &Stream) -> Result<(), ClusterError> {
         loop {
             let head = stream.next_seq();
-            let entries = self.range(stream.id.as_str(), head).await?;
-            let n = entries.len();
-            for (_, line) in entries {
+            let (lines, n) = self.range(stream.id.as_str(), head).await?;
+            for line in lines {
                 append_line(stream, line);
             }
-            if n < RANGE_COUNT || stream.is_ended() {
+            if n < RANGE_COUNT || stream.is_ended() || stream.next_seq() == head {
                 return Ok(());
             }
         }
@@ -509,6 +534,26 @@ fn lines_of(batch: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
         at += len;
         Some(line)
     })
+}
+
+/// The lines of `XRANGE` entries (each entry one batch of lines), and how many entries.
+fn lines_of_entries(v: Value) -> (Vec<Bytes>, usize) {
+    let mut out = Vec::new();
+    let Value::Array(entries) = v else {
+        return (out, 0);
+    };
+    let n = entries.len();
+    for e in entries {
+        let Value::Array(mut parts) = e else { continue };
+        let Some(Value::Array(mut fields)) = parts.pop() else {
+            continue;
+        };
+        if let Some(Value::BulkString(batch)) = fields.pop() {
+            let batch = Bytes::from(batch);
+            out.extend(lines_of(&batch));
+        }
+    }
+    (out, n)
 }
 
 /// Feeds one mirror until its stream ends: live batches, repairs, the position check,
@@ -736,9 +781,7 @@ async fn writer(cluster: Weak<Cluster>, mut rx: mpsc::UnboundedReceiver<Arc<Stre
                 .arg(&*s.route.name)
                 .arg(s.session_id.as_deref().unwrap_or(""))
                 .arg(c.attached.get().map_or(65_536, |a| a.max_kept));
-            for e in &entries {
-                cmd.arg(e.line.as_bytes());
-            }
+            cmd.arg(entries.len()).arg(Lines(&entries));
             pipe.add_command(cmd);
             batch.push((s, first, upto));
         }

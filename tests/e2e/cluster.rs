@@ -1300,3 +1300,48 @@ async fn cluster_every_redis_key_is_prefixed_and_expiring() {
         assert!(ttl > 0, "{key} expires (PTTL {ttl})");
     }
 }
+
+/// A Redis Stream entry holds a batch of lines: the log keeps at most
+/// `cluster.log_max_events` events, but never drops the batch that holds the oldest kept
+/// one, so a resume on another node from there reads every event to the end, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_trimmed_log_keeps_the_batch_holding_its_oldest_kept_event() {
+    if skip() {
+        return;
+    }
+    const KEPT: u64 = 8;
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let mut spec = NodeSpec::new(&url, "n1");
+    spec.env
+        .push(("SWITCHYARD_CLUSTER__LOG_MAX_EVENTS", KEPT.to_string()));
+    let (n1, n2) = tokio::join!(Node::start(spec), Node::start(NodeSpec::new(&url, "n2")));
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    for (i, interval) in [0, 1, 3].into_iter().enumerate() {
+        let id = format!("trimmed-{i}");
+        let mut body = chat(json!({"chunks": 80, "interval_ms": interval}), None);
+        body["request_id"] = json!(id);
+        let all = contiguous(&post_all(n1.url(CHAT), body).await, 0);
+        check_rules(&all);
+        let top = all.len() as u64;
+        let kept_from = top - KEPT;
+        let first: u64 = redis::cmd("HGET")
+            .arg(format!("sy:{{{id}}}:meta"))
+            .arg("first")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(first <= kept_from, "{id}: the log holds from {first}");
+        if interval > 0 {
+            assert!(first > 0, "{id}: the log was trimmed");
+        }
+        let mut r = LineReader::open(
+            http().get(n2.url(&format!("/api/streams/{id}?after={}", kept_from - 1))),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{id}: resume from the oldest kept event");
+        let tail = contiguous(&r.rest().await, kept_from);
+        assert_eq!(tail, all[kept_from as usize..].to_vec(), "{id}");
+    }
+}
