@@ -103,6 +103,18 @@ if holder then from = holder[1] end
 return redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', ARGV[2])
 ";
 
+/// `KEYS`: meta, log. `ARGV`: most entries. The stream's meta hash (owner, route,
+/// session, first, top, ended) and its log's entries from its first kept seq on, read at
+/// once (nothing when the stream is unknown).
+const READ: &str = r"
+local m = redis.call('HMGET', KEYS[1], 'owner', 'route', 'session', 'first', 'top', 'ended')
+if not m[1] then return {} end
+local from = m[4] .. '-1'
+local holder = redis.call('XREVRANGE', KEYS[2], from, '-', 'COUNT', 1)[1]
+if holder then from = holder[1] end
+return {m, redis.call('XRANGE', KEYS[2], from, '+', 'COUNT', ARGV[1])}
+";
+
 /// `KEYS`: meta, log, batch channel, the owner's liveness key. `ARGV`: owner, observed
 /// top, end ttl ms, the `error` line (at `top`), the `end` line (at `top + 1`). Ends a
 /// stream whose owner is gone, once: only while the owner's key is absent, the stream
@@ -124,6 +136,9 @@ return 1
 
 static RANGE_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(RANGE));
+
+static READ_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(READ));
 
 /// A flush's lines of one stream as one argument (copied once, into the command).
 struct Lines<'a>(&'a [Arc<Entry>]);
@@ -172,6 +187,29 @@ struct Meta {
     first: Seq,
     top: Seq,
     ended: bool,
+}
+
+impl Meta {
+    /// From the hash's `owner, route, session, first, top, ended` (`None`: no owner, the
+    /// stream is unknown).
+    fn from_fields(v: Vec<Option<String>>) -> Option<Meta> {
+        let mut v = v.into_iter();
+        let mut next = || v.next().flatten();
+        let owner = next()?;
+        let route = next().unwrap_or_default();
+        let session = next().unwrap_or_default();
+        let mut num = || next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let (first, top) = (num(), num());
+        let ended = next().as_deref() == Some("1");
+        Some(Meta {
+            owner,
+            route,
+            session,
+            first,
+            top,
+            ended,
+        })
+    }
 }
 
 impl Cluster {
@@ -289,19 +327,39 @@ impl Cluster {
             .query_async(&mut conn)
             .await?;
         self.saw_redis();
-        let get = |i: usize| v.get(i).cloned().flatten();
-        let Some(owner) = get(0) else {
+        Ok(Meta::from_fields(v))
+    }
+
+    /// The meta of stream `id` and the lines its log holds from its first kept seq on
+    /// (at most [`RANGE_COUNT`] entries, and how many entries that was), read at once.
+    async fn read(&self, id: &str) -> Result<Option<(Meta, Vec<Bytes>, usize)>, ClusterError> {
+        let mut conn = self.conn();
+        let v: Value = READ_SCRIPT
+            .key(self.stream_key(id, "meta"))
+            .key(self.stream_key(id, "log"))
+            .arg(RANGE_COUNT)
+            .invoke_async(&mut conn)
+            .await?;
+        self.saw_redis();
+        let Value::Array(mut parts) = v else {
+            return Err(ClusterError::Protocol("the read script's reply".into()));
+        };
+        let (Some(entries), Some(Value::Array(fields))) = (parts.pop(), parts.pop()) else {
             return Ok(None);
         };
-        let num = |i: usize| get(i).and_then(|s| s.parse().ok()).unwrap_or(0);
-        Ok(Some(Meta {
-            owner,
-            route: get(1).unwrap_or_default(),
-            session: get(2).unwrap_or_default(),
-            first: num(3),
-            top: num(4),
-            ended: get(5).as_deref() == Some("1"),
-        }))
+        let fields = fields
+            .into_iter()
+            .map(|f| match f {
+                Value::BulkString(b) => String::from_utf8(b).ok(),
+                Value::SimpleString(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        let Some(meta) = Meta::from_fields(fields) else {
+            return Ok(None);
+        };
+        let (lines, n) = lines_of_entries(entries);
+        Ok(Some((meta, lines, n)))
     }
 
     /// Lines of stream `id` from the entry (batch) holding `from` on: at most
@@ -330,10 +388,50 @@ impl Cluster {
         if let Some(s) = a.hub.get(id.as_str()) {
             return Ok(Some(s));
         }
-        let Some(meta) = self.meta(id.as_str()).await? else {
+        let maker = self
+            .mirroring
+            .entry(id.as_str().to_string())
+            .or_default()
+            .clone();
+        let made = {
+            let _making = maker.lock().await;
+            match a.hub.get(id.as_str()) {
+                Some(s) => Ok(Some(s)),
+                None => self.new_mirror(a, id).await,
+            }
+        };
+        // Forgotten once no other request waits for it (the map's handle and this one).
+        self.mirroring
+            .remove_if(id.as_str(), |_, m| Arc::strong_count(m) <= 2);
+        made
+    }
+
+    /// Makes the mirror of stream `id` (this node's only maker of it at the time):
+    /// subscribes to its batch channel and reads its meta and log at once, one round
+    /// trip's wait rather than three; the follower's first repair then reads again what
+    /// was published before the subscription took effect.
+    async fn new_mirror(
+        self: &Arc<Self>,
+        a: &Attached,
+        id: &RequestId,
+    ) -> Result<Option<Arc<Stream>>, ClusterError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let channel = self.stream_key(id.as_str(), "ev");
+        let (subscribed, read) =
+            tokio::join!(self.subscribe(channel.clone(), tx), self.read(id.as_str()));
+        let read = match (subscribed, read) {
+            (Ok(()), Ok(read)) => read,
+            (Err(e), _) | (_, Err(e)) => {
+                self.unsubscribe(&channel).await;
+                return Err(e);
+            }
+        };
+        let Some((meta, lines, n)) = read else {
+            self.unsubscribe(&channel).await;
             return Ok(None);
         };
         let Some(route) = a.routes.get(&meta.route).cloned() else {
+            self.unsubscribe(&channel).await;
             return Ok(None);
         };
         let session = (!meta.session.is_empty()).then(|| Arc::<str>::from(meta.session.as_str()));
@@ -344,20 +442,21 @@ impl Cluster {
             meta.first,
             a.metrics.stream(&route.name, Transport::Ndjson),
         );
-        if created {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let channel = self.stream_key(id.as_str(), "ev");
-            if let Err(e) = self.subscribe(channel.clone(), tx).await {
-                a.hub.drop_mirror(&stream);
-                return Err(e);
-            }
-            if let Err(e) = self.fill(&stream).await {
-                self.unsubscribe(&channel).await;
-                a.hub.drop_mirror(&stream);
-                return Err(e);
-            }
-            tokio::spawn(follow(Arc::downgrade(self), stream.clone(), rx, channel));
+        if !created {
+            self.unsubscribe(&channel).await;
+            return Ok(Some(stream));
         }
+        for line in lines {
+            append_line(&stream, line);
+        }
+        if n >= RANGE_COUNT
+            && let Err(e) = self.fill(&stream).await
+        {
+            self.unsubscribe(&channel).await;
+            a.hub.drop_mirror(&stream);
+            return Err(e);
+        }
+        tokio::spawn(follow(Arc::downgrade(self), stream.clone(), rx, channel));
         Ok(Some(stream))
     }
 
@@ -565,6 +664,8 @@ async fn follow(
     channel: String,
 ) {
     let Some(c) = cluster.upgrade() else { return };
+    // What was published before the subscription took effect is in Redis: read it.
+    let _ = c.fill(&stream).await;
     let step = Duration::from_millis(c.config.heartbeat_ms);
     let lease = Duration::from_millis(c.config.lease_ms);
     let outage = Duration::from_millis(c.config.outage_timeout_ms);
