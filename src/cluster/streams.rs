@@ -140,6 +140,26 @@ static RANGE_SCRIPT: std::sync::LazyLock<redis::Script> =
 static READ_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(READ));
 
+/// A stream's key (`<prefix>:{<id>}:<what>`, as [`Cluster::stream_key`] makes it),
+/// written into the command without a string of its own.
+struct StreamKey<'a> {
+    prefix: &'a str,
+    id: &'a str,
+    what: &'a str,
+}
+
+impl redis::ToRedisArgs for StreamKey<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + redis::RedisWrite,
+    {
+        use std::io::Write;
+        let mut w = out.writer_for_next_arg();
+        // Writing into the command's buffer cannot fail.
+        let _ = write!(w, "{}:{{{}}}:{}", self.prefix, self.id, self.what);
+    }
+}
+
 /// A flush's lines of one stream as one argument (copied once, into the command).
 struct Lines<'a>(&'a [Arc<Entry>]);
 
@@ -868,12 +888,20 @@ async fn writer(cluster: Weak<Cluster>, mut rx: mpsc::UnboundedReceiver<Arc<Stre
             let (first, upto) = (first.seq, last.seq + 1);
             let ended = entries.iter().any(|e| e.kind == EventKind::End);
             let id = s.id.as_str();
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(script.get_hash())
+            // Sized once: the lines and the other arguments (keys, names, numbers).
+            let lines: usize = entries.iter().map(|e| e.line.len()).sum();
+            let mut cmd = redis::Cmd::with_capacity(15, lines + 3 * id.len() + 384);
+            let key = |what| StreamKey {
+                prefix: &c.keys.prefix,
+                id,
+                what,
+            };
+            cmd.arg("EVALSHA")
+                .arg(script.get_hash())
                 .arg(3)
-                .arg(c.stream_key(id, "log"))
-                .arg(c.stream_key(id, "meta"))
-                .arg(c.stream_key(id, "ev"))
+                .arg(key("log"))
+                .arg(key("meta"))
+                .arg(key("ev"))
                 .arg(&c.node)
                 .arg(first)
                 .arg(c.config.live_ttl_secs * 1000)
