@@ -1,7 +1,8 @@
 //! The cluster benchmark (`cargo bench --bench cluster`, or `bench/run --cluster`): one
 //! bridge alone, then Redis and two bridges on this machine, with streams produced on one
-//! node and read on the other. Reports events/s, first-chunk and end-to-end latency
-//! p50/p99, and CPU per event of the owner and of Redis; every stream is checked (its
+//! node and read on the other (and, to compare, the same second reader on the owner's
+//! node). Reports events/s, first-chunk and end-to-end latency p50/p99, and CPU per event
+//! of the owner and of Redis; every stream is checked (its
 //! `seq` contiguous from 0 to one `end`, on every reader): any lost or duplicated event
 //! fails the run. Figures, not a timed test: the README quotes them.
 //!
@@ -149,6 +150,10 @@ struct Round {
     first_remote: Vec<Duration>,
     end_owner: Vec<Duration>,
     end_remote: Vec<Duration>,
+    /// A remote reader's response head after its request was sent.
+    head_remote: Vec<Duration>,
+    /// A remote reader's first chunk after its response head.
+    chunk_after_head: Vec<Duration>,
 }
 
 /// `streams` streams at once on `owner`, each also read on `remote` when given.
@@ -180,13 +185,17 @@ async fn round(
             let remote_read = async {
                 match remote {
                     Some(r) => {
+                        let sent = t0.elapsed();
                         let resp = client.get(format!("{r}/api/streams/{id}")).send().await?;
+                        let head = t0.elapsed();
                         if resp.status() != 200 {
                             return Err(
                                 format!("resume on the remote node: {}", resp.status()).into()
                             );
                         }
-                        read(resp, t0).await.map(Some)
+                        read(resp, t0)
+                            .await
+                            .map(|(first, end, seqs)| Some((first, end, seqs, head - sent, head)))
                     }
                     None => Ok(None),
                 }
@@ -204,7 +213,10 @@ async fn round(
                     )
                     .into());
                 }
-                return Ok::<_, Box<dyn std::error::Error + Send + Sync>>((mine, Some((t.0, t.1))));
+                return Ok::<_, Box<dyn std::error::Error + Send + Sync>>((
+                    mine,
+                    Some((t.0, t.1, t.3, t.0.saturating_sub(t.4))),
+                ));
             }
             Ok((mine, None))
         }
@@ -218,15 +230,19 @@ async fn round(
         first_remote: Vec::new(),
         end_owner: Vec::new(),
         end_remote: Vec::new(),
+        head_remote: Vec::new(),
+        chunk_after_head: Vec::new(),
     };
     for res in results {
         let ((first, end, seqs), remote) = res?;
         r.events += seqs.len() as u64;
         r.first_owner.push(first);
         r.end_owner.push(end);
-        if let Some((f, e)) = remote {
+        if let Some((f, e, h, c)) = remote {
             r.first_remote.push(f);
             r.end_remote.push(e);
+            r.head_remote.push(h);
+            r.chunk_after_head.push(c);
         }
     }
     Ok(r)
@@ -248,6 +264,8 @@ struct Mode {
     end: (f64, f64),
     first_remote: (f64, f64),
     end_remote: (f64, f64),
+    head_remote: (f64, f64),
+    chunk_after_head: (f64, f64),
     owner_cpu_us: f64,
     redis_cpu_us: f64,
 }
@@ -282,6 +300,8 @@ async fn measure(
         first_remote: Vec::new(),
         end_owner: Vec::new(),
         end_remote: Vec::new(),
+        head_remote: Vec::new(),
+        chunk_after_head: Vec::new(),
     };
     for i in 0..rounds {
         let r = round(owner.0, remote, streams, chunks, &format!("{name_tag}-{i}")).await?;
@@ -291,6 +311,8 @@ async fn measure(
         all.first_remote.extend(r.first_remote);
         all.end_owner.extend(r.end_owner);
         all.end_remote.extend(r.end_remote);
+        all.head_remote.extend(r.head_remote);
+        all.chunk_after_head.extend(r.chunk_after_head);
     }
     let (cpu1, rcpu1) = (cpu_secs(owner.1), redis_pid.map_or(0.0, cpu_secs));
     let per_event = |d: f64| d / all.events as f64 * 1e6;
@@ -309,6 +331,14 @@ async fn measure(
         end_remote: (
             pct(&mut all.end_remote, 0.5),
             pct(&mut all.end_remote, 0.99),
+        ),
+        head_remote: (
+            pct(&mut all.head_remote, 0.5),
+            pct(&mut all.head_remote, 0.99),
+        ),
+        chunk_after_head: (
+            pct(&mut all.chunk_after_head, 0.5),
+            pct(&mut all.chunk_after_head, 0.99),
         ),
         owner_cpu_us: per_event(cpu1 - cpu0),
         redis_cpu_us: per_event(rcpu1 - rcpu0),
@@ -387,6 +417,19 @@ async fn main() -> Res<()> {
         )
         .await?,
     );
+    // The same second reader, on the owner's node: what a second request costs anyway.
+    modes.push(
+        measure(
+            "cluster, + a reader on the owner's node",
+            (&a_base, a_pid),
+            Some(&a_base),
+            redis_pid,
+            streams,
+            chunks,
+            rounds,
+        )
+        .await?,
+    );
     println!(
         "\n{streams} concurrent streams x {chunks} chunks of 32 bytes every {} ms, {rounds} rounds per mode; latencies from the POST (ms)\n",
         env_num("CLUSTER_BENCH_INTERVAL_MS", 0)
@@ -412,6 +455,17 @@ async fn main() -> Res<()> {
             m.redis_cpu_us
         );
     }
+    let same_node = modes[2].first_remote.1 - modes[3].first_remote.1;
+    println!(
+        "\nthe reader on the other node's first chunk p99 is {same_node:.2} ms after that of the same reader on the owner's node"
+    );
+    println!(
+        "the remote reader's response head p50 / p99: {:.2} / {:.2} ms after its request was sent; its first chunk {:.2} / {:.2} ms after that head",
+        modes[2].head_remote.0,
+        modes[2].head_remote.1,
+        modes[2].chunk_after_head.0,
+        modes[2].chunk_after_head.1
+    );
     let ratio = modes[1].events_per_sec / modes[0].events_per_sec;
     let added = modes[2].first_remote.1 - modes[2].first.1;
     println!(

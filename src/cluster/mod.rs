@@ -78,6 +78,8 @@ pub struct Cluster {
     routes_by_channel: DashMap<String, mpsc::UnboundedSender<Bytes>>,
     /// Followers per session channel on this node.
     session_watchers: DashMap<String, usize>,
+    /// Streams whose mirror is being made here (one maker per stream at a time).
+    mirroring: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
     attached: std::sync::OnceLock<streams::Attached>,
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
     started: Instant,
@@ -129,6 +131,7 @@ impl Cluster {
             pubsub,
             routes_by_channel: DashMap::new(),
             session_watchers: DashMap::new(),
+            mirroring: DashMap::new(),
             attached: std::sync::OnceLock::new(),
             metrics: std::sync::OnceLock::new(),
             started: Instant::now(),

@@ -2,16 +2,20 @@
 //!
 //! - **Write-through** ([`RedisLog`], the hub's `LogStore`): one writer task per node,
 //!   group commit without a timer: it takes every stream with pending entries, writes them
-//!   all in one pipeline of append scripts (one per stream: `XADD <seq>-1` per entry, the
-//!   meta hash, trimming, expiry and one `PUBLISH` of the batch), then commits them to the
-//!   local logs. The script refuses a node that is no longer the stream's owner
-//!   (fencing): that node aborts the stream and writes nothing more to Redis.
+//!   all in one pipeline of append scripts (one per stream: one `XADD <seq>-1` of the
+//!   batch, whose id is the seq of its first line, the meta hash, trimming, expiry and one
+//!   `PUBLISH` of the batch), then commits them to the local logs. A Redis Stream entry
+//!   is thus a batch of lines, not one event: readers split it and skip the seqs they
+//!   hold, and trimming keeps the whole batch holding the oldest kept seq. The script
+//!   refuses a node that is no longer the stream's owner (fencing): that node aborts the
+//!   stream and writes nothing more to Redis.
 //! - **Mirrors**: a stream another node runs is copied into an ordinary local log
-//!   (`Backing::Mirror`): `SUBSCRIBE` its batch channel first, then `XRANGE` what is
-//!   already there; a batch that does not follow the copy's head triggers an `XRANGE`
-//!   repair, and a position check every heartbeat catches a lost last message. When the
-//!   owner's liveness key is gone for a lease, a mirroring node ends the stream for
-//!   everyone with `error {node_lost}` + `end {error}` by compare-and-set on `top`.
+//!   (`Backing::Mirror`): `SUBSCRIBE` its batch channel first, then read what is already
+//!   there (from the batch holding the copy's head on); a batch that does not follow the
+//!   copy's head triggers a repair read, and a position check every heartbeat catches a
+//!   lost last message. When the owner's liveness key is gone for a lease, a mirroring
+//!   node ends the stream for everyone with `error {node_lost}` + `end {error}` by
+//!   compare-and-set on `top`.
 //! - **Cancel** of a stream owned elsewhere is published on the owner's control channel.
 //! - **Sessions**: owners announce a session's streams (a sorted set of live ids and a
 //!   channel); a node with followers of the session mirrors each of them.
@@ -25,46 +29,59 @@ use tokio::sync::mpsc;
 
 use super::{Cluster, ClusterError};
 use crate::event::{EventKind, Line, Seq};
-use crate::hub::{Backing, Hub, LogStore, Stream};
+use crate::hub::{Backing, Entry, Hub, LogStore, Stream};
 use crate::metrics::Metrics;
 use crate::request::{RequestId, Transport};
 use crate::routes::Route;
 use std::collections::HashMap;
 
-/// Entries one `XRANGE` call reads.
-const RANGE_COUNT: usize = 512;
+/// Redis Stream entries (batches) one read takes.
+const RANGE_COUNT: usize = 256;
 
 /// `KEYS`: log, meta, batch channel. `ARGV`: node, first seq, live ttl ms, end ttl ms,
-/// ended (0/1), route, session, most entries kept, then one line per entry from `first`.
+/// ended (0/1), route, session, most entries kept, how many lines, then the lines from
+/// `first` on, concatenated. The lines not in Redis yet (a retried flush may repeat
+/// some) become one Redis Stream entry whose id is the seq of its first line.
 const APPEND: &str = r"
-local owner = redis.call('HGET', KEYS[2], 'owner')
+local m = redis.call('HMGET', KEYS[2], 'owner', 'ended', 'top', 'first')
+local owner = m[1]
 if owner and owner ~= ARGV[1] then return {'FENCED', 0} end
 local first = tonumber(ARGV[2])
 local top
+local held_from
 if not owner then
   redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'route', ARGV[6], 'session', ARGV[7],
     'first', first, 'top', first, 'ended', '0')
   top = first
+  held_from = first
 else
-  if redis.call('HGET', KEYS[2], 'ended') == '1' then return {'FENCED', 0} end
-  top = tonumber(redis.call('HGET', KEYS[2], 'top'))
+  if m[2] == '1' then return {'FENCED', 0} end
+  top = tonumber(m[3])
+  held_from = tonumber(m[4])
 end
 if top < first then return {'GAP', top} end
-local n = #ARGV - 8
-local batch = {}
-for i = 1, n do
-  local seq = first + i - 1
-  if seq >= top then
-    redis.call('XADD', KEYS[1], seq .. '-1', 'e', ARGV[8 + i])
-    batch[#batch + 1] = ARGV[8 + i]
+local last = first + tonumber(ARGV[9])
+local lines = ARGV[10]
+local receivers = 0
+if last > top then
+  if top > first then
+    local at = 1
+    for _ = 1, top - first do at = string.find(lines, '\n', at, true) + 1 end
+    lines = string.sub(lines, at)
   end
+  redis.call('XADD', KEYS[1], top .. '-1', 'e', lines)
+  redis.call('HSET', KEYS[2], 'top', last)
 end
-local last = first + n
-if last > top then redis.call('HSET', KEYS[2], 'top', last) end
 local kept_from = last - tonumber(ARGV[8])
-if kept_from > tonumber(redis.call('HGET', KEYS[2], 'first')) then
-  redis.call('XTRIM', KEYS[1], 'MINID', kept_from .. '-1')
-  redis.call('HSET', KEYS[2], 'first', kept_from)
+if kept_from > held_from then
+  local holder = redis.call('XREVRANGE', KEYS[1], kept_from .. '-1', '-', 'COUNT', 1)[1]
+  if holder then
+    local from = tonumber(string.match(holder[1], '^%d+'))
+    if from > held_from then
+      redis.call('XTRIM', KEYS[1], 'MINID', holder[1])
+      redis.call('HSET', KEYS[2], 'first', from)
+    end
+  end
 end
 local ttl = ARGV[3]
 if ARGV[5] == '1' then
@@ -73,9 +90,29 @@ if ARGV[5] == '1' then
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
-local receivers = 0
-if #batch > 0 then receivers = redis.call('PUBLISH', KEYS[3], table.concat(batch)) end
+if last > top then receivers = redis.call('PUBLISH', KEYS[3], lines) end
 return {'OK', receivers}
+";
+
+/// `KEYS`: log. `ARGV`: a seq, most entries. The log's entries from the one holding
+/// that seq on (or from the first past it).
+const RANGE: &str = r"
+local from = ARGV[1] .. '-1'
+local holder = redis.call('XREVRANGE', KEYS[1], from, '-', 'COUNT', 1)[1]
+if holder then from = holder[1] end
+return redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', ARGV[2])
+";
+
+/// `KEYS`: meta, log. `ARGV`: most entries. The stream's meta hash (owner, route,
+/// session, first, top, ended) and its log's entries from its first kept seq on, read at
+/// once (nothing when the stream is unknown).
+const READ: &str = r"
+local m = redis.call('HMGET', KEYS[1], 'owner', 'route', 'session', 'first', 'top', 'ended')
+if not m[1] then return {} end
+local from = m[4] .. '-1'
+local holder = redis.call('XREVRANGE', KEYS[2], from, '-', 'COUNT', 1)[1]
+if holder then from = holder[1] end
+return {m, redis.call('XRANGE', KEYS[2], from, '+', 'COUNT', ARGV[1])}
 ";
 
 /// `KEYS`: meta, log, batch channel, the owner's liveness key. `ARGV`: owner, observed
@@ -88,14 +125,57 @@ if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[1], 'ended') == '1' then return 0 end
 local top = tonumber(redis.call('HGET', KEYS[1], 'top'))
 if top ~= tonumber(ARGV[2]) then return 0 end
-redis.call('XADD', KEYS[2], top .. '-1', 'e', ARGV[4])
-redis.call('XADD', KEYS[2], (top + 1) .. '-1', 'e', ARGV[5])
+local lines = ARGV[4] .. ARGV[5]
+redis.call('XADD', KEYS[2], top .. '-1', 'e', lines)
 redis.call('HSET', KEYS[1], 'top', top + 2, 'ended', '1')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', KEYS[3], ARGV[4] .. ARGV[5])
+redis.call('PUBLISH', KEYS[3], lines)
 return 1
 ";
+
+static RANGE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(RANGE));
+
+static READ_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(READ));
+
+/// A stream's key (`<prefix>:{<id>}:<what>`, as [`Cluster::stream_key`] makes it),
+/// written into the command without a string of its own.
+struct StreamKey<'a> {
+    prefix: &'a str,
+    id: &'a str,
+    what: &'a str,
+}
+
+impl redis::ToRedisArgs for StreamKey<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + redis::RedisWrite,
+    {
+        use std::io::Write;
+        let mut w = out.writer_for_next_arg();
+        // Writing into the command's buffer cannot fail.
+        let _ = write!(w, "{}:{{{}}}:{}", self.prefix, self.id, self.what);
+    }
+}
+
+/// A flush's lines of one stream as one argument (copied once, into the command).
+struct Lines<'a>(&'a [Arc<Entry>]);
+
+impl redis::ToRedisArgs for Lines<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + redis::RedisWrite,
+    {
+        use std::io::Write;
+        let mut w = out.writer_for_next_arg();
+        for e in self.0 {
+            // Writing into the command's buffer cannot fail.
+            let _ = w.write_all(e.line.as_bytes());
+        }
+    }
+}
 
 /// What a node needs of the rest of the bridge to mirror streams.
 pub(super) struct Attached {
@@ -127,6 +207,29 @@ struct Meta {
     first: Seq,
     top: Seq,
     ended: bool,
+}
+
+impl Meta {
+    /// From the hash's `owner, route, session, first, top, ended` (`None`: no owner, the
+    /// stream is unknown).
+    fn from_fields(v: Vec<Option<String>>) -> Option<Meta> {
+        let mut v = v.into_iter();
+        let mut next = || v.next().flatten();
+        let owner = next()?;
+        let route = next().unwrap_or_default();
+        let session = next().unwrap_or_default();
+        let mut num = || next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let (first, top) = (num(), num());
+        let ended = next().as_deref() == Some("1");
+        Some(Meta {
+            owner,
+            route,
+            session,
+            first,
+            top,
+            ended,
+        })
+    }
 }
 
 impl Cluster {
@@ -244,53 +347,53 @@ impl Cluster {
             .query_async(&mut conn)
             .await?;
         self.saw_redis();
-        let get = |i: usize| v.get(i).cloned().flatten();
-        let Some(owner) = get(0) else {
-            return Ok(None);
-        };
-        let num = |i: usize| get(i).and_then(|s| s.parse().ok()).unwrap_or(0);
-        Ok(Some(Meta {
-            owner,
-            route: get(1).unwrap_or_default(),
-            session: get(2).unwrap_or_default(),
-            first: num(3),
-            top: num(4),
-            ended: get(5).as_deref() == Some("1"),
-        }))
+        Ok(Meta::from_fields(v))
     }
 
-    /// Entries of stream `id` from `from` on (at most [`RANGE_COUNT`]).
-    async fn range(&self, id: &str, from: Seq) -> Result<Vec<(Seq, Bytes)>, ClusterError> {
+    /// The meta of stream `id` and the lines its log holds from its first kept seq on
+    /// (at most [`RANGE_COUNT`] entries, and how many entries that was), read at once.
+    async fn read(&self, id: &str) -> Result<Option<(Meta, Vec<Bytes>, usize)>, ClusterError> {
         let mut conn = self.conn();
-        let v: Value = redis::cmd("XRANGE")
-            .arg(self.stream_key(id, "log"))
-            .arg(format!("{from}-1"))
-            .arg("+")
-            .arg("COUNT")
+        let v: Value = READ_SCRIPT
+            .key(self.stream_key(id, "meta"))
+            .key(self.stream_key(id, "log"))
             .arg(RANGE_COUNT)
-            .query_async(&mut conn)
+            .invoke_async(&mut conn)
             .await?;
         self.saw_redis();
-        let mut out = Vec::new();
-        let Value::Array(entries) = v else {
-            return Ok(out);
+        let Value::Array(mut parts) = v else {
+            return Err(ClusterError::Protocol("the read script's reply".into()));
         };
-        for e in entries {
-            let Value::Array(parts) = e else { continue };
-            let (Some(Value::BulkString(eid)), Some(Value::Array(fields))) =
-                (parts.first(), parts.get(1))
-            else {
-                continue;
-            };
-            let seq = std::str::from_utf8(eid)
-                .ok()
-                .and_then(|s| s.split('-').next())
-                .and_then(|s| s.parse().ok());
-            if let (Some(seq), Some(Value::BulkString(line))) = (seq, fields.get(1)) {
-                out.push((seq, Bytes::copy_from_slice(line)));
-            }
-        }
-        Ok(out)
+        let (Some(entries), Some(Value::Array(fields))) = (parts.pop(), parts.pop()) else {
+            return Ok(None);
+        };
+        let fields = fields
+            .into_iter()
+            .map(|f| match f {
+                Value::BulkString(b) => String::from_utf8(b).ok(),
+                Value::SimpleString(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        let Some(meta) = Meta::from_fields(fields) else {
+            return Ok(None);
+        };
+        let (lines, n) = lines_of_entries(entries);
+        Ok(Some((meta, lines, n)))
+    }
+
+    /// Lines of stream `id` from the entry (batch) holding `from` on: at most
+    /// [`RANGE_COUNT`] entries, and how many entries that was.
+    async fn range(&self, id: &str, from: Seq) -> Result<(Vec<Bytes>, usize), ClusterError> {
+        let mut conn = self.conn();
+        let v: Value = RANGE_SCRIPT
+            .key(self.stream_key(id, "log"))
+            .arg(from)
+            .arg(RANGE_COUNT)
+            .invoke_async(&mut conn)
+            .await?;
+        self.saw_redis();
+        Ok(lines_of_entries(v))
     }
 
     /// The local copy of stream `id`, run on another node: the one held, or a new mirror
@@ -305,10 +408,50 @@ impl Cluster {
         if let Some(s) = a.hub.get(id.as_str()) {
             return Ok(Some(s));
         }
-        let Some(meta) = self.meta(id.as_str()).await? else {
+        let maker = self
+            .mirroring
+            .entry(id.as_str().to_string())
+            .or_default()
+            .clone();
+        let made = {
+            let _making = maker.lock().await;
+            match a.hub.get(id.as_str()) {
+                Some(s) => Ok(Some(s)),
+                None => self.new_mirror(a, id).await,
+            }
+        };
+        // Forgotten once no other request waits for it (the map's handle and this one).
+        self.mirroring
+            .remove_if(id.as_str(), |_, m| Arc::strong_count(m) <= 2);
+        made
+    }
+
+    /// Makes the mirror of stream `id` (this node's only maker of it at the time):
+    /// subscribes to its batch channel and reads its meta and log at once, one round
+    /// trip's wait rather than three; the follower's first repair then reads again what
+    /// was published before the subscription took effect.
+    async fn new_mirror(
+        self: &Arc<Self>,
+        a: &Attached,
+        id: &RequestId,
+    ) -> Result<Option<Arc<Stream>>, ClusterError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let channel = self.stream_key(id.as_str(), "ev");
+        let (subscribed, read) =
+            tokio::join!(self.subscribe(channel.clone(), tx), self.read(id.as_str()));
+        let read = match (subscribed, read) {
+            (Ok(()), Ok(read)) => read,
+            (Err(e), _) | (_, Err(e)) => {
+                self.unsubscribe(&channel).await;
+                return Err(e);
+            }
+        };
+        let Some((meta, lines, n)) = read else {
+            self.unsubscribe(&channel).await;
             return Ok(None);
         };
         let Some(route) = a.routes.get(&meta.route).cloned() else {
+            self.unsubscribe(&channel).await;
             return Ok(None);
         };
         let session = (!meta.session.is_empty()).then(|| Arc::<str>::from(meta.session.as_str()));
@@ -319,33 +462,34 @@ impl Cluster {
             meta.first,
             a.metrics.stream(&route.name, Transport::Ndjson),
         );
-        if created {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let channel = self.stream_key(id.as_str(), "ev");
-            if let Err(e) = self.subscribe(channel.clone(), tx).await {
-                a.hub.drop_mirror(&stream);
-                return Err(e);
-            }
-            if let Err(e) = self.fill(&stream).await {
-                self.unsubscribe(&channel).await;
-                a.hub.drop_mirror(&stream);
-                return Err(e);
-            }
-            tokio::spawn(follow(Arc::downgrade(self), stream.clone(), rx, channel));
+        if !created {
+            self.unsubscribe(&channel).await;
+            return Ok(Some(stream));
         }
+        for line in lines {
+            append_line(&stream, line);
+        }
+        if n >= RANGE_COUNT
+            && let Err(e) = self.fill(&stream).await
+        {
+            self.unsubscribe(&channel).await;
+            a.hub.drop_mirror(&stream);
+            return Err(e);
+        }
+        tokio::spawn(follow(Arc::downgrade(self), stream.clone(), rx, channel));
         Ok(Some(stream))
     }
 
-    /// Appends to a mirror what Redis holds past its head.
+    /// Appends to a mirror what Redis holds past its head (lines it holds already are
+    /// skipped).
     async fn fill(&self, stream: &Stream) -> Result<(), ClusterError> {
         loop {
             let head = stream.next_seq();
-            let entries = self.range(stream.id.as_str(), head).await?;
-            let n = entries.len();
-            for (_, line) in entries {
+            let (lines, n) = self.range(stream.id.as_str(), head).await?;
+            for line in lines {
                 append_line(stream, line);
             }
-            if n < RANGE_COUNT || stream.is_ended() {
+            if n < RANGE_COUNT || stream.is_ended() || stream.next_seq() == head {
                 return Ok(());
             }
         }
@@ -511,6 +655,26 @@ fn lines_of(batch: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
     })
 }
 
+/// The lines of `XRANGE` entries (each entry one batch of lines), and how many entries.
+fn lines_of_entries(v: Value) -> (Vec<Bytes>, usize) {
+    let mut out = Vec::new();
+    let Value::Array(entries) = v else {
+        return (out, 0);
+    };
+    let n = entries.len();
+    for e in entries {
+        let Value::Array(mut parts) = e else { continue };
+        let Some(Value::Array(mut fields)) = parts.pop() else {
+            continue;
+        };
+        if let Some(Value::BulkString(batch)) = fields.pop() {
+            let batch = Bytes::from(batch);
+            out.extend(lines_of(&batch));
+        }
+    }
+    (out, n)
+}
+
 /// Feeds one mirror until its stream ends: live batches, repairs, the position check,
 /// and the takeover of a stream whose owner is gone.
 async fn follow(
@@ -520,6 +684,8 @@ async fn follow(
     channel: String,
 ) {
     let Some(c) = cluster.upgrade() else { return };
+    // What was published before the subscription took effect is in Redis: read it.
+    let _ = c.fill(&stream).await;
     let step = Duration::from_millis(c.config.heartbeat_ms);
     let lease = Duration::from_millis(c.config.lease_ms);
     let outage = Duration::from_millis(c.config.outage_timeout_ms);
@@ -722,12 +888,20 @@ async fn writer(cluster: Weak<Cluster>, mut rx: mpsc::UnboundedReceiver<Arc<Stre
             let (first, upto) = (first.seq, last.seq + 1);
             let ended = entries.iter().any(|e| e.kind == EventKind::End);
             let id = s.id.as_str();
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(script.get_hash())
+            // Sized once: the lines and the other arguments (keys, names, numbers).
+            let lines: usize = entries.iter().map(|e| e.line.len()).sum();
+            let mut cmd = redis::Cmd::with_capacity(15, lines + 3 * id.len() + 384);
+            let key = |what| StreamKey {
+                prefix: &c.keys.prefix,
+                id,
+                what,
+            };
+            cmd.arg("EVALSHA")
+                .arg(script.get_hash())
                 .arg(3)
-                .arg(c.stream_key(id, "log"))
-                .arg(c.stream_key(id, "meta"))
-                .arg(c.stream_key(id, "ev"))
+                .arg(key("log"))
+                .arg(key("meta"))
+                .arg(key("ev"))
                 .arg(&c.node)
                 .arg(first)
                 .arg(c.config.live_ttl_secs * 1000)
@@ -736,9 +910,7 @@ async fn writer(cluster: Weak<Cluster>, mut rx: mpsc::UnboundedReceiver<Arc<Stre
                 .arg(&*s.route.name)
                 .arg(s.session_id.as_deref().unwrap_or(""))
                 .arg(c.attached.get().map_or(65_536, |a| a.max_kept));
-            for e in &entries {
-                cmd.arg(e.line.as_bytes());
-            }
+            cmd.arg(entries.len()).arg(Lines(&entries));
             pipe.add_command(cmd);
             batch.push((s, first, upto));
         }

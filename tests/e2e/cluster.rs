@@ -3,8 +3,8 @@
 //! Faults are real too: `kill -9` of a node, Redis paused with SIGSTOP or restarted
 //! empty. Every wait is on a condition; every process is killed when its handle drops.
 //!
-//! Skipped (with a message) when `redis-server` is not installed; `scripts/test`
-//! installs Debian's.
+//! Skipped (with a message) when `redis-server` is not installed (`needs::redis`), unless
+//! `SWITCHYARD_REQUIRE_REDIS` is set; `scripts/test` installs Debian's.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 use crate::common::*;
+use crate::support::needs;
 
 const TOKEN: &str = "cluster-admin-token";
 
@@ -24,27 +25,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn redis_installed() -> bool {
-    std::process::Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Returns true (and says why) when the cluster tests cannot run here.
-fn skip() -> bool {
-    if redis_installed() {
-        return false;
-    }
-    assert!(
-        std::env::var_os("SWITCHYARD_REQUIRE_REDIS").is_none(),
-        "redis-server is required (SWITCHYARD_REQUIRE_REDIS) but not installed"
-    );
-    eprintln!("skipped: redis-server is not installed (scripts/test installs Debian's)");
-    true
 }
 
 /// A `redis-server` child: no persistence, loopback only.
@@ -248,6 +228,14 @@ impl Node {
     }
 }
 
+async fn two_nodes(redis: &Redis) -> (Node, Node) {
+    let url = redis.url();
+    tokio::join!(
+        Node::start(NodeSpec::new(&url, "n1")),
+        Node::start(NodeSpec::new(&url, "n2")),
+    )
+}
+
 async fn three_nodes(redis: &Redis) -> (Node, Node, Node) {
     let url = redis.url();
     let (a, b, c) = tokio::join!(
@@ -266,7 +254,7 @@ fn flags_file(dir: &Path) -> String {
 /// node too), and `switchyard_flags_version` agrees everywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_flag_change_reaches_every_node_within_two_seconds() {
-    if skip() {
+    if !needs::redis() {
         return;
     }
     let redis = Redis::start().await;
@@ -307,7 +295,7 @@ async fn cluster_flag_change_reaches_every_node_within_two_seconds() {
 /// rounds no update is lost and the audit log (read on a third node) is one history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_if_match_holds_across_nodes_and_the_audit_is_one_history() {
-    if skip() {
+    if !needs::redis() {
         return;
     }
     let redis = Redis::start().await;
@@ -375,7 +363,7 @@ async fn cluster_if_match_holds_across_nodes_and_the_audit_is_one_history() {
 /// the node becomes ready by itself and seeds the empty Redis with its flags.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_a_node_started_without_redis_serves_its_last_good_flags_and_recovers() {
-    if skip() {
+    if !needs::redis() {
         return;
     }
     let port = free_port();
@@ -422,7 +410,7 @@ async fn cluster_a_node_started_without_redis_serves_its_last_good_flags_and_rec
 /// ready again by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_redis_paused_past_the_bound_gives_503_and_recovers() {
-    if skip() {
+    if !needs::redis() {
         return;
     }
     let redis = Redis::start().await;
@@ -539,7 +527,7 @@ async fn start_chat(
 /// subscriber: over many concurrent streams, each resumed on another node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_streams_resume_and_follow_from_any_node() {
-    if skip() {
+    if !needs::redis() {
         return;
     }
     let redis = Redis::start().await;
@@ -643,7 +631,7 @@ async fn cluster_streams_resume_and_follow_from_any_node() {
 /// id is 404, an ended one `{cancelled: false}`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_cancel_from_another_node() {
-    if skip() {
+    if !needs::redis() {
         return;
     }
     let redis = Redis::start().await;
@@ -693,7 +681,7 @@ async fn cluster_cancel_from_another_node() {
 /// afterwards gets the same end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_kill_9_of_the_owner_ends_its_streams_with_node_lost() {
-    if skip() {
+    if !needs::redis() {
         return;
     }
     let redis = Redis::start().await;
@@ -765,15 +753,11 @@ async fn cluster_kill_9_of_the_owner_ends_its_streams_with_node_lost() {
 /// hang; after SIGCONT the node serves new streams again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_redis_down_past_the_bound_ends_live_streams_explicitly() {
-    if skip() {
+    if !needs::redis() {
         return;
     }
     let redis = Redis::start().await;
-    let url = redis.url();
-    let (n1, n2) = tokio::join!(
-        Node::start(NodeSpec::new(&url, "n1")),
-        Node::start(NodeSpec::new(&url, "n2"))
-    );
+    let (n1, n2) = two_nodes(&redis).await;
     let (mut owner, head, id) =
         start_chat(&n1, json!({"chunks": 100000, "interval_ms": 20}), |v| {
             v["event"] == "chunk"
@@ -829,15 +813,11 @@ async fn cluster_redis_down_past_the_bound_ends_live_streams_explicitly() {
 /// error; never a silent gap, a duplicate or a hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_redis_restarted_empty_never_leaves_a_gap_or_a_hang() {
-    if skip() {
+    if !needs::redis() {
         return;
     }
     let mut redis = Redis::start().await;
-    let url = redis.url();
-    let (n1, n2) = tokio::join!(
-        Node::start(NodeSpec::new(&url, "n1")),
-        Node::start(NodeSpec::new(&url, "n2"))
-    );
+    let (n1, n2) = two_nodes(&redis).await;
     let (mut owner, head, id) = start_chat(&n1, json!({"chunks": 150, "interval_ms": 20}), |v| {
         v["event"] == "chunk"
     })
@@ -881,7 +861,7 @@ fn sio_at(node: &Node, transports: &[&str], steps: Value) -> Value {
 /// stream started over HTTP on another node, once and whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_socketio_clients_resume_cancel_and_follow_across_nodes() {
-    if skip() {
+    if !needs::redis() {
         return;
     }
     let redis = Redis::start().await;
@@ -1043,7 +1023,7 @@ impl Drop for Proxy {
 /// again and has written nothing more to the streams it lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_a_node_cut_off_from_redis_loses_its_streams_and_never_writes_them_again() {
-    if skip() {
+    if !needs::redis() {
         return;
     }
     let redis = Redis::start().await;
@@ -1115,15 +1095,11 @@ async fn cluster_a_node_cut_off_from_redis_loses_its_streams_and_never_writes_th
 /// local or remote, gets every event once; the streams complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_a_short_redis_pause_loses_and_repeats_nothing() {
-    if skip() {
+    if !needs::redis() {
         return;
     }
     let redis = Redis::start().await;
-    let url = redis.url();
-    let (n1, n2) = tokio::join!(
-        Node::start(NodeSpec::new(&url, "n1")),
-        Node::start(NodeSpec::new(&url, "n2"))
-    );
+    let (n1, n2) = two_nodes(&redis).await;
     let mut pairs = Vec::new();
     for i in 0..10 {
         let (owner, head, id) = start_chat(&n1, json!({"chunks": 80, "interval_ms": 20}), |v| {
@@ -1154,7 +1130,7 @@ async fn cluster_a_short_redis_pause_loses_and_repeats_nothing() {
 /// and resumes where it was, reading the same end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_a_drained_nodes_client_resumes_on_another_node() {
-    if skip() {
+    if !needs::redis() {
         return;
     }
     let redis = Redis::start().await;
@@ -1186,7 +1162,7 @@ async fn cluster_a_drained_nodes_client_resumes_on_another_node() {
 /// within 2 s of being applied, and in the cluster's audit as `file`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_a_hand_edit_on_one_node_reaches_every_node() {
-    if skip() {
+    if !needs::redis() {
         return;
     }
     let redis = Redis::start().await;
@@ -1262,7 +1238,7 @@ async fn cluster_settings_are_checked_by_switchyard_check() {
 /// its use without bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_every_redis_key_is_prefixed_and_expiring() {
-    if skip() {
+    if !needs::redis() {
         return;
     }
     let redis = Redis::start().await;
@@ -1298,5 +1274,50 @@ async fn cluster_every_redis_key_is_prefixed_and_expiring() {
             .await
             .unwrap();
         assert!(ttl > 0, "{key} expires (PTTL {ttl})");
+    }
+}
+
+/// A Redis Stream entry holds a batch of lines: the log keeps at most
+/// `cluster.log_max_events` events, but never drops the batch that holds the oldest kept
+/// one, so a resume on another node from there reads every event to the end, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_trimmed_log_keeps_the_batch_holding_its_oldest_kept_event() {
+    if !needs::redis() {
+        return;
+    }
+    const KEPT: u64 = 8;
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let mut spec = NodeSpec::new(&url, "n1");
+    spec.env
+        .push(("SWITCHYARD_CLUSTER__LOG_MAX_EVENTS", KEPT.to_string()));
+    let (n1, n2) = tokio::join!(Node::start(spec), Node::start(NodeSpec::new(&url, "n2")));
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    for (i, interval) in [0, 1, 3].into_iter().enumerate() {
+        let id = format!("trimmed-{i}");
+        let mut body = chat(json!({"chunks": 80, "interval_ms": interval}), None);
+        body["request_id"] = json!(id);
+        let all = contiguous(&post_all(n1.url(CHAT), body).await, 0);
+        check_rules(&all);
+        let top = all.len() as u64;
+        let kept_from = top - KEPT;
+        let first: u64 = redis::cmd("HGET")
+            .arg(format!("sy:{{{id}}}:meta"))
+            .arg("first")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(first <= kept_from, "{id}: the log holds from {first}");
+        if interval > 0 {
+            assert!(first > 0, "{id}: the log was trimmed");
+        }
+        let mut r = LineReader::open(
+            http().get(n2.url(&format!("/api/streams/{id}?after={}", kept_from - 1))),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{id}: resume from the oldest kept event");
+        let tail = contiguous(&r.rest().await, kept_from);
+        assert_eq!(tail, all[kept_from as usize..].to_vec(), "{id}");
     }
 }

@@ -1,7 +1,9 @@
 //! What some tests need from outside Rust: the real Socket.IO clients (`tests/interop`,
-//! installed by `scripts/interop-setup`) and Prometheus (the dashboard check). When one is
-//! missing, the run stops at the first test that needs it with one line saying what to
-//! install (`scripts/test` installs everything), rather than a failure per test.
+//! installed by `scripts/interop-setup`), Prometheus (the dashboard check) and
+//! `redis-server` (the cluster tests). When one is missing, the run stops at the first
+//! test that needs it with one line saying what to install (`scripts/test` installs
+//! everything), rather than a failure per test; the cluster tests are skipped instead,
+//! unless `SWITCHYARD_REQUIRE_REDIS` says they must run.
 
 use std::io::Write;
 use std::path::Path;
@@ -39,6 +41,21 @@ pub fn prometheus() {
         on_path("prometheus") && on_path("promtool"),
         "prometheus and promtool are not on PATH (Debian: apt-get install prometheus)",
     );
+}
+
+/// `redis-server`: whether the cluster tests can run here. Without it they are skipped
+/// (false, with one line saying so), unless `SWITCHYARD_REQUIRE_REDIS` is set: then the
+/// run stops as for any other missing need.
+pub fn redis() -> bool {
+    if on_path("redis-server") {
+        return true;
+    }
+    need(
+        std::env::var_os("SWITCHYARD_REQUIRE_REDIS").is_none(),
+        "redis-server is required (SWITCHYARD_REQUIRE_REDIS) but not on PATH (Debian: apt-get install redis-server)",
+    );
+    eprintln!("skipped: redis-server is not installed (scripts/test installs Debian's)");
+    false
 }
 
 fn on_path(tool: &str) -> bool {
