@@ -230,6 +230,28 @@ impl Bridge {
             let _entered = span.enter();
             start_engine(job, stream.clone())
         };
+        if let (Some(c), Some(session)) = (&self.inner.cluster, &stream.session_id) {
+            c.announce(session.clone(), stream.id.clone(), false);
+        }
+        tracing::debug!(request_id = %stream.id, route = %stream.route.name, transport = req.transport.as_str(), "stream started");
+        // An engine that finished in its first poll (a short burst) needs no producer
+        // task: its stream ends here, and the response leaves whole.
+        let engine_run = match engine_run {
+            Either::Right(done) => {
+                let _entered = span.enter();
+                let finish = engine_finish(done.into_inner());
+                conclude(
+                    &self.inner.metrics,
+                    engine.kind(),
+                    &self.inner.hub,
+                    &stream,
+                    finish,
+                    self.inner.cluster.as_ref(),
+                );
+                return Ok(cursor);
+            }
+            running => running,
+        };
         let producer = produce(
             self.inner.metrics.clone(),
             engine.kind(),
@@ -240,11 +262,7 @@ impl Bridge {
             Duration::from_secs(self.inner.config.engine.idle_timeout_secs),
             self.inner.cluster.clone(),
         );
-        if let (Some(c), Some(session)) = (&self.inner.cluster, &stream.session_id) {
-            c.announce(session.clone(), stream.id.clone(), false);
-        }
         tokio::spawn(producer.instrument(span));
-        tracing::debug!(request_id = %stream.id, route = %stream.route.name, transport = req.transport.as_str(), "stream started");
         Ok(cursor)
     }
 
@@ -502,25 +520,56 @@ async fn produce(
             Some((error_type, message)) => Finish::Failed { error_type, message },
             None => Finish::Stopped(reason),
         },
-        r = &mut engine => match r {
-            Ok(Ok(())) => Finish::Completed,
-            Ok(Err(EngineError::Failed { error_type, message })) => Finish::Failed { error_type, message },
-            Ok(Err(e @ EngineError::InvalidOption { .. })) => Finish::Failed {
-                error_type: "invalid_request".into(),
-                message: e.to_string(),
-            },
-            Err(panic) => {
-                tracing::error!(panic, "the engine panicked");
-                Finish::Failed {
-                    error_type: "engine_error".into(),
-                    message: "the engine stopped unexpectedly".into(),
-                }
-            }
-        },
+        r = &mut engine => engine_finish(r),
         _ = watchdog => Finish::Stopped(EndReason::Cancelled),
     };
     // A stopped engine goes now, before the stream's last events are written.
     drop(engine);
+    conclude(
+        &metrics,
+        engine_kind,
+        &hub,
+        &stream,
+        finish,
+        cluster.as_ref(),
+    );
+}
+
+/// How an engine's result ends its stream.
+fn engine_finish(r: EngineResult) -> Finish {
+    match r {
+        Ok(Ok(())) => Finish::Completed,
+        Ok(Err(EngineError::Failed {
+            error_type,
+            message,
+        })) => Finish::Failed {
+            error_type,
+            message,
+        },
+        Ok(Err(e @ EngineError::InvalidOption { .. })) => Finish::Failed {
+            error_type: "invalid_request".into(),
+            message: e.to_string(),
+        },
+        Err(panic) => {
+            tracing::error!(panic, "the engine panicked");
+            Finish::Failed {
+                error_type: "engine_error".into(),
+                message: "the engine stopped unexpectedly".into(),
+            }
+        }
+    }
+}
+
+/// Writes a stream's last events and hands it to the hub's retention (and, in a cluster,
+/// tells its session it ended).
+fn conclude(
+    metrics: &Metrics,
+    engine_kind: &'static str,
+    hub: &Arc<Hub>,
+    stream: &Arc<Stream>,
+    finish: Finish,
+    cluster: Option<&Arc<Cluster>>,
+) {
     if let Finish::Failed {
         error_type,
         message,
@@ -533,8 +582,8 @@ async fn produce(
     if stream.finish(finish).as_deref() == Some("error") {
         metrics.engine_error(&stream.route.name, engine_kind);
     }
-    hub.finished(&stream);
-    if let (Some(c), Some(session)) = (&cluster, &stream.session_id) {
+    hub.finished(stream);
+    if let (Some(c), Some(session)) = (cluster, &stream.session_id) {
         c.announce(session.clone(), stream.id.clone(), true);
     }
     tracing::debug!(subscribers = stream.subscribers(), "stream ended");

@@ -469,7 +469,9 @@ fn slow_consumer(cursor: &Cursor, seq: u64, d: &Delivery, counters: &EventCounte
     out.freeze()
 }
 
-/// Adds a heartbeat whenever `inner` has been silent for `period`.
+/// Adds a heartbeat whenever `inner` has been silent for `period`. One timer per response,
+/// re-armed when it fires (not a timer per frame): a busy stream only notes the time of
+/// its last frame.
 fn with_heartbeat<S, H>(
     inner: S,
     period: Duration,
@@ -479,16 +481,30 @@ where
     S: Stream<Item = Bytes> + Send + 'static,
     H: Fn() -> Option<Bytes> + Send + 'static,
 {
+    use tokio::time::Instant;
+    let timer = Box::pin(tokio::time::sleep(period));
     stream::unfold(
-        (Box::pin(inner), heartbeat),
-        move |(mut inner, heartbeat)| async move {
+        (Box::pin(inner), heartbeat, timer, Instant::now()),
+        move |(mut inner, heartbeat, mut timer, mut last)| async move {
             loop {
-                match tokio::time::timeout(period, inner.next()).await {
-                    Ok(Some(bytes)) => return Some((bytes, (inner, heartbeat))),
-                    Ok(None) => return None,
-                    Err(_) => {
+                tokio::select! {
+                    biased;
+                    item = inner.next() => {
+                        let bytes = item?;
+                        last = Instant::now();
+                        return Some((bytes, (inner, heartbeat, timer, last)));
+                    }
+                    () = timer.as_mut() => {
+                        let due = last + period;
+                        let now = Instant::now();
+                        if now < due {
+                            timer.as_mut().reset(due);
+                            continue;
+                        }
+                        last = now;
+                        timer.as_mut().reset(now + period);
                         if let Some(hb) = heartbeat() {
-                            return Some((hb, (inner, heartbeat)));
+                            return Some((hb, (inner, heartbeat, timer, last)));
                         }
                     }
                 }
