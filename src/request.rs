@@ -22,7 +22,12 @@ impl RequestId {
     pub const MAX_LEN: usize = 128;
 
     pub fn generate() -> RequestId {
-        RequestId(uuid::Uuid::new_v4().to_string().into())
+        let id = match random_16() {
+            Some(bytes) => uuid::Builder::from_random_bytes(bytes).into_uuid(),
+            None => uuid::Uuid::new_v4(),
+        };
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        RequestId(Arc::from(&*id.hyphenated().encode_lower(&mut text)))
     }
 
     /// Accepts 1 to 128 printable ASCII characters, none of them `/`, `?`, `#`, `%` or space.
@@ -44,6 +49,29 @@ impl RequestId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// 16 bytes from the operating system's random source, drawn 4 KiB at a time per thread
+/// (one `getrandom` call per 256 ids, not one per id); each handed-out byte is wiped from
+/// the pool. `None` when the source fails (the caller asks it directly then).
+fn random_16() -> Option<[u8; 16]> {
+    use std::cell::RefCell;
+    const POOL: usize = 4096;
+    thread_local! {
+        static RANDOM: RefCell<([u8; POOL], usize)> = const { RefCell::new(([0; POOL], POOL)) };
+    }
+    RANDOM.with_borrow_mut(|(pool, used)| {
+        if *used + 16 > POOL {
+            getrandom::fill(pool).ok()?;
+            *used = 0;
+        }
+        let taken = pool.get_mut(*used..*used + 16)?;
+        let mut out = [0u8; 16];
+        out.copy_from_slice(taken);
+        taken.fill(0);
+        *used += 16;
+        Some(out)
+    })
 }
 
 impl fmt::Display for RequestId {
@@ -192,6 +220,19 @@ pub struct StreamDesc<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_ids_are_distinct_uuid_v4s_across_pool_refills() {
+        let ids: std::collections::HashSet<String> = (0..2_000)
+            .map(|_| RequestId::generate().to_string())
+            .collect();
+        assert_eq!(ids.len(), 2_000);
+        for id in &ids {
+            let u = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(u.get_version_num(), 4, "{id}");
+            assert_eq!(id, &u.hyphenated().to_string());
+        }
+    }
 
     #[test]
     fn request_ids() {
