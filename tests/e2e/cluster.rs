@@ -19,7 +19,7 @@ use crate::support::needs;
 const TOKEN: &str = "cluster-admin-token";
 
 /// A free loopback port (bound then released; the child binds it right after).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -228,7 +228,7 @@ impl Node {
     }
 }
 
-async fn two_nodes(redis: &Redis) -> (Node, Node) {
+pub async fn two_nodes(redis: &Redis) -> (Node, Node) {
     let url = redis.url();
     tokio::join!(
         Node::start(NodeSpec::new(&url, "n1")),

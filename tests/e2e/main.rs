@@ -6,6 +6,7 @@
 
 mod abuse;
 mod backpressure;
+mod balancer;
 mod cluster;
 mod common;
 mod console;

@@ -21,6 +21,10 @@
  *     "client": "v4",                      // JS only: "v4" (default, socket.io-client 4.x,
  *                                          // protocol v5) or "v2" (socket.io-client 2.x,
  *                                          // protocol v4). Ignored by the Python client.
+ *     "with_credentials": false,           // JS v4 only: socket.io-client's withCredentials
+ *                                          // (under Node it turns on engine.io-client's
+ *                                          // cookie jar: cookies set by the server or a load
+ *                                          // balancer are sent back). Default false.
  *     "connect_timeout_ms": 5000,          // optional, default 5000
  *     "global_timeout_ms": 60000,          // optional, default 60000
  *     "steps": [ ... ]                     // run in order after connect
@@ -332,6 +336,7 @@ try {
       reconnection: false,
       timeout: connectTimeoutMs,
       forceNew: true,
+      withCredentials: spec.with_credentials === true,
     });
     socket.onAny((name, ...args) => onIncoming(name, args));
     socket.on('connect', onConnect);

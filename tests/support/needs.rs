@@ -3,7 +3,8 @@
 //! `redis-server` (the cluster tests). When one is missing, the run stops at the first
 //! test that needs it with one line saying what to install (`scripts/test` installs
 //! everything), rather than a failure per test; the cluster tests are skipped instead,
-//! unless `SWITCHYARD_REQUIRE_REDIS` says they must run.
+//! unless `SWITCHYARD_REQUIRE_REDIS` says they must run, and so are the load-balancer
+//! tests (`haproxy`, `nginx`), unless `SWITCHYARD_REQUIRE_BALANCERS` says they must.
 
 use std::io::Write;
 use std::path::Path;
@@ -55,6 +56,32 @@ pub fn redis() -> bool {
         "redis-server is required (SWITCHYARD_REQUIRE_REDIS) but not on PATH (Debian: apt-get install redis-server)",
     );
     eprintln!("skipped: redis-server is not installed (scripts/test installs Debian's)");
+    false
+}
+
+/// `haproxy` (the load-balancer tests): skipped when missing, unless
+/// `SWITCHYARD_REQUIRE_BALANCERS` is set.
+pub fn haproxy() -> bool {
+    balancer("haproxy")
+}
+
+/// `nginx` (the load-balancer tests): skipped when missing, unless
+/// `SWITCHYARD_REQUIRE_BALANCERS` is set.
+pub fn nginx() -> bool {
+    balancer("nginx")
+}
+
+fn balancer(tool: &str) -> bool {
+    if on_path(tool) {
+        return true;
+    }
+    need(
+        std::env::var_os("SWITCHYARD_REQUIRE_BALANCERS").is_none(),
+        &format!(
+            "{tool} is required (SWITCHYARD_REQUIRE_BALANCERS) but not on PATH (Debian: apt-get install {tool})"
+        ),
+    );
+    eprintln!("skipped: {tool} is not installed (scripts/test installs Debian's)");
     false
 }
 
