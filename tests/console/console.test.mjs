@@ -8,27 +8,20 @@
 // bridge. Screenshots go to test-artifacts/. Every wait is on a condition.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFile, execFileSync } from "node:child_process";
-import { mkdtempSync, mkdirSync, cpSync, rmSync, existsSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, dirname, resolve } from "node:path";
+import { execFile, execFileSync } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { chromium } from "playwright-core";
+import { startBridge, bridgeBinary } from "../../clients/js/test/helpers.mjs";
 import { io } from "socket.io-client";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const REPO = resolve(HERE, "../..");
 const ARTIFACTS = join(HERE, "test-artifacts");
 const ALICE = "alice-console-token";
 const OPS = "ops-cli-token";
 const TIMEOUT = 20_000;
-
-function bridgeBinary() {
-  if (process.env.SWITCHYARD_BIN) return process.env.SWITCHYARD_BIN;
-  const target = process.env.CARGO_TARGET_DIR ? resolve(REPO, process.env.CARGO_TARGET_DIR) : join(REPO, "target");
-  return join(target, "debug", "switchyard");
-}
 
 function findChromium() {
   if (process.env.CHROMIUM_BIN) return process.env.CHROMIUM_BIN;
@@ -53,66 +46,26 @@ async function waitFor(fn, what, timeoutMs = TIMEOUT) {
   }
 }
 
-/** The bridge binary with the shipped routes, a fresh copy of the shipped flags, two tokens. */
-async function startBridge() {
-  const bin = bridgeBinary();
-  if (!existsSync(bin)) throw new Error(`the bridge binary is missing: ${bin} (run \`cargo build\`)`);
-  const dir = mkdtempSync(join(tmpdir(), "switchyard-console-"));
-  const flagsDir = join(dir, "flags");
-  mkdirSync(flagsDir);
-  cpSync(join(REPO, "flags", "flags.example.toml"), join(flagsDir, "flags.example.toml"));
-  // The bridge writes its bound address here once it listens (`serve --ready-file`).
-  const readyFile = join(dir, "ready.json");
-  const proc = spawn(bin, ["serve", "--listen", "127.0.0.1:0", "--ready-file", readyFile], {
-    cwd: dir,
-    env: {
-      PATH: process.env.PATH,
-      HOME: process.env.HOME ?? dir,
-      NO_COLOR: "1",
-      RUST_LOG: "info",
-      SWITCHYARD_FLAGS_DIR: flagsDir,
-      SWITCHYARD_ROUTES_FILE: join(REPO, "routes.toml"),
-      SWITCHYARD_ADMIN__TOKENS__ALICE: ALICE,
-      SWITCHYARD_ADMIN__TOKENS__OPS: OPS,
-    },
-    stdio: ["ignore", "pipe", "pipe"],
+/** The bridge binary (started by the client package's test spawner, with the shipped
+ * routes and a fresh copy of the shipped flags) with two named admin tokens. */
+async function startConsoleBridge() {
+  const bridge = await startBridge({
+    adminToken: null,
+    env: { RUST_LOG: "info", SWITCHYARD_ADMIN__TOKENS__ALICE: ALICE, SWITCHYARD_ADMIN__TOKENS__OPS: OPS },
   });
-  let output = "";
-  const exit = new Promise((r) => proc.on("exit", (code, signal) => r({ code, signal })));
-  proc.stdout.setEncoding("utf8");
-  proc.stderr.setEncoding("utf8");
-  proc.stderr.on("data", (d) => (output += d));
-  proc.stdout.on("data", (d) => (output += d));
-  const ready = await waitFor(
-    () => existsSync(readyFile) && JSON.parse(readFileSync(readyFile, "utf8")),
-    `the bridge to listen (its ready file):\n${output}`,
-  );
-  const port = Number(ready.listen.split(":").pop());
-  const url = `http://127.0.0.1:${port}`;
-  return {
-    url,
-    bin,
-    flagsFile: join(flagsDir, "flags.toml"),
-    get output() {
-      return output;
-    },
+  return Object.assign(bridge, {
+    bin: bridgeBinary(),
+    flagsFile: join(bridge.dir, "flags", "flags.toml"),
+    /** The admin API as the `ops` token: {status, body}, whatever the status. */
     async admin(method, path, body) {
-      const res = await fetch(url + path, {
+      const res = await fetch(bridge.url + path, {
         method,
         headers: { authorization: `Bearer ${OPS}`, "content-type": "application/json" },
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
       });
       return { status: res.status, body: await res.json() };
     },
-    async stop() {
-      proc.kill("SIGTERM");
-      const t = setTimeout(() => proc.kill("SIGKILL"), 15_000);
-      const r = await exit;
-      clearTimeout(t);
-      rmSync(dir, { recursive: true, force: true });
-      return r;
-    },
-  };
+  });
 }
 
 /**
@@ -172,7 +125,7 @@ let traffic;
 let browser;
 
 before(async () => {
-  bridge = await startBridge();
+  bridge = await startConsoleBridge();
   traffic = startTraffic(bridge.url);
   browser = await chromium.launch({
     executablePath: findChromium(),

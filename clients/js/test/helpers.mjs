@@ -34,9 +34,12 @@ export async function waitFor(fn, { timeoutMs = 10_000, what = "condition", step
 
 /**
  * Starts the bridge binary with a temporary copy of the shipped flags (and optionally of
- * routes.toml with extra routes appended). Returns {url, port, proc, stop, admin, ...}.
+ * routes.toml with extra routes appended). Returns {url, port, proc, dir, stop, admin, ...}.
+ * `adminToken` is the admin API's token (`null`: none, e.g. when `env` names tokens);
+ * `env` is added to (and wins over) the bridge's environment. Also used by the ops
+ * console's browser test (tests/console).
  */
-export async function startBridge({ env = {}, extraRoutes = "", flags = null } = {}) {
+export async function startBridge({ env = {}, extraRoutes = "", flags = null, adminToken = ADMIN_TOKEN } = {}) {
   const bin = bridgeBinary();
   if (!existsSync(bin)) {
     throw new Error(`the bridge binary is missing: ${bin} (run \`cargo build\`, or set SWITCHYARD_BIN)`);
@@ -61,7 +64,7 @@ export async function startBridge({ env = {}, extraRoutes = "", flags = null } =
       RUST_LOG: "warn,switchyard=info",
       SWITCHYARD_FLAGS_DIR: flagsDir,
       SWITCHYARD_ROUTES_FILE: routesFile,
-      SWITCHYARD_ADMIN__TOKEN: ADMIN_TOKEN,
+      ...(adminToken ? { SWITCHYARD_ADMIN__TOKEN: adminToken } : {}),
       ...env,
     },
     stdio: ["ignore", "pipe", "pipe"],
@@ -105,7 +108,7 @@ export async function startBridge({ env = {}, extraRoutes = "", flags = null } =
     async admin(method, path, body) {
       const res = await fetch(url + path, {
         method,
-        headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
+        headers: { authorization: `Bearer ${adminToken}`, "content-type": "application/json" },
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
       });
       const text = await res.text();
