@@ -560,7 +560,6 @@ impl Cluster {
         let token = stop.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
-            let (tx, mut rx) = mpsc::unbounded_channel();
             let channel = c.session_channel(&session);
             let count = {
                 let mut n = c.session_watchers.entry(channel.clone()).or_insert(0);
@@ -568,12 +567,21 @@ impl Cluster {
                 *n
             };
             if count == 1 || !c.routes_by_channel.contains_key(&channel) {
+                // The first follower on this node subscribes; the announcements are
+                // relayed for as long as any follower of the session is here (the relay
+                // ends when the last one unsubscribes, which drops its sender).
+                let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
                 if let Err(e) = c.subscribe(channel.clone(), tx).await {
                     tracing::debug!(error = %e, "cannot follow a session across the cluster");
                 }
-            } else {
-                // Another follower on this node subscribed: share its announcements.
-                drop(tx);
+                let relay = c.clone();
+                tokio::spawn(async move {
+                    while let Some(id) = rx.recv().await {
+                        if let Ok(id) = RequestId::parse(&String::from_utf8_lossy(&id)) {
+                            let _ = relay.mirror(&id).await;
+                        }
+                    }
+                });
             }
             let live: Vec<String> = {
                 let mut conn = c.conn();
@@ -591,19 +599,7 @@ impl Cluster {
                 }
             }
             let _ = ready_tx.send(());
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => break,
-                    msg = rx.recv() => match msg {
-                        Some(id) => {
-                            if let Ok(id) = RequestId::parse(&String::from_utf8_lossy(&id)) {
-                                let _ = c.mirror(&id).await;
-                            }
-                        }
-                        None => token.cancelled().await,
-                    },
-                }
-            }
+            token.cancelled().await;
             let last = {
                 let mut n = c.session_watchers.entry(channel.clone()).or_insert(1);
                 *n -= 1;

@@ -626,6 +626,56 @@ async fn cluster_streams_resume_and_follow_from_any_node() {
     futures_util::future::join_all(runs).await;
 }
 
+/// Two followers of one session on one node, the first of which leaves: streams the
+/// session starts on another node afterwards still reach the second (the node keeps
+/// listening to the session's announcements while any follower of it is there), every
+/// event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_second_follower_on_a_node_outlives_the_first() {
+    if !needs::redis() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let (n1, n2) = two_nodes(&redis).await;
+    let session = "sess-two-followers";
+    let path = format!("/api/sessions/{session}/events");
+    let first = LineReader::open(http().get(n2.url(&path))).await;
+    let mut second = LineReader::open(http().get(n2.url(&path))).await;
+    assert_eq!((first.status, second.status), (200, 200));
+    drop(first);
+    for round in 0..3 {
+        let all = post_ndjson(
+            &n1.url(CHAT),
+            &chat(json!({"chunks": 5, "interval_ms": 5}), Some(session)),
+        )
+        .await;
+        check_rules(&all);
+        let id = all[0]["data"]["metadata"]["request_id"].clone();
+        let mut followed = Vec::new();
+        // Heartbeats keep coming either way: the stream must arrive within a bound.
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while followed.last().is_none_or(|e: &Value| e["event"] != "end") {
+                let v = second
+                    .next()
+                    .await
+                    .expect("the second follower's next line");
+                if v["event"] != "heartbeat" {
+                    followed.push(v);
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: the stream never reached the second follower"));
+        assert!(
+            followed.iter().all(|e| e["request_id"] == id),
+            "round {round}: {followed:?}"
+        );
+        let seqs: Vec<&Value> = followed.iter().map(|e| &e["seq"]).collect();
+        let want: Vec<&Value> = all.iter().map(|e| &e["seq"]).collect();
+        assert_eq!(seqs, want, "round {round}: each event once, in order");
+    }
+}
+
 /// Cancel from another node, over HTTP: the owner ends the stream with
 /// `completion {cancelled}` + `end {cancelled}`, which every subscriber gets; an unknown
 /// id is 404, an ended one `{cancelled: false}`.
