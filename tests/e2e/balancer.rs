@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::cluster::{Node, Redis, free_port, two_nodes};
+use crate::cluster::{Node, Redis, contiguous, free_port, two_nodes};
 use crate::common::*;
 use crate::support::needs;
 
@@ -212,19 +212,6 @@ impl Balancer {
             .filter_map(|l| l.split(' ').next().map(str::to_string))
             .collect()
     }
-}
-
-/// The non-heartbeat events, checked: contiguous `seq` from `from`.
-fn contiguous(events: &[Value], from: u64) -> Vec<Value> {
-    let events: Vec<Value> = events
-        .iter()
-        .filter(|e| e["event"] != "heartbeat")
-        .cloned()
-        .collect();
-    for (i, e) in events.iter().enumerate() {
-        assert_eq!(e["seq"], from + i as u64, "contiguous seq: {events:?}");
-    }
-    events
 }
 
 /// HTTP through the balancer, no stickiness: a stream started through it is resumed

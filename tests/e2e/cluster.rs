@@ -456,7 +456,7 @@ async fn get_json(n: &Node, path: &str) -> Value {
 
 /// The non-heartbeat events of a (partial) neutral stream, checked: contiguous `seq`
 /// from `from`, nothing after `end`, at most one `end`.
-fn contiguous(events: &[Value], from: u64) -> Vec<Value> {
+pub fn contiguous(events: &[Value], from: u64) -> Vec<Value> {
     let events: Vec<Value> = events
         .iter()
         .filter(|e| e["event"] != "heartbeat")
