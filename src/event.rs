@@ -179,6 +179,10 @@ pub struct LineBuf {
     block: BytesMut,
     /// The size of the next block.
     next: usize,
+    /// Where JSON is serialised before it is copied into the block (serde_json's writer
+    /// for a `Vec` is compiled once, in serde_json); kept from line to line unless a long
+    /// one made it large.
+    json: Vec<u8>,
 }
 
 impl LineBuf {
@@ -188,6 +192,33 @@ impl LineBuf {
     /// Makes room for a line of about `want` bytes (one known to be long).
     pub fn reserve(&mut self, want: usize) {
         self.with_room(want);
+    }
+
+    /// Serialises `value` into the reused buffer and writes a line of `kind` whose `data` is
+    /// that JSON (with `wrap` around it).
+    fn line_of_json(
+        &mut self,
+        kind: EventKind,
+        seq: Option<Seq>,
+        value: &impl Serialize,
+        wrap: (&[u8], &[u8]),
+    ) -> Line {
+        let mut json = std::mem::take(&mut self.json);
+        json.clear();
+        if serde_json::to_writer(&mut json, value).is_err() {
+            json.clear();
+            json.extend_from_slice(b"null");
+        }
+        let want = 64 + wrap.0.len() + json.len() + wrap.1.len();
+        let line = Line::encode(kind, seq, self.with_room(want), |out| {
+            out.put_slice(wrap.0);
+            out.put_slice(&json);
+            out.put_slice(wrap.1);
+        });
+        if json.capacity() <= Self::LAST_BLOCK {
+            self.json = json;
+        }
+        line
     }
 
     /// The block, with room for at least `want` more bytes (a line longer than guessed
@@ -204,32 +235,21 @@ impl LineBuf {
 impl Line {
     /// Encodes `event` into `buf`'s current block.
     pub fn of(event: &Event, buf: &mut LineBuf) -> Line {
-        // Through a `Vec`: serde_json's writer for it is compiled once, in serde_json.
-        let data = serde_json::to_vec(&event.data).unwrap_or_else(|_| b"null".to_vec());
-        Line::encode(
-            event.event,
-            event.seq,
-            buf.with_room(64 + data.len()),
-            |out| out.put_slice(&data),
-        )
+        buf.line_of_json(event.event, event.seq, &event.data, (b"", b""))
     }
 
     /// The line of `chunk {text}`: the same bytes as [`Line::of`] of that event, without
     /// building its JSON value (the per-token path).
     pub fn chunk(seq: Seq, text: &str, buf: &mut LineBuf) -> Line {
-        let guess = 64 + text.len() + text.len() / 8;
+        // Most text needs no escape at all: copied as it is.
+        if !text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            return buf.line_of_json(EventKind::Chunk, Some(seq), &text, (b"{\"text\":", b"}"));
+        }
+        let guess = 64 + text.len();
         Line::encode(EventKind::Chunk, Some(seq), buf.with_room(guess), |out| {
-            out.put_slice(b"{\"text\":");
-            // Most text needs no escape at all: copied as it is.
-            if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-                out.put_u8(b'"');
-                out.put_slice(text.as_bytes());
-                out.put_u8(b'"');
-            } else {
-                let quoted = serde_json::to_vec(text).unwrap_or_default();
-                out.put_slice(&quoted);
-            }
-            out.put_u8(b'}');
+            out.put_slice(b"{\"text\":\"");
+            out.put_slice(text.as_bytes());
+            out.put_slice(b"\"}");
         })
     }
 
@@ -813,14 +833,7 @@ mod tests {
         }
 
         fn end_reason() -> impl Strategy<Value = EndReason> {
-            prop::sample::select(vec![
-                EndReason::Completed,
-                EndReason::Error,
-                EndReason::Cancelled,
-                EndReason::Shutdown,
-                EndReason::Timeout,
-                EndReason::SlowConsumer,
-            ])
+            prop::sample::select(EndReason::ALL.to_vec())
         }
 
         /// Any JSON, biased towards the fields the rules read (`text`, `output`, `status`).

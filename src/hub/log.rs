@@ -46,9 +46,6 @@ use crate::metrics::StreamMetrics;
 use crate::request::{RequestId, StreamDesc, Transport};
 use crate::routes::Route;
 
-/// Bytes an entry holds beyond its line(s): the entry and its reference counts (one
-/// allocation), the line's allocation, its slot in the log, and the allocator's header of
-/// each allocation.
 /// What a stream's charge to the live budget may lag behind what it holds (so the shared
 /// counter is touched once per this many bytes, not once per event).
 const CHARGE_STEP: u64 = 4096;
@@ -56,6 +53,9 @@ const CHARGE_STEP: u64 = 4096;
 /// How often a stream paused for the live budget looks whether memory was freed.
 const BUDGET_RECHECK: Duration = Duration::from_millis(50);
 
+/// Bytes an entry holds beyond its line(s): the entry and its reference counts (one
+/// allocation), its line's share of a block, its slot in the log, and the allocator's
+/// rounding (a compacted log costs [`super::compact::PER_EVENT`] instead).
 const ENTRY_OVERHEAD: u64 = std::mem::size_of::<Entry>() as u64 + 16 + 8 + 2 * 16;
 
 /// When a subscriber counts as not keeping up, and how long a producer waits for one.
