@@ -230,9 +230,6 @@ impl Bridge {
             let _entered = span.enter();
             start_engine(job, stream.clone())
         };
-        if let (Some(c), Some(session)) = (&self.inner.cluster, &stream.session_id) {
-            c.announce(session.clone(), stream.id.clone(), false);
-        }
         tracing::debug!(request_id = %stream.id, route = %stream.route.name, transport = req.transport.as_str(), "stream started");
         // An engine that finished in its first poll (a short burst) needs no producer
         // task: its stream ends here, and the response leaves whole.
@@ -246,7 +243,6 @@ impl Bridge {
                     &self.inner.hub,
                     &stream,
                     finish,
-                    self.inner.cluster.as_ref(),
                 );
                 return Ok(cursor);
             }
@@ -260,7 +256,6 @@ impl Bridge {
             engine_run,
             Duration::from_secs(self.inner.config.replay.orphan_grace_secs),
             Duration::from_secs(self.inner.config.engine.idle_timeout_secs),
-            self.inner.cluster.clone(),
         );
         tokio::spawn(producer.instrument(span));
         Ok(cursor)
@@ -499,7 +494,6 @@ async fn produce(
     mut engine: EngineRun,
     orphan_grace: Duration,
     idle_timeout: Duration,
-    cluster: Option<Arc<Cluster>>,
 ) {
     let watchdog = async {
         tokio::select! {
@@ -525,14 +519,7 @@ async fn produce(
     };
     // A stopped engine goes now, before the stream's last events are written.
     drop(engine);
-    conclude(
-        &metrics,
-        engine_kind,
-        &hub,
-        &stream,
-        finish,
-        cluster.as_ref(),
-    );
+    conclude(&metrics, engine_kind, &hub, &stream, finish);
 }
 
 /// How an engine's result ends its stream.
@@ -560,15 +547,13 @@ fn engine_finish(r: EngineResult) -> Finish {
     }
 }
 
-/// Writes a stream's last events and hands it to the hub's retention (and, in a cluster,
-/// tells its session it ended).
+/// Writes a stream's last events and hands it to the hub's retention.
 fn conclude(
     metrics: &Metrics,
     engine_kind: &'static str,
     hub: &Arc<Hub>,
     stream: &Arc<Stream>,
     finish: Finish,
-    cluster: Option<&Arc<Cluster>>,
 ) {
     if let Finish::Failed {
         error_type,
@@ -583,9 +568,6 @@ fn conclude(
         metrics.engine_error(&stream.route.name, engine_kind);
     }
     hub.finished(stream);
-    if let (Some(c), Some(session)) = (cluster, &stream.session_id) {
-        c.announce(session.clone(), stream.id.clone(), true);
-    }
     tracing::debug!(subscribers = stream.subscribers(), "stream ended");
 }
 

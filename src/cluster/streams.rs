@@ -17,8 +17,9 @@
 //!   node ends the stream for everyone with `error {node_lost}` + `end {error}` by
 //!   compare-and-set on `top`.
 //! - **Cancel** of a stream owned elsewhere is published on the owner's control channel.
-//! - **Sessions**: owners announce a session's streams (a sorted set of live ids and a
-//!   channel); a node with followers of the session mirrors each of them.
+//! - **Sessions**: a stream of a session is announced by the append that creates it in
+//!   Redis (a sorted set of live ids and a channel), so it is there to be read when the
+//!   announcement arrives; a node with followers of the session mirrors each of them.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -38,10 +39,14 @@ use std::collections::HashMap;
 /// Redis Stream entries (batches) one read takes.
 const RANGE_COUNT: usize = 256;
 
-/// `KEYS`: log, meta, batch channel. `ARGV`: node, first seq, live ttl ms, end ttl ms,
-/// ended (0/1), route, session, most entries kept, how many lines, then the lines from
-/// `first` on, concatenated. The lines not in Redis yet (a retried flush may repeat
-/// some) become one Redis Stream entry whose id is the seq of its first line.
+/// `KEYS`: log, meta, batch channel, and for a stream of a session its live set and
+/// announcement channel. `ARGV`: node, first seq, live ttl ms, end ttl ms, ended (0/1),
+/// route, session, most entries kept, how many lines, the lines from `first` on
+/// concatenated, the stream's id. The lines not in Redis yet (a retried flush may repeat
+/// some) become one Redis Stream entry whose id is the seq of its first line. A stream
+/// of a session is announced (added to the live set, its id published) by the write
+/// that creates its meta, so a node that mirrors it on the announcement finds it, and
+/// taken out of the live set by the write of its end.
 const APPEND: &str = r"
 local m = redis.call('HMGET', KEYS[2], 'owner', 'ended', 'top', 'first')
 local owner = m[1]
@@ -49,11 +54,17 @@ if owner and owner ~= ARGV[1] then return {'FENCED', 0} end
 local first = tonumber(ARGV[2])
 local top
 local held_from
+local session = ARGV[7] ~= ''
 if not owner then
   redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'route', ARGV[6], 'session', ARGV[7],
     'first', first, 'top', first, 'ended', '0')
   top = first
   held_from = first
+  if session then
+    local t = redis.call('TIME')
+    redis.call('ZADD', KEYS[4], t[1] * 1000 + math.floor(t[2] / 1000), ARGV[11])
+    redis.call('PEXPIRE', KEYS[4], ARGV[3])
+  end
 else
   if m[2] == '1' then return {'FENCED', 0} end
   top = tonumber(m[3])
@@ -87,10 +98,12 @@ local ttl = ARGV[3]
 if ARGV[5] == '1' then
   redis.call('HSET', KEYS[2], 'ended', '1')
   ttl = ARGV[4]
+  if session then redis.call('ZREM', KEYS[4], ARGV[11]) end
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
 if last > top then receivers = redis.call('PUBLISH', KEYS[3], lines) end
+if session and not owner then redis.call('PUBLISH', KEYS[5], ARGV[11]) end
 return {'OK', receivers}
 ";
 
@@ -513,40 +526,6 @@ impl Cluster {
         Ok(Some(receivers > 0))
     }
 
-    /// Announces a new stream of `session` (members of the session on other nodes
-    /// mirror it). Best effort: a follower also reads the live set when it starts.
-    pub fn announce(self: &Arc<Self>, session: Arc<str>, id: RequestId, ended: bool) {
-        let c = self.clone();
-        tokio::spawn(async move {
-            let mut conn = c.conn();
-            let key = c.session_key(&session);
-            let mut pipe = redis::pipe();
-            if ended {
-                pipe.cmd("ZREM").arg(&key).arg(id.as_str()).ignore();
-            } else {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                pipe.cmd("ZADD")
-                    .arg(&key)
-                    .arg(now)
-                    .arg(id.as_str())
-                    .ignore()
-                    .cmd("PEXPIRE")
-                    .arg(&key)
-                    .arg(c.config.live_ttl_secs * 1000)
-                    .ignore()
-                    .cmd("PUBLISH")
-                    .arg(c.session_channel(&session))
-                    .arg(id.as_str())
-                    .ignore();
-            }
-            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-                tracing::debug!(error = %e, "cannot announce a session's stream");
-            }
-        });
-    }
-
     /// Mirrors every stream of `session` run elsewhere, the live ones now and each new
     /// one as it is announced, until the returned guard is dropped.
     /// The receiver resolves once the node listens to the session's announcements and
@@ -894,11 +873,15 @@ async fn writer(cluster: Weak<Cluster>, mut rx: mpsc::UnboundedReceiver<Arc<Stre
             };
             cmd.arg("EVALSHA")
                 .arg(script.get_hash())
-                .arg(3)
+                .arg(if s.session_id.is_some() { 5 } else { 3 })
                 .arg(key("log"))
                 .arg(key("meta"))
-                .arg(key("ev"))
-                .arg(&c.node)
+                .arg(key("ev"));
+            if let Some(session) = &s.session_id {
+                cmd.arg(c.session_key(session))
+                    .arg(c.session_channel(session));
+            }
+            cmd.arg(&c.node)
                 .arg(first)
                 .arg(c.config.live_ttl_secs * 1000)
                 .arg(c.end_ttl_ms())
@@ -906,7 +889,7 @@ async fn writer(cluster: Weak<Cluster>, mut rx: mpsc::UnboundedReceiver<Arc<Stre
                 .arg(&*s.route.name)
                 .arg(s.session_id.as_deref().unwrap_or(""))
                 .arg(c.attached.get().map_or(65_536, |a| a.max_kept));
-            cmd.arg(entries.len()).arg(Lines(&entries));
+            cmd.arg(entries.len()).arg(Lines(&entries)).arg(id);
             pipe.add_command(cmd);
             batch.push((s, first, upto));
         }

@@ -651,21 +651,8 @@ async fn cluster_a_second_follower_on_a_node_outlives_the_first() {
         .await;
         check_rules(&all);
         let id = all[0]["data"]["metadata"]["request_id"].clone();
-        let mut followed = Vec::new();
         // Heartbeats keep coming either way: the stream must arrive within a bound.
-        tokio::time::timeout(Duration::from_secs(20), async {
-            while followed.last().is_none_or(|e: &Value| e["event"] != "end") {
-                let v = second
-                    .next()
-                    .await
-                    .expect("the second follower's next line");
-                if v["event"] != "heartbeat" {
-                    followed.push(v);
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("round {round}: the stream never reached the second follower"));
+        let followed = followed_stream(&mut second, &format!("round {round}")).await;
         assert!(
             followed.iter().all(|e| e["request_id"] == id),
             "round {round}: {followed:?}"
@@ -674,6 +661,69 @@ async fn cluster_a_second_follower_on_a_node_outlives_the_first() {
         let want: Vec<&Value> = all.iter().map(|e| &e["seq"]).collect();
         assert_eq!(seqs, want, "round {round}: each event once, in order");
     }
+}
+
+/// Reads a session follower until the `end` of one stream (heartbeats skipped), within a
+/// bound: a stream that never reaches it fails the test rather than hanging it.
+async fn followed_stream(follower: &mut LineReader, what: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while out.last().is_none_or(|e: &Value| e["event"] != "end") {
+            match follower.next().await {
+                Some(v) if v["event"] != "heartbeat" => out.push(v),
+                Some(_) => {}
+                None => panic!("{what}: the follower's body ended"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: the stream never reached the follower: {out:?}"));
+    out
+}
+
+/// Many streams started at once, each in a session of its own that a follower on the
+/// owner's node and one on another node listen to before it starts: every follower gets
+/// its stream whole, each event once, in order (the announcement that makes the other
+/// node mirror a stream must not arrive before the stream is in Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_every_new_stream_of_a_session_reaches_its_followers_on_every_node() {
+    if !needs::redis() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let (n1, n2) = two_nodes(&redis).await;
+    const STREAMS: usize = 150;
+    let runs = (0..STREAMS).map(|i| {
+        let (n1, n2) = (&n1, &n2);
+        async move {
+            let session = format!("burst-{i}");
+            let path = format!("/api/sessions/{session}/events");
+            let (mut near, mut far) = tokio::join!(
+                LineReader::open(http().get(n1.url(&path))),
+                LineReader::open(http().get(n2.url(&path)))
+            );
+            assert_eq!((near.status, far.status), (200, 200));
+            let all = post_ndjson(
+                &n1.url(CHAT),
+                &chat(json!({"chunks": 10, "interval_ms": 2}), Some(&session)),
+            )
+            .await;
+            check_rules(&all);
+            let want: Vec<&Value> = all.iter().map(|e| &e["seq"]).collect();
+            for (follower, node) in [(&mut near, "owner's node"), (&mut far, "other node")] {
+                let what = format!("{session} on the {node}");
+                let got = followed_stream(follower, &what).await;
+                let seqs: Vec<&Value> = got.iter().map(|e| &e["seq"]).collect();
+                assert_eq!(seqs, want, "{what}: each event once, in order");
+                assert!(
+                    got.iter()
+                        .all(|e| e["request_id"] == all[0]["data"]["metadata"]["request_id"]),
+                    "{what}"
+                );
+            }
+        }
+    });
+    futures_util::future::join_all(runs).await;
 }
 
 /// Cancel from another node, over HTTP: the owner ends the stream with
