@@ -76,8 +76,8 @@ pub struct Cluster {
     pubsub: ConnectionManager,
     /// Where each subscribed channel's messages go.
     routes_by_channel: DashMap<String, mpsc::UnboundedSender<Bytes>>,
-    /// Followers per session channel on this node.
-    session_watchers: DashMap<String, usize>,
+    /// Followers per session channel on this node, and the channel's subscription.
+    session_watchers: DashMap<String, streams::Listening>,
     /// Streams whose mirror is being made here (one maker per stream at a time).
     mirroring: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
     attached: std::sync::OnceLock<streams::Attached>,

@@ -526,6 +526,26 @@ impl Cluster {
         Ok(Some(receivers > 0))
     }
 
+    /// Subscribes to a session's announcements on this node, each announced stream
+    /// mirrored (the relay ends when the channel is unsubscribed, which drops its sender).
+    /// Whether the subscription holds.
+    async fn listen_session(self: &Arc<Self>, channel: String) -> bool {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+        if let Err(e) = self.subscribe(channel, tx).await {
+            tracing::debug!(error = %e, "cannot follow a session across the cluster");
+            return false;
+        }
+        let relay = self.clone();
+        tokio::spawn(async move {
+            while let Some(id) = rx.recv().await {
+                if let Ok(id) = RequestId::parse(&String::from_utf8_lossy(&id)) {
+                    let _ = relay.mirror(&id).await;
+                }
+            }
+        });
+        true
+    }
+
     /// Mirrors every stream of `session` run elsewhere, the live ones now and each new
     /// one as it is announced, until the returned guard is dropped.
     /// The receiver resolves once the node listens to the session's announcements and
@@ -540,27 +560,18 @@ impl Cluster {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let channel = c.session_channel(&session);
-            let count = {
-                let mut n = c.session_watchers.entry(channel.clone()).or_insert(0);
-                *n += 1;
-                *n
+            let gate = {
+                let mut l = c.session_watchers.entry(channel.clone()).or_default();
+                l.followers += 1;
+                l.gate.clone()
             };
-            if count == 1 || !c.routes_by_channel.contains_key(&channel) {
-                // The first follower on this node subscribes; the announcements are
-                // relayed for as long as any follower of the session is here (the relay
-                // ends when the last one unsubscribes, which drops its sender).
-                let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
-                if let Err(e) = c.subscribe(channel.clone(), tx).await {
-                    tracing::debug!(error = %e, "cannot follow a session across the cluster");
+            {
+                // The first follower on this node subscribes; the others wait until the
+                // subscription holds, so none reads the live set before it does.
+                let mut subscribed = gate.lock().await;
+                if !*subscribed {
+                    *subscribed = c.listen_session(channel.clone()).await;
                 }
-                let relay = c.clone();
-                tokio::spawn(async move {
-                    while let Some(id) = rx.recv().await {
-                        if let Ok(id) = RequestId::parse(&String::from_utf8_lossy(&id)) {
-                            let _ = relay.mirror(&id).await;
-                        }
-                    }
-                });
             }
             let live: Vec<String> = {
                 let mut conn = c.conn();
@@ -579,18 +590,35 @@ impl Cluster {
             }
             let _ = ready_tx.send(());
             token.cancelled().await;
-            let last = {
-                let mut n = c.session_watchers.entry(channel.clone()).or_insert(1);
-                *n -= 1;
-                *n == 0
-            };
-            if last {
-                c.session_watchers.remove_if(&channel, |_, n| *n == 0);
-                c.unsubscribe(&channel).await;
+            if let Some(mut l) = c.session_watchers.get_mut(&channel) {
+                l.followers -= 1;
             }
+            // The last one to leave unsubscribes, unless a follower came meanwhile (it
+            // waited on the gate and found the subscription in place, or takes it again).
+            let mut subscribed = gate.lock().await;
+            let last = c
+                .session_watchers
+                .get(&channel)
+                .is_some_and(|l| l.followers == 0);
+            if last && *subscribed {
+                c.unsubscribe(&channel).await;
+                *subscribed = false;
+            }
+            c.session_watchers.remove_if(&channel, |_, l| {
+                l.followers == 0 && Arc::ptr_eq(&l.gate, &gate)
+            });
         });
         (SessionWatch { stop }, ready_rx)
     }
+}
+
+/// A session followed on this node: how many followers it has, and the gate that
+/// orders its subscription's changes (held while subscribing or unsubscribing; the
+/// value says whether the subscription holds).
+#[derive(Default)]
+pub(super) struct Listening {
+    followers: usize,
+    gate: Arc<tokio::sync::Mutex<bool>>,
 }
 
 /// Keeps a session followed across the cluster while held.

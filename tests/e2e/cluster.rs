@@ -681,6 +681,52 @@ async fn followed_stream(follower: &mut LineReader, what: &str) -> Vec<Value> {
     out
 }
 
+/// A follower that replaces the last one of its session on a node (a client that
+/// reconnects: the old connection closes as the new one opens) still gets the session's
+/// next stream from another node, over many rounds: the old follower's leaving must not
+/// undo the subscription the new one relies on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_follower_replacing_the_last_one_on_a_node_gets_the_next_stream() {
+    if !needs::redis() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let (n1, n2) = two_nodes(&redis).await;
+    // Sessions replaced in parallel, several times each, the old follower closed just
+    // before or just after the new one opens.
+    let sessions = (0..20).map(|s| {
+        let (n1, n2) = (&n1, &n2);
+        async move {
+            let session = format!("replaced-{s}");
+            let path = format!("/api/sessions/{session}/events");
+            let mut old = LineReader::open(http().get(n2.url(&path))).await;
+            assert_eq!(old.status, 200);
+            for round in 0..5 {
+                let open = LineReader::open(http().get(n2.url(&path)));
+                let mut new = if (s + round) % 2 == 0 {
+                    drop(old);
+                    open.await
+                } else {
+                    let new = open.await;
+                    drop(old);
+                    new
+                };
+                assert_eq!(new.status, 200);
+                let all =
+                    post_ndjson(&n1.url(CHAT), &chat(json!({"chunks": 3}), Some(&session))).await;
+                check_rules(&all);
+                let what = format!("{session}, round {round}");
+                let got = followed_stream(&mut new, &what).await;
+                let seqs: Vec<&Value> = got.iter().map(|e| &e["seq"]).collect();
+                let want: Vec<&Value> = all.iter().map(|e| &e["seq"]).collect();
+                assert_eq!(seqs, want, "{what}: each event once, in order");
+                old = new;
+            }
+        }
+    });
+    futures_util::future::join_all(sessions).await;
+}
+
 /// Many streams started at once, each in a session of its own that a follower on the
 /// owner's node and one on another node listen to before it starts: every follower gets
 /// its stream whole, each event once, in order (the announcement that makes the other
