@@ -44,9 +44,10 @@ const RANGE_COUNT: usize = 256;
 /// route, session, most entries kept, how many lines, the lines from `first` on
 /// concatenated, the stream's id. The lines not in Redis yet (a retried flush may repeat
 /// some) become one Redis Stream entry whose id is the seq of its first line. A stream
-/// of a session is announced (added to the live set, its id published) by the write
-/// that creates its meta, so a node that mirrors it on the announcement finds it, and
-/// taken out of the live set by the write of its end.
+/// of a session is announced (added to the live set; its id, route, first seq and
+/// first lines published: see [`Announcement`]) by the write that creates its meta, so
+/// a node that mirrors it on the announcement finds it in Redis, and taken out of the
+/// live set by the write of its end.
 const APPEND: &str = r"
 local m = redis.call('HMGET', KEYS[2], 'owner', 'ended', 'top', 'first')
 local owner = m[1]
@@ -103,7 +104,9 @@ end
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
 if last > top then receivers = redis.call('PUBLISH', KEYS[3], lines) end
-if session and not owner then redis.call('PUBLISH', KEYS[5], ARGV[11]) end
+if session and not owner then
+  redis.call('PUBLISH', KEYS[5], ARGV[11] .. '\n' .. ARGV[6] .. '\n' .. first .. '\n' .. lines)
+end
 return {'OK', receivers}
 ";
 
@@ -421,6 +424,20 @@ impl Cluster {
         if let Some(s) = a.hub.get(id.as_str()) {
             return Ok(Some(s));
         }
+        self.making(id, async |c: &Arc<Cluster>| c.new_mirror(a, id).await)
+            .await
+    }
+
+    /// Runs `make` as this node's only maker of stream `id`'s mirror at the time, unless
+    /// the hub holds the stream already (made meanwhile, or run here).
+    async fn making(
+        self: &Arc<Self>,
+        id: &RequestId,
+        make: impl AsyncFnOnce(&Arc<Cluster>) -> Result<Option<Arc<Stream>>, ClusterError>,
+    ) -> Result<Option<Arc<Stream>>, ClusterError> {
+        let Some(a) = self.attached.get() else {
+            return Ok(None);
+        };
         let maker = self
             .mirroring
             .entry(id.as_str().to_string())
@@ -430,7 +447,7 @@ impl Cluster {
             let _making = maker.lock().await;
             match a.hub.get(id.as_str()) {
                 Some(s) => Ok(Some(s)),
-                None => self.new_mirror(a, id).await,
+                None => make(self).await,
             }
         };
         // Forgotten once no other request waits for it (the map's handle and this one).
@@ -529,7 +546,7 @@ impl Cluster {
     /// Subscribes to a session's announcements on this node, each announced stream
     /// mirrored (the relay ends when the channel is unsubscribed, which drops its sender).
     /// Whether the subscription holds.
-    async fn listen_session(self: &Arc<Self>, channel: String) -> bool {
+    async fn listen_session(self: &Arc<Self>, channel: String, session: Arc<str>) -> bool {
         let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
         if let Err(e) = self.subscribe(channel, tx).await {
             tracing::debug!(error = %e, "cannot follow a session across the cluster");
@@ -537,13 +554,61 @@ impl Cluster {
         }
         let relay = self.clone();
         tokio::spawn(async move {
-            while let Some(id) = rx.recv().await {
-                if let Ok(id) = RequestId::parse(&String::from_utf8_lossy(&id)) {
-                    let _ = relay.mirror(&id).await;
-                }
+            while let Some(payload) = rx.recv().await {
+                let Some(announced) = Announcement::parse(&payload) else {
+                    continue;
+                };
+                let (relay, session) = (relay.clone(), session.clone());
+                // One at a time per stream (the maker's lock), streams side by side.
+                tokio::spawn(async move {
+                    let _ = relay.mirror_announced(announced, session).await;
+                });
             }
         });
         true
+    }
+
+    /// Mirrors a stream announced to a session from what the announcement carries (its
+    /// first lines): a follower here gets them one pub/sub hop after the owner's commit,
+    /// without waiting for a read of Redis. The mirror then subscribes to the stream's
+    /// batches and reads what was written meanwhile, as any mirror does.
+    async fn mirror_announced(
+        self: &Arc<Self>,
+        announced: Announcement,
+        session: Arc<str>,
+    ) -> Result<Option<Arc<Stream>>, ClusterError> {
+        let Some(a) = self.attached.get() else {
+            return Ok(None);
+        };
+        let id = announced.id;
+        let Some(route) = a.routes.get(&announced.route).cloned() else {
+            return self.mirror(&id).await;
+        };
+        self.making(&id, async |c: &Arc<Cluster>| {
+            let (stream, created) = a.hub.mirror(
+                id.clone(),
+                route.clone(),
+                Some(session.clone()),
+                announced.first,
+                a.metrics.stream(&route.name, Transport::Ndjson),
+            );
+            if !created {
+                return Ok(Some(stream));
+            }
+            for line in lines_of(&announced.lines) {
+                append_line(&stream, line);
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            let channel = c.stream_key(id.as_str(), "ev");
+            if let Err(e) = c.subscribe(channel.clone(), tx).await {
+                c.unsubscribe(&channel).await;
+                a.hub.drop_mirror(&stream);
+                return Err(e);
+            }
+            tokio::spawn(follow(Arc::downgrade(c), stream.clone(), rx, channel));
+            Ok(Some(stream))
+        })
+        .await
     }
 
     /// Mirrors every stream of `session` run elsewhere, the live ones now and each new
@@ -570,7 +635,7 @@ impl Cluster {
                 // subscription holds, so none reads the live set before it does.
                 let mut subscribed = gate.lock().await;
                 if !*subscribed {
-                    *subscribed = c.listen_session(channel.clone()).await;
+                    *subscribed = c.listen_session(channel.clone(), session.clone()).await;
                 }
             }
             let live: Vec<String> = {
@@ -629,6 +694,36 @@ pub struct SessionWatch {
 impl Drop for SessionWatch {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// What a session's channel carries when one of its streams is first written to Redis:
+/// `<id>\n<route>\n<first seq>\n` then the lines of that first write.
+#[derive(Debug)]
+struct Announcement {
+    id: RequestId,
+    route: String,
+    first: Seq,
+    lines: Bytes,
+}
+
+impl Announcement {
+    fn parse(payload: &Bytes) -> Option<Announcement> {
+        let mut fields = payload.splitn(4, |b| *b == b'\n');
+        fn text(f: Option<&[u8]>) -> Option<&str> {
+            f.and_then(|f| std::str::from_utf8(f).ok())
+        }
+        let id = RequestId::parse(text(fields.next())?).ok()?;
+        let route = text(fields.next())?.to_string();
+        let first = text(fields.next())?.parse().ok()?;
+        let rest = fields.next()?;
+        let lines = payload.slice_ref(rest);
+        Some(Announcement {
+            id,
+            route,
+            first,
+            lines,
+        })
     }
 }
 
@@ -1000,4 +1095,41 @@ async fn writer(cluster: Weak<Cluster>, mut rx: mpsc::UnboundedReceiver<Arc<Stre
 /// (whatever it holds and will hold is shown to its local subscribers).
 fn fence_local(s: &Arc<Stream>) {
     s.commit_locally();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_announcement_carries_the_stream_its_route_its_first_seq_and_its_first_lines() {
+        let lines = "{\"event\":\"status_update\",\"seq\":0}\n{\"event\":\"chunk\",\"seq\":1}\n";
+        let payload = Bytes::from(format!("req-1\nchat\n0\n{lines}"));
+        let a = Announcement::parse(&payload).unwrap();
+        assert_eq!(
+            (a.id.as_str(), a.route.as_str(), a.first),
+            ("req-1", "chat", 0)
+        );
+        assert_eq!(a.lines, lines.as_bytes());
+        assert_eq!(lines_of(&a.lines).count(), 2);
+        // A re-seeded stream starts past 0; its lines may hold newlines only as separators.
+        let a = Announcement::parse(&Bytes::from_static(b"r\nchat\n42\n")).unwrap();
+        assert_eq!((a.first, a.lines.len()), (42, 0));
+    }
+
+    #[test]
+    fn a_malformed_announcement_is_ignored() {
+        for bad in [
+            &b""[..],
+            b"req-1",
+            b"req-1\nchat",
+            b"req-1\nchat\nx\n",
+            b"bad id!\nchat\n0\n",
+        ] {
+            assert!(
+                Announcement::parse(&Bytes::copy_from_slice(bad)).is_none(),
+                "{bad:?}"
+            );
+        }
+    }
 }
