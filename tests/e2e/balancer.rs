@@ -6,8 +6,10 @@
 //! What they prove: HTTP streams (NDJSON, resume, cancel) need no stickiness: requests
 //! through the balancer land on both nodes and every event arrives once; Socket.IO over
 //! long-polling only arrives whole through HAProxy's cookie and through nginx's
-//! `ip_hash`; and which Socket.IO clients really send HAProxy's cookie back (HAProxy's own
-//! log shows the `Cookie` header of every request).
+//! `ip_hash`; Socket.IO over WebSocket arrives whole through both, from the start and by
+//! upgrade from long-polling (the upgrade reaching the session's node); and which
+//! Socket.IO clients really send HAProxy's cookie back (HAProxy's own log shows the
+//! `Cookie` header of every request).
 //!
 //! Skipped (with a message) when `haproxy`, `nginx` or `redis-server` is missing, unless
 //! `SWITCHYARD_REQUIRE_BALANCERS` / `SWITCHYARD_REQUIRE_REDIS` say they must run
@@ -285,9 +287,15 @@ async fn http_needs_no_stickiness(lb: &Balancer) {
 /// A chat stream over Socket.IO long-polling only, through `url`; `probe` tags its
 /// requests (a query parameter) so that the balancer's log lines can be told apart.
 fn polling_chat(url: &str, probe: &str, extra: Value) -> Value {
+    sio_chat(url, probe, &["polling"], extra)
+}
+
+/// [`polling_chat`] over the given Socket.IO transports (`["websocket"]`: WebSocket from
+/// the start; `["polling", "websocket"]`: a polling handshake, then the upgrade).
+fn sio_chat(url: &str, probe: &str, transports: &[&str], extra: Value) -> Value {
     let mut spec = json!({
         "url": url,
-        "transports": ["polling"],
+        "transports": transports,
         "query": {"probe": probe},
         "global_timeout_ms": 30000,
         "steps": [
@@ -337,6 +345,51 @@ fn cookie_kept(lb: &Balancer, probe: &str) -> Option<bool> {
         (w, 1) if w >= 2 => Some(true),
         (0, w) if w >= 2 => Some(false),
         _ => None,
+    }
+}
+
+/// Socket.IO over WebSocket through the balancer: from the start (`ws-<probe>`, every
+/// client: one connection, no stickiness needed) and by upgrade from long-polling
+/// (`up-<probe>`, the clients in `upgrading`: the upgrade must reach the node holding
+/// the Engine.IO session). Each stream arrives whole, and the balancer's log shows the
+/// WebSocket it carried (101) on the node that served the client's other requests.
+async fn websocket_through(lb: &Balancer, url: &str, upgrading: &[(Client, &str, Value)]) {
+    let from_start = [
+        (Client::Node, "node4"),
+        (Client::NodeV2, "node2"),
+        (Client::Python, "python"),
+    ];
+    let ws = from_start
+        .iter()
+        .map(|(c, p)| (*c, format!("ws-{p}"), &["websocket"][..], json!({})));
+    let up = upgrading.iter().map(|(c, p, extra)| {
+        (
+            *c,
+            format!("up-{p}"),
+            &["polling", "websocket"][..],
+            extra.clone(),
+        )
+    });
+    for (client, probe, transports, extra) in ws.chain(up) {
+        let (whole, lines) = whole_chat(client, sio_chat(url, &probe, transports, extra)).await;
+        assert!(whole, "{probe} through the balancer: {lines:?}");
+        let probe_q = format!("probe={probe}");
+        eventually(
+            &format!("the balancer logged {probe}'s WebSocket: {}", lb.log()),
+            || {
+                lb.lines(&probe_q)
+                    .iter()
+                    .any(|l| l.contains("transport=websocket") && l.contains(" 101 "))
+            },
+        )
+        .await;
+        let served = lb.upstreams(&probe_q);
+        assert_eq!(
+            served.len(),
+            1,
+            "{probe}: one node for all: {:?}",
+            lb.lines(&probe_q)
+        );
     }
 }
 
@@ -393,6 +446,21 @@ async fn balancer_haproxy_readme_backend() {
             "{probe}: the stream arrives whole exactly when the cookie is kept: {lines:?}"
         );
     }
+    // WebSocket: from the start for every client; by upgrade for those keeping the cookie.
+    let localhost = format!("http://localhost:{}", lb.port);
+    websocket_through(
+        &lb,
+        &localhost,
+        &[
+            (
+                Client::Node,
+                "node4-credentials",
+                json!({"with_credentials": true}),
+            ),
+            (Client::Python, "python-hostname", json!({})),
+        ],
+    )
+    .await;
 }
 
 /// nginx with the README's upstreams: HTTP needs no stickiness (round robin), and
@@ -417,4 +485,15 @@ async fn balancer_nginx_readme_upstreams() {
         let served = lb.upstreams(&format!("probe={probe}"));
         assert_eq!(served.len(), 1, "{probe}: one node for all: {served:?}");
     }
+    // WebSocket: from the start, and by upgrade (`ip_hash` keeps it on the polling node).
+    websocket_through(
+        &lb,
+        &lb.base(),
+        &[
+            (Client::Node, "node4", json!({})),
+            (Client::NodeV2, "node2", json!({})),
+            (Client::Python, "python", json!({})),
+        ],
+    )
+    .await;
 }
