@@ -10,8 +10,10 @@
 //!   refuses a node that is no longer the stream's owner (fencing): that node aborts the
 //!   stream and writes nothing more to Redis.
 //! - **Mirrors**: a stream another node runs is copied into an ordinary local log
-//!   (`Backing::Mirror`): `SUBSCRIBE` its batch channel first, then read what is already
-//!   there (from the batch holding the copy's head on); a batch that does not follow the
+//!   (`Backing::Mirror`): made from one read of what is already there (or from a
+//!   session's announcement), then fed by its batch channel, whose subscription's first
+//!   repair reads what came before it held (from the batch holding the copy's head on);
+//!   a batch that does not follow the
 //!   copy's head triggers a repair read, and a position check every heartbeat catches a
 //!   lost last message. When the owner's liveness key is gone for a lease, a mirroring
 //!   node ends the stream for everyone with `error {node_lost}` + `end {error}` by
@@ -456,32 +458,17 @@ impl Cluster {
         made
     }
 
-    /// Makes the mirror of stream `id` (this node's only maker of it at the time):
-    /// subscribes to its batch channel and reads its meta and log at once, one round
-    /// trip's wait rather than three; the follower's first repair then reads again what
-    /// was published before the subscription took effect.
+    /// Makes the mirror of stream `id` (this node's only maker of it at the time) from one
+    /// read of its meta and log, one round trip's wait; its feed subscribes afterwards.
     async fn new_mirror(
         self: &Arc<Self>,
         a: &Attached,
         id: &RequestId,
     ) -> Result<Option<Arc<Stream>>, ClusterError> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let channel = self.stream_key(id.as_str(), "ev");
-        let (subscribed, read) =
-            tokio::join!(self.subscribe(channel.clone(), tx), self.read(id.as_str()));
-        let read = match (subscribed, read) {
-            (Ok(()), Ok(read)) => read,
-            (Err(e), _) | (_, Err(e)) => {
-                self.unsubscribe(&channel).await;
-                return Err(e);
-            }
-        };
-        let Some((meta, lines, n)) = read else {
-            self.unsubscribe(&channel).await;
+        let Some((meta, lines, n)) = self.read(id.as_str()).await? else {
             return Ok(None);
         };
         let Some(route) = a.routes.get(&meta.route).cloned() else {
-            self.unsubscribe(&channel).await;
             return Ok(None);
         };
         let session = (!meta.session.is_empty()).then(|| Arc::<str>::from(meta.session.as_str()));
@@ -493,7 +480,6 @@ impl Cluster {
             a.metrics.stream(&route.name, Transport::Ndjson),
         );
         if !created {
-            self.unsubscribe(&channel).await;
             return Ok(Some(stream));
         }
         for line in lines {
@@ -502,12 +488,35 @@ impl Cluster {
         if n >= RANGE_COUNT
             && let Err(e) = self.fill(&stream).await
         {
-            self.unsubscribe(&channel).await;
             a.hub.drop_mirror(&stream);
             return Err(e);
         }
-        tokio::spawn(follow(Arc::downgrade(self), stream.clone(), rx, channel));
+        self.feed(stream.clone());
         Ok(Some(stream))
+    }
+
+    /// Keeps a new mirror fed from its stream's batch channel: subscribes, without holding
+    /// up the mirror's first readers (what is published before the subscription holds is
+    /// read by the follower's first repair), then follows. A mirror of an ended stream
+    /// needs no feed; one whose subscription fails reads Redis every heartbeat instead.
+    fn feed(self: &Arc<Self>, stream: Arc<Stream>) {
+        if stream.is_ended() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let channel = {
+                let Some(c) = weak.upgrade() else { return };
+                let channel = c.stream_key(stream.id.as_str(), "ev");
+                if let Err(e) = c.subscribe(channel.clone(), tx).await {
+                    tracing::debug!(error = %e, "a mirror follows without its batch channel");
+                    c.routes_by_channel.remove(&channel);
+                }
+                channel
+            };
+            follow(weak, stream, rx, channel).await;
+        });
     }
 
     /// Appends to a mirror what Redis holds past its head (lines it holds already are
@@ -570,8 +579,7 @@ impl Cluster {
 
     /// Mirrors a stream announced to a session from what the announcement carries (its
     /// first lines): a follower here gets them one pub/sub hop after the owner's commit,
-    /// without waiting for a read of Redis. The mirror then subscribes to the stream's
-    /// batches and reads what was written meanwhile, as any mirror does.
+    /// without waiting for a read of Redis. The mirror is then fed as any other.
     async fn mirror_announced(
         self: &Arc<Self>,
         announced: Announcement,
@@ -598,14 +606,7 @@ impl Cluster {
             for line in lines_of(&announced.lines) {
                 append_line(&stream, line);
             }
-            let (tx, rx) = mpsc::unbounded_channel();
-            let channel = c.stream_key(id.as_str(), "ev");
-            if let Err(e) = c.subscribe(channel.clone(), tx).await {
-                c.unsubscribe(&channel).await;
-                a.hub.drop_mirror(&stream);
-                return Err(e);
-            }
-            tokio::spawn(follow(Arc::downgrade(c), stream.clone(), rx, channel));
+            c.feed(stream.clone());
             Ok(Some(stream))
         })
         .await

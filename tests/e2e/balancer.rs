@@ -371,7 +371,12 @@ async fn websocket_through(lb: &Balancer, url: &str, upgrading: &[(Client, &str,
         )
     });
     for (client, probe, transports, extra) in ws.chain(up) {
-        let (whole, lines) = whole_chat(client, sio_chat(url, &probe, transports, extra)).await;
+        let mut spec = sio_chat(url, &probe, transports, extra);
+        if transports.len() > 1 {
+            // Long enough (1.5 s) for the upgrade to happen before the client leaves.
+            spec["steps"][0]["data"]["options"]["interval_ms"] = json!(50);
+        }
+        let (whole, lines) = whole_chat(client, spec).await;
         assert!(whole, "{probe} through the balancer: {lines:?}");
         let probe_q = format!("probe={probe}");
         eventually(
