@@ -150,6 +150,29 @@ fn check(seqs: &[u64], what: &str) -> Res<()> {
     Ok(())
 }
 
+/// Starts stream `id` (in `session`, if any) on `owner`: `chunks` chunks of 32 bytes,
+/// `CLUSTER_BENCH_INTERVAL_MS` apart; returns its response once the head came.
+async fn start(
+    client: &reqwest::Client,
+    owner: &str,
+    id: &str,
+    session: Option<&str>,
+    chunks: usize,
+) -> reqwest::Result<reqwest::Response> {
+    let mut body = json!({"request_id": id, "message": "bench",
+        "options": {"chunks": chunks, "chunk_bytes": 32,
+            "interval_ms": env_num("CLUSTER_BENCH_INTERVAL_MS", 0)}});
+    if let Some(s) = session {
+        body["session_id"] = json!(s);
+    }
+    client
+        .post(format!("{owner}/api/ai/chat/unified"))
+        .header("x-user-id", "bench")
+        .json(&body)
+        .send()
+        .await
+}
+
 struct Round {
     events: u64,
     wall: Duration,
@@ -180,15 +203,7 @@ async fn round(
         let id = format!("{tag}-{i}");
         async move {
             let t0 = Instant::now();
-            let body = json!({"request_id": id, "message": "bench",
-                "options": {"chunks": chunks, "chunk_bytes": 32,
-                    "interval_ms": env_num("CLUSTER_BENCH_INTERVAL_MS", 0)}});
-            let resp = client
-                .post(format!("{owner}/api/ai/chat/unified"))
-                .header("x-user-id", "bench")
-                .json(&body)
-                .send()
-                .await?;
+            let resp = start(&client, owner, &id, None, chunks).await?;
             let remote_read = async {
                 match remote {
                     Some(r) => {
@@ -291,15 +306,7 @@ async fn followers_round(
             let (near, far) = tokio::join!(follow(owner), follow(other));
             let (near, far) = (near?, far?);
             let t0 = Instant::now();
-            let body = json!({"request_id": id, "session_id": session, "message": "bench",
-                "options": {"chunks": chunks, "chunk_bytes": 32,
-                    "interval_ms": env_num("CLUSTER_BENCH_INTERVAL_MS", 0)}});
-            let resp = client
-                .post(format!("{owner}/api/ai/chat/unified"))
-                .header("x-user-id", "bench")
-                .json(&body)
-                .send()
-                .await?;
+            let resp = start(&client, owner, &id, Some(&session), chunks).await?;
             // A follower that never gets its stream fails the run rather than hanging it.
             let bound = |r| tokio::time::timeout(Duration::from_secs(30), r);
             let (mine, near, far) = tokio::join!(

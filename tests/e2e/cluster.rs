@@ -650,35 +650,35 @@ async fn cluster_a_second_follower_on_a_node_outlives_the_first() {
         )
         .await;
         check_rules(&all);
-        let id = all[0]["data"]["metadata"]["request_id"].clone();
         // Heartbeats keep coming either way: the stream must arrive within a bound.
-        let followed = followed_stream(&mut second, &format!("round {round}")).await;
-        assert!(
-            followed.iter().all(|e| e["request_id"] == id),
-            "round {round}: {followed:?}"
-        );
-        let seqs: Vec<&Value> = followed.iter().map(|e| &e["seq"]).collect();
-        let want: Vec<&Value> = all.iter().map(|e| &e["seq"]).collect();
-        assert_eq!(seqs, want, "round {round}: each event once, in order");
+        follows_whole(&mut second, &all, &format!("round {round}")).await;
     }
 }
 
 /// Reads a session follower until the `end` of one stream (heartbeats skipped), within a
-/// bound: a stream that never reaches it fails the test rather than hanging it.
-async fn followed_stream(follower: &mut LineReader, what: &str) -> Vec<Value> {
-    let mut out = Vec::new();
+/// bound (a stream that never reaches it fails the test rather than hanging it), and
+/// checks that it is the stream the requester read as `all`: each event once, in order.
+async fn follows_whole(follower: &mut LineReader, all: &[Value], what: &str) {
+    let mut got = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), async {
-        while out.last().is_none_or(|e: &Value| e["event"] != "end") {
+        while got.last().is_none_or(|e: &Value| e["event"] != "end") {
             match follower.next().await {
-                Some(v) if v["event"] != "heartbeat" => out.push(v),
+                Some(v) if v["event"] != "heartbeat" => got.push(v),
                 Some(_) => {}
                 None => panic!("{what}: the follower's body ended"),
             }
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("{what}: the stream never reached the follower: {out:?}"));
-    out
+    .unwrap_or_else(|_| panic!("{what}: the stream never reached the follower: {got:?}"));
+    let id = &all[0]["data"]["metadata"]["request_id"];
+    assert!(
+        got.iter().all(|e| &e["request_id"] == id),
+        "{what}: {got:?}"
+    );
+    let seqs: Vec<&Value> = got.iter().map(|e| &e["seq"]).collect();
+    let want: Vec<&Value> = all.iter().map(|e| &e["seq"]).collect();
+    assert_eq!(seqs, want, "{what}: each event once, in order");
 }
 
 /// A follower that replaces the last one of its session on a node (a client that
@@ -715,11 +715,7 @@ async fn cluster_a_follower_replacing_the_last_one_on_a_node_gets_the_next_strea
                 let all =
                     post_ndjson(&n1.url(CHAT), &chat(json!({"chunks": 3}), Some(&session))).await;
                 check_rules(&all);
-                let what = format!("{session}, round {round}");
-                let got = followed_stream(&mut new, &what).await;
-                let seqs: Vec<&Value> = got.iter().map(|e| &e["seq"]).collect();
-                let want: Vec<&Value> = all.iter().map(|e| &e["seq"]).collect();
-                assert_eq!(seqs, want, "{what}: each event once, in order");
+                follows_whole(&mut new, &all, &format!("{session}, round {round}")).await;
                 old = new;
             }
         }
@@ -755,17 +751,8 @@ async fn cluster_every_new_stream_of_a_session_reaches_its_followers_on_every_no
             )
             .await;
             check_rules(&all);
-            let want: Vec<&Value> = all.iter().map(|e| &e["seq"]).collect();
             for (follower, node) in [(&mut near, "owner's node"), (&mut far, "other node")] {
-                let what = format!("{session} on the {node}");
-                let got = followed_stream(follower, &what).await;
-                let seqs: Vec<&Value> = got.iter().map(|e| &e["seq"]).collect();
-                assert_eq!(seqs, want, "{what}: each event once, in order");
-                assert!(
-                    got.iter()
-                        .all(|e| e["request_id"] == all[0]["data"]["metadata"]["request_id"]),
-                    "{what}"
-                );
+                follows_whole(follower, &all, &format!("{session} on the {node}")).await;
             }
         }
     });
