@@ -308,9 +308,15 @@ impl Cluster {
         tx: mpsc::UnboundedSender<Bytes>,
     ) -> Result<(), ClusterError> {
         self.routes_by_channel.insert(channel.clone(), tx);
+        self.send_subscribe(&channel).await
+    }
+
+    /// Sends `SUBSCRIBE channel` and waits (at most `heartbeat_ms`) for Redis to confirm
+    /// it; its messages go wherever `routes_by_channel` routes them.
+    async fn send_subscribe(&self, channel: &str) -> Result<(), ClusterError> {
         let mut sub = self.pubsub.clone();
         let limit = Duration::from_millis(self.config.heartbeat_ms);
-        match tokio::time::timeout(limit, sub.subscribe(&channel)).await {
+        match tokio::time::timeout(limit, sub.subscribe(channel)).await {
             Ok(r) => Ok(r?),
             Err(_) => Err(ClusterError::Protocol("SUBSCRIBE timed out".into())),
         }
@@ -553,28 +559,35 @@ impl Cluster {
     }
 
     /// Subscribes to a session's announcements on this node, each announced stream
-    /// mirrored (the relay ends when the channel is unsubscribed, which drops its sender).
-    /// Whether the subscription holds.
+    /// mirrored. The relay is in place before the `SUBSCRIBE` leaves and stays when Redis
+    /// does not answer it in time (a paused Redis takes it later: what it then publishes
+    /// is relayed); it ends when the channel is unsubscribed, which drops its sender.
+    /// Whether Redis confirmed the subscription.
     async fn listen_session(self: &Arc<Self>, channel: String, session: Arc<str>) -> bool {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
-        if let Err(e) = self.subscribe(channel, tx).await {
-            tracing::debug!(error = %e, "cannot follow a session across the cluster");
-            return false;
+        if !self.routes_by_channel.contains_key(&channel) {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+            self.routes_by_channel.insert(channel.clone(), tx);
+            let relay = self.clone();
+            tokio::spawn(async move {
+                while let Some(payload) = rx.recv().await {
+                    let Some(announced) = Announcement::parse(&payload) else {
+                        continue;
+                    };
+                    let (relay, session) = (relay.clone(), session.clone());
+                    // One at a time per stream (the maker's lock), streams side by side.
+                    tokio::spawn(async move {
+                        let _ = relay.mirror_announced(announced, session).await;
+                    });
+                }
+            });
         }
-        let relay = self.clone();
-        tokio::spawn(async move {
-            while let Some(payload) = rx.recv().await {
-                let Some(announced) = Announcement::parse(&payload) else {
-                    continue;
-                };
-                let (relay, session) = (relay.clone(), session.clone());
-                // One at a time per stream (the maker's lock), streams side by side.
-                tokio::spawn(async move {
-                    let _ = relay.mirror_announced(announced, session).await;
-                });
+        match self.send_subscribe(&channel).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot follow a session across the cluster yet");
+                false
             }
-        });
-        true
+        }
     }
 
     /// Mirrors a stream announced to a session from what the announcement carries (its
@@ -612,10 +625,31 @@ impl Cluster {
         .await
     }
 
+    /// Mirrors the live streams of `session` (its live set in Redis) that are not here.
+    async fn mirror_live(self: &Arc<Self>, session: &str) {
+        let live: Vec<String> = {
+            let mut conn = self.conn();
+            redis::cmd("ZRANGE")
+                .arg(self.session_key(session))
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default()
+        };
+        for id in live {
+            if let Ok(id) = RequestId::parse(&id) {
+                let _ = self.mirror(&id).await;
+            }
+        }
+    }
+
     /// Mirrors every stream of `session` run elsewhere, the live ones now and each new
     /// one as it is announced, until the returned guard is dropped.
     /// The receiver resolves once the node listens to the session's announcements and
-    /// mirrors its live streams: a stream started after that reaches the follower.
+    /// mirrors its live streams: a stream started after that reaches the follower. When
+    /// Redis cannot take the subscription (unreachable), it resolves anyway and the
+    /// subscription is tried again every `heartbeat_ms` while the follower stays.
     pub fn watch_session(
         self: &Arc<Self>,
         session: Arc<str>,
@@ -631,31 +665,37 @@ impl Cluster {
                 l.followers += 1;
                 l.gate.clone()
             };
-            {
+            let step = Duration::from_millis(c.config.heartbeat_ms);
+            let mut ready = Some(ready_tx);
+            loop {
                 // The first follower on this node subscribes; the others wait until the
                 // subscription holds, so none reads the live set before it does.
-                let mut subscribed = gate.lock().await;
-                if !*subscribed {
-                    *subscribed = c.listen_session(channel.clone(), session.clone()).await;
+                let holds = {
+                    let mut subscribed = gate.lock().await;
+                    if !*subscribed {
+                        *subscribed = c.listen_session(channel.clone(), session.clone()).await;
+                    }
+                    *subscribed
+                };
+                // The streams already running (again once a failed subscription holds:
+                // those that started meanwhile were announced to nobody here).
+                if holds || ready.is_some() {
+                    c.mirror_live(&session).await;
+                }
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+                if holds {
+                    token.cancelled().await;
+                    break;
+                }
+                // Redis did not take the subscription (unreachable): try again, for as
+                // long as the follower is here.
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    () = tokio::time::sleep(step) => {}
                 }
             }
-            let live: Vec<String> = {
-                let mut conn = c.conn();
-                redis::cmd("ZRANGE")
-                    .arg(c.session_key(&session))
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap_or_default()
-            };
-            for id in live {
-                if let Ok(id) = RequestId::parse(&id) {
-                    let _ = c.mirror(&id).await;
-                }
-            }
-            let _ = ready_tx.send(());
-            token.cancelled().await;
             if let Some(mut l) = c.session_watchers.get_mut(&channel) {
                 l.followers -= 1;
             }
@@ -666,7 +706,8 @@ impl Cluster {
                 .session_watchers
                 .get(&channel)
                 .is_some_and(|l| l.followers == 0);
-            if last && *subscribed {
+            if last {
+                // Also when Redis never confirmed it: it may have taken it late.
                 c.unsubscribe(&channel).await;
                 *subscribed = false;
             }

@@ -723,6 +723,40 @@ async fn cluster_a_follower_replacing_the_last_one_on_a_node_gets_the_next_strea
     futures_util::future::join_all(sessions).await;
 }
 
+/// A follower that arrives while Redis is unreachable (paused, shorter than the outage
+/// bound) is answered, and once Redis is back the node takes the session's subscription
+/// by itself: a stream the session starts on another node afterwards reaches it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_follower_that_came_during_an_outage_gets_the_sessions_next_stream() {
+    if !needs::redis() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let (n1, n2) = two_nodes(&redis).await;
+    let session = "sess-outage";
+    redis.pause();
+    let mut follower =
+        LineReader::open(http().get(n2.url(&format!("/api/sessions/{session}/events")))).await;
+    assert_eq!(follower.status, 200);
+    redis.resume();
+    eventually_async("both nodes ready again", || async {
+        n1.ready().await && n2.ready().await
+    })
+    .await;
+    let all = post_ndjson(
+        &n1.url(CHAT),
+        &chat(json!({"chunks": 5, "interval_ms": 5}), Some(session)),
+    )
+    .await;
+    check_rules(&all);
+    follows_whole(
+        &mut follower,
+        &all,
+        "the follower that came during the outage",
+    )
+    .await;
+}
+
 /// Many streams started at once, each in a session of its own that a follower on the
 /// owner's node and one on another node listen to before it starts: every follower gets
 /// its stream whole, each event once, in order (the announcement that makes the other
