@@ -426,14 +426,27 @@ impl Cluster {
         self: &Arc<Self>,
         id: &RequestId,
     ) -> Result<Option<Arc<Stream>>, ClusterError> {
+        self.mirror_if(id, Mirrored::Any).await
+    }
+
+    /// [`Cluster::mirror`], for the streams it makes: of any stream, or only of one still
+    /// running (a session's live set may still name a stream ended without its owner's
+    /// last write, as by a takeover: a new follower must not get it).
+    async fn mirror_if(
+        self: &Arc<Self>,
+        id: &RequestId,
+        which: Mirrored,
+    ) -> Result<Option<Arc<Stream>>, ClusterError> {
         let Some(a) = self.attached.get() else {
             return Ok(None);
         };
         if let Some(s) = a.hub.get(id.as_str()) {
             return Ok(Some(s));
         }
-        self.making(id, async |c: &Arc<Cluster>| c.new_mirror(a, id).await)
-            .await
+        self.making(id, async |c: &Arc<Cluster>| {
+            c.new_mirror(a, id, which).await
+        })
+        .await
     }
 
     /// Runs `make` as this node's only maker of stream `id`'s mirror at the time, unless
@@ -470,10 +483,14 @@ impl Cluster {
         self: &Arc<Self>,
         a: &Attached,
         id: &RequestId,
+        which: Mirrored,
     ) -> Result<Option<Arc<Stream>>, ClusterError> {
         let Some((meta, lines, n)) = self.read(id.as_str()).await? else {
             return Ok(None);
         };
+        if which == Mirrored::Running && meta.ended {
+            return Ok(None);
+        }
         let Some(route) = a.routes.get(&meta.route).cloned() else {
             return Ok(None);
         };
@@ -639,7 +656,7 @@ impl Cluster {
         };
         for id in live {
             if let Ok(id) = RequestId::parse(&id) {
-                let _ = self.mirror(&id).await;
+                let _ = self.mirror_if(&id, Mirrored::Running).await;
             }
         }
     }
@@ -717,6 +734,13 @@ impl Cluster {
         });
         (SessionWatch { stop }, ready_rx)
     }
+}
+
+/// Which streams a mirror is made of (see [`Cluster::mirror_if`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mirrored {
+    Any,
+    Running,
 }
 
 /// A session followed on this node: how many followers it has, and the gate that

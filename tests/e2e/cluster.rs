@@ -757,6 +757,49 @@ async fn cluster_a_follower_that_came_during_an_outage_gets_the_sessions_next_st
     .await;
 }
 
+/// A session's stream ended by a takeover (its owner killed, so nothing took it out of
+/// the session's live set) is not sent to a follower that joins the session afterwards
+/// on another node; the session's next stream is, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_follower_joining_after_a_takeover_gets_only_the_sessions_next_stream() {
+    if !needs::redis() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let (n1, n2, n3) = three_nodes(&redis).await;
+    let session = "sess-taken-over";
+    let mut owner = LineReader::open(http().post(n1.url(CHAT)).json(&chat(
+        json!({"chunks": 100000, "interval_ms": 20}),
+        Some(session),
+    )))
+    .await;
+    let head = owner.until(|v| v["event"] == "chunk").await;
+    let id = head[0]["data"]["metadata"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut reader = LineReader::open(http().get(n2.url(&format!("/api/streams/{id}")))).await;
+    let mut seen = reader.until(|v| v["event"] == "chunk").await;
+    drop(owner);
+    n1.kill().await;
+    seen.extend(reader.rest().await);
+    assert_eq!(
+        end_of(&contiguous(&seen, 0)),
+        ("error".into(), "node_lost".into())
+    );
+    let mut follower =
+        LineReader::open(http().get(n3.url(&format!("/api/sessions/{session}/events")))).await;
+    assert_eq!(follower.status, 200);
+    let all = post_ndjson(&n2.url(CHAT), &chat(json!({"chunks": 3}), Some(session))).await;
+    check_rules(&all);
+    follows_whole(
+        &mut follower,
+        &all,
+        "the follower that joined after the takeover",
+    )
+    .await;
+}
+
 /// Many streams started at once, each in a session of its own that a follower on the
 /// owner's node and one on another node listen to before it starts: every follower gets
 /// its stream whole, each event once, in order (the announcement that makes the other
