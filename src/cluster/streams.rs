@@ -158,15 +158,28 @@ static RANGE_SCRIPT: std::sync::LazyLock<redis::Script> =
 static READ_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(READ));
 
-/// A stream's key (`<prefix>:{<id>}:<what>`, as [`Cluster::stream_key`] makes it),
-/// written into the command without a string of its own.
-struct StreamKey<'a> {
+/// A key or channel of one stream (`<prefix>:{<id>}:<what>`) or of one session
+/// (`<prefix>:{s:<id>}:<what>`): the one place of their format, written into a command
+/// without a string of its own, or made into one ([`Cluster::stream_key`]).
+struct Key<'a> {
     prefix: &'a str,
+    /// `""` for a stream, `"s:"` for a session.
+    tag: &'static str,
     id: &'a str,
     what: &'a str,
 }
 
-impl redis::ToRedisArgs for StreamKey<'_> {
+impl std::fmt::Display for Key<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{{{}{}}}:{}",
+            self.prefix, self.tag, self.id, self.what
+        )
+    }
+}
+
+impl redis::ToRedisArgs for Key<'_> {
     fn write_redis_args<W>(&self, out: &mut W)
     where
         W: ?Sized + redis::RedisWrite,
@@ -174,7 +187,7 @@ impl redis::ToRedisArgs for StreamKey<'_> {
         use std::io::Write;
         let mut w = out.writer_for_next_arg();
         // Writing into the command's buffer cannot fail.
-        let _ = write!(w, "{}:{{{}}}:{}", self.prefix, self.id, self.what);
+        let _ = write!(w, "{self}");
     }
 }
 
@@ -279,15 +292,24 @@ impl Cluster {
     }
 
     fn stream_key(&self, id: &str, what: &str) -> String {
-        format!("{}:{{{id}}}:{what}", self.keys.prefix)
+        self.key("", id, what).to_string()
     }
 
     fn session_key(&self, session: &str) -> String {
-        format!("{}:{{s:{session}}}:live", self.keys.prefix)
+        self.key("s:", session, "live").to_string()
     }
 
     fn session_channel(&self, session: &str) -> String {
-        format!("{}:{{s:{session}}}:ev", self.keys.prefix)
+        self.key("s:", session, "ev").to_string()
+    }
+
+    fn key<'a>(&'a self, tag: &'static str, id: &'a str, what: &'a str) -> Key<'a> {
+        Key {
+            prefix: &self.keys.prefix,
+            tag,
+            id,
+            what,
+        }
     }
 
     fn node_channel(&self, node: &str) -> String {
@@ -495,18 +517,9 @@ impl Cluster {
             return Ok(None);
         };
         let session = (!meta.session.is_empty()).then(|| Arc::<str>::from(meta.session.as_str()));
-        let (stream, created) = a.hub.mirror(
-            id.clone(),
-            route.clone(),
-            session,
-            meta.first,
-            a.metrics.stream(&route.name, Transport::Ndjson),
-        );
+        let (stream, created) = new_copy(a, id, route, session, meta.first, lines);
         if !created {
             return Ok(Some(stream));
-        }
-        for line in lines {
-            append_line(&stream, line);
         }
         if n >= RANGE_COUNT
             && let Err(e) = self.fill(&stream).await
@@ -521,7 +534,8 @@ impl Cluster {
     /// Keeps a new mirror fed from its stream's batch channel: subscribes, without holding
     /// up the mirror's first readers (what is published before the subscription holds is
     /// read by the follower's first repair), then follows. A mirror of an ended stream
-    /// needs no feed; one whose subscription fails reads Redis every heartbeat instead.
+    /// needs no feed; one whose subscription is not confirmed reads Redis every heartbeat
+    /// until messages come.
     fn feed(self: &Arc<Self>, stream: Arc<Stream>) {
         if stream.is_ended() {
             return;
@@ -533,8 +547,9 @@ impl Cluster {
                 let Some(c) = weak.upgrade() else { return };
                 let channel = c.stream_key(stream.id.as_str(), "ev");
                 if let Err(e) = c.subscribe(channel.clone(), tx).await {
-                    tracing::debug!(error = %e, "a mirror follows without its batch channel");
-                    c.routes_by_channel.remove(&channel);
+                    // Quiet, the follower checks Redis every heartbeat; a late SUBSCRIBE
+                    // still feeds it.
+                    tracing::debug!(error = %e, "a mirror follows without its batch channel yet");
                 }
                 channel
             };
@@ -620,21 +635,13 @@ impl Cluster {
         };
         let id = announced.id;
         let Some(route) = a.routes.get(&announced.route).cloned() else {
-            return self.mirror(&id).await;
+            return Ok(None);
         };
         self.making(&id, async |c: &Arc<Cluster>| {
-            let (stream, created) = a.hub.mirror(
-                id.clone(),
-                route.clone(),
-                Some(session.clone()),
-                announced.first,
-                a.metrics.stream(&route.name, Transport::Ndjson),
-            );
+            let lines = lines_of(&announced.lines);
+            let (stream, created) = new_copy(a, &id, route, Some(session), announced.first, lines);
             if !created {
                 return Ok(Some(stream));
-            }
-            for line in lines_of(&announced.lines) {
-                append_line(&stream, line);
             }
             c.feed(stream.clone());
             Ok(Some(stream))
@@ -791,6 +798,26 @@ impl Announcement {
             lines,
         })
     }
+}
+
+/// The hub's mirror of stream `id`; when it is new (true), holding `lines` from `first`
+/// on, else the stream the hub holds already, untouched.
+fn new_copy(
+    a: &Attached,
+    id: &RequestId,
+    route: Arc<Route>,
+    session: Option<Arc<str>>,
+    first: Seq,
+    lines: impl IntoIterator<Item = Bytes>,
+) -> (Arc<Stream>, bool) {
+    let metrics = a.metrics.stream(&route.name, Transport::Ndjson);
+    let (stream, created) = a.hub.mirror(id.clone(), route, session, first, metrics);
+    if created {
+        for line in lines {
+            append_line(&stream, line);
+        }
+    }
+    (stream, created)
 }
 
 /// Appends one line read from Redis to a mirror (out-of-order lines are ignored).
@@ -1055,11 +1082,7 @@ async fn writer(cluster: Weak<Cluster>, mut rx: mpsc::UnboundedReceiver<Arc<Stre
             // Sized once: the lines and the other arguments (keys, names, numbers).
             let lines: usize = entries.iter().map(|e| e.line.len()).sum();
             let mut cmd = redis::Cmd::with_capacity(15, lines + 3 * id.len() + 384);
-            let key = |what| StreamKey {
-                prefix: &c.keys.prefix,
-                id,
-                what,
-            };
+            let key = |what| c.key("", id, what);
             cmd.arg("EVALSHA")
                 .arg(script.get_hash())
                 .arg(if s.session_id.is_some() { 5 } else { 3 })
@@ -1067,8 +1090,8 @@ async fn writer(cluster: Weak<Cluster>, mut rx: mpsc::UnboundedReceiver<Arc<Stre
                 .arg(key("meta"))
                 .arg(key("ev"));
             if let Some(session) = &s.session_id {
-                cmd.arg(c.session_key(session))
-                    .arg(c.session_channel(session));
+                cmd.arg(c.key("s:", session, "live"))
+                    .arg(c.key("s:", session, "ev"));
             }
             cmd.arg(&c.node)
                 .arg(first)
@@ -1181,6 +1204,32 @@ mod tests {
         // A re-seeded stream starts past 0; its lines may hold newlines only as separators.
         let a = Announcement::parse(&Bytes::from_static(b"r\nchat\n42\n")).unwrap();
         assert_eq!((a.first, a.lines.len()), (42, 0));
+    }
+
+    #[test]
+    fn stream_and_session_keys_share_one_format_with_their_hash_tag() {
+        let key = |tag, id, what| {
+            Key {
+                prefix: "sy",
+                tag,
+                id,
+                what,
+            }
+            .to_string()
+        };
+        assert_eq!(key("", "req-1", "log"), "sy:{req-1}:log");
+        assert_eq!(key("s:", "sess", "live"), "sy:{s:sess}:live");
+        let mut cmd = redis::cmd("X");
+        cmd.arg(Key {
+            prefix: "sy",
+            tag: "s:",
+            id: "sess",
+            what: "ev",
+        });
+        assert!(
+            cmd.get_packed_command()
+                .ends_with(b"$14\r\nsy:{s:sess}:ev\r\n")
+        );
     }
 
     #[test]
