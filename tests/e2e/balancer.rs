@@ -287,12 +287,13 @@ async fn http_needs_no_stickiness(lb: &Balancer) {
 /// A chat stream over Socket.IO long-polling only, through `url`; `probe` tags its
 /// requests (a query parameter) so that the balancer's log lines can be told apart.
 fn polling_chat(url: &str, probe: &str, extra: Value) -> Value {
-    sio_chat(url, probe, &["polling"], extra)
+    sio_chat(url, probe, &["polling"], 10, extra)
 }
 
 /// [`polling_chat`] over the given Socket.IO transports (`["websocket"]`: WebSocket from
-/// the start; `["polling", "websocket"]`: a polling handshake, then the upgrade).
-fn sio_chat(url: &str, probe: &str, transports: &[&str], extra: Value) -> Value {
+/// the start; `["polling", "websocket"]`: a polling handshake, then the upgrade), its 30
+/// chunks `interval_ms` apart.
+fn sio_chat(url: &str, probe: &str, transports: &[&str], interval_ms: u64, extra: Value) -> Value {
     let mut spec = json!({
         "url": url,
         "transports": transports,
@@ -300,7 +301,7 @@ fn sio_chat(url: &str, probe: &str, transports: &[&str], extra: Value) -> Value 
         "global_timeout_ms": 30000,
         "steps": [
             {"emit": "chat_message", "data": {"message": "x",
-                "options": {"chunks": 30, "interval_ms": 10}}, "ack": true},
+                "options": {"chunks": 30, "interval_ms": interval_ms}}, "ack": true},
             {"wait_for": "chat_complete", "count": 1, "timeout_ms": 15000}
         ]
     });
@@ -371,11 +372,10 @@ async fn websocket_through(lb: &Balancer, url: &str, upgrading: &[(Client, &str,
         )
     });
     for (client, probe, transports, extra) in ws.chain(up) {
-        let mut spec = sio_chat(url, &probe, transports, extra);
-        if transports.len() > 1 {
-            // Long enough (1.5 s) for the upgrade to happen before the client leaves.
-            spec["steps"][0]["data"]["options"]["interval_ms"] = json!(50);
-        }
+        // An upgrading client's stream lasts long enough (1.5 s) for the upgrade to
+        // happen before it leaves.
+        let interval_ms = if transports.len() > 1 { 50 } else { 10 };
+        let spec = sio_chat(url, &probe, transports, interval_ms, extra);
         let (whole, lines) = whole_chat(client, spec).await;
         assert!(whole, "{probe} through the balancer: {lines:?}");
         let probe_q = format!("probe={probe}");
@@ -427,7 +427,7 @@ async fn balancer_haproxy_readme_backend() {
         (
             Client::Python,
             "python-hostname",
-            localhost,
+            localhost.clone(),
             json!({}),
             true,
         ),
@@ -452,7 +452,6 @@ async fn balancer_haproxy_readme_backend() {
         );
     }
     // WebSocket: from the start for every client; by upgrade for those keeping the cookie.
-    let localhost = format!("http://localhost:{}", lb.port);
     websocket_through(
         &lb,
         &localhost,
