@@ -461,8 +461,10 @@ type EngineRun = Either<BoxFuture<'static, EngineResult>, Ready<EngineResult>>;
 /// written, and a new stream does not queue behind every running one for its first
 /// event. A panic, here or later, is caught and becomes the engine's failure.
 fn start_engine(job: crate::engine::Job, stream: Arc<Stream>) -> EngineRun {
-    let emitter: Emitter = stream;
-    let mut run = AssertUnwindSafe(job(emitter))
+    let emitter: Emitter = stream.clone();
+    let mut engine = job(emitter);
+    let ticking = std::future::poll_fn(move |cx| stream.poll_engine(&mut engine, cx));
+    let mut run = AssertUnwindSafe(ticking)
         .catch_unwind()
         .map(|r| r.map_err(|p| panic_message(p.as_ref())))
         .boxed();

@@ -29,8 +29,10 @@
 
 use std::any::Any;
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -49,6 +51,9 @@ use crate::routes::Route;
 /// What a stream's charge to the live budget may lag behind what it holds (so the shared
 /// counter is touched once per this many bytes, not once per event).
 const CHARGE_STEP: u64 = 4096;
+
+/// `Stream::poll_ms` when the engine is not being polled.
+const NO_POLL: u64 = u64::MAX;
 
 /// How often a stream paused for the live budget looks whether memory was freed.
 const BUDGET_RECHECK: Duration = Duration::from_millis(50);
@@ -372,6 +377,10 @@ pub struct Stream {
     remote_readers: AtomicUsize,
     /// Milliseconds since `created` of the last engine event (idle detection).
     last_event_ms: AtomicU64,
+    /// While the engine is polled: milliseconds since `created` at the start of the poll,
+    /// the time its events are stamped with (one clock read per poll rather than per
+    /// event); [`NO_POLL`] otherwise.
+    poll_ms: AtomicU64,
     metrics: StreamMetrics,
     backing: Backing,
     /// A written-through log's store was told of pending entries it has not taken yet.
@@ -439,6 +448,7 @@ impl Stream {
             failure: Mutex::new(None),
             remote_readers: AtomicUsize::new(0),
             last_event_ms: AtomicU64::new(0),
+            poll_ms: AtomicU64::new(NO_POLL),
             metrics,
             backing: bounds.backing,
             queued: AtomicBool::new(false),
@@ -798,6 +808,32 @@ impl Stream {
         self.created.elapsed().as_millis() as u64
     }
 
+    /// The time an engine's event is stamped with: its poll's start, else the clock.
+    fn engine_now(&self) -> u64 {
+        match self.poll_ms.load(Ordering::Relaxed) {
+            NO_POLL => self.now_ms(),
+            at => at,
+        }
+    }
+
+    /// Polls the engine's future `run` with this stream's clock read once for the poll.
+    pub fn poll_engine<F: Future + Unpin>(
+        &self,
+        run: &mut F,
+        cx: &mut Context<'_>,
+    ) -> Poll<F::Output> {
+        /// Back to the clock when the poll returns or unwinds.
+        struct Polling<'a>(&'a AtomicU64);
+        impl Drop for Polling<'_> {
+            fn drop(&mut self) {
+                self.0.store(NO_POLL, Ordering::Relaxed);
+            }
+        }
+        self.poll_ms.store(self.now_ms(), Ordering::Relaxed);
+        let _polling = Polling(&self.poll_ms);
+        Pin::new(run).poll(cx)
+    }
+
     /// Waits until the log has room for more events (see the module doc): returns at once
     /// when it has; otherwise until cursors read, a subscriber arrives, or the oldest entry
     /// has waited `stall` for its readers.
@@ -984,7 +1020,7 @@ impl Sink for Stream {
         if self.stop.is_cancelled() {
             return false;
         }
-        let now = self.now_ms();
+        let now = self.engine_now();
         let mut log = self.log();
         let accepted = match log.rules.push(kind, data) {
             Pushed::Accepted(ev) => {
@@ -1013,7 +1049,7 @@ impl Sink for Stream {
         if self.stop.is_cancelled() {
             return false;
         }
-        let now = self.now_ms();
+        let now = self.engine_now();
         let mut log = self.log();
         let seq = match log.rules.push_text(text) {
             Ok(seq) => seq,
