@@ -298,13 +298,20 @@ async fn dispatch(
 /// Renews this node's liveness key every `heartbeat_ms` until the cluster is dropped.
 async fn heartbeat(cluster: std::sync::Weak<Cluster>) {
     let mut was_up: Option<bool> = None;
+    let mut failing = false;
     loop {
         let Some(c) = cluster.upgrade() else { return };
         let step = Duration::from_millis(c.config.heartbeat_ms);
         let result = c.beat().await;
         match &result {
-            Ok(()) => c.saw_redis(),
+            Ok(()) => {
+                c.saw_redis();
+                if std::mem::take(&mut failing) {
+                    c.rejoin_sessions();
+                }
+            }
             Err(e) => {
+                failing = true;
                 c.redis_error("heartbeat");
                 tracing::debug!(error = %e, "cluster heartbeat failed");
             }

@@ -668,6 +668,45 @@ impl Cluster {
         }
     }
 
+    /// Once Redis answers again after this node lost it: each followed session's
+    /// subscription is taken again and its live streams are read, since what was
+    /// announced meanwhile reached nobody here (a stream that started and ended within
+    /// the gap is not among them).
+    pub(super) fn rejoin_sessions(self: &Arc<Self>) {
+        let followed: Vec<(String, Arc<str>, Arc<tokio::sync::Mutex<bool>>)> = self
+            .session_watchers
+            .iter()
+            .map(|l| (l.key().clone(), l.session.clone(), l.gate.clone()))
+            .collect();
+        let step = Duration::from_millis(self.config.heartbeat_ms);
+        for (channel, session, gate) in followed {
+            let c = self.clone();
+            tokio::spawn(async move {
+                // The pub/sub connection may come back a little after the heartbeat's:
+                // tried every heartbeat while the session is followed here.
+                loop {
+                    let holds = {
+                        let mut subscribed = gate.lock().await;
+                        let followed = c
+                            .session_watchers
+                            .get(&channel)
+                            .is_some_and(|l| l.followers > 0 && Arc::ptr_eq(&l.gate, &gate));
+                        if !followed {
+                            return;
+                        }
+                        *subscribed = c.listen_session(channel.clone(), session.clone()).await;
+                        *subscribed
+                    };
+                    if holds {
+                        c.mirror_live(&session).await;
+                        return;
+                    }
+                    tokio::time::sleep(step).await;
+                }
+            });
+        }
+    }
+
     /// Mirrors every stream of `session` run elsewhere, the live ones now and each new
     /// one as it is announced, until the returned guard is dropped.
     /// The receiver resolves once the node listens to the session's announcements and
@@ -685,7 +724,14 @@ impl Cluster {
         tokio::spawn(async move {
             let channel = c.session_channel(&session);
             let gate = {
-                let mut l = c.session_watchers.entry(channel.clone()).or_default();
+                let mut l = c
+                    .session_watchers
+                    .entry(channel.clone())
+                    .or_insert_with(|| Listening {
+                        session: session.clone(),
+                        followers: 0,
+                        gate: Arc::default(),
+                    });
                 l.followers += 1;
                 l.gate.clone()
             };
@@ -753,8 +799,8 @@ enum Mirrored {
 /// A session followed on this node: how many followers it has, and the gate that
 /// orders its subscription's changes (held while subscribing or unsubscribing; the
 /// value says whether the subscription holds).
-#[derive(Default)]
 pub(super) struct Listening {
+    session: Arc<str>,
     followers: usize,
     gate: Arc<tokio::sync::Mutex<bool>>,
 }

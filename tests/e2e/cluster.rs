@@ -1301,6 +1301,50 @@ async fn cluster_a_node_cut_off_from_redis_loses_its_streams_and_never_writes_th
     );
 }
 
+/// A session followed on a node whose Redis link is cut: a stream the session starts on
+/// another node during the cut, still running when the link heals, reaches the follower
+/// whole (its node reads the session's live streams again once Redis answers), as does
+/// the session's next stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_follower_whose_node_was_cut_off_gets_the_stream_started_meanwhile() {
+    if !needs::redis() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let proxy = Proxy::start(redis.port).await;
+    let (purl, url) = (proxy.url(), redis.url());
+    let (cut, n2) = tokio::join!(
+        Node::start(NodeSpec::new(&purl, "cut")),
+        Node::start(NodeSpec::new(&url, "n2"))
+    );
+    let session = "sess-cut";
+    let mut follower =
+        LineReader::open(http().get(cut.url(&format!("/api/sessions/{session}/events")))).await;
+    assert_eq!(follower.status, 200);
+    proxy.cut();
+    eventually_async("the cut node notices", || async {
+        cut.status("/readyz").await == 503
+    })
+    .await;
+    let mut owner = LineReader::open(http().post(n2.url(CHAT)).json(&chat(
+        json!({"chunks": 60, "interval_ms": 50}),
+        Some(session),
+    )))
+    .await;
+    let mut all = owner.until(|v| v["event"] == "chunk").await;
+    proxy.heal();
+    all.extend(owner.rest().await);
+    check_rules(&all);
+    follows_whole(&mut follower, &all, "the stream started during the cut").await;
+    let next = post_ndjson(
+        &n2.url(CHAT),
+        &chat(json!({"chunks": 5, "interval_ms": 5}), Some(session)),
+    )
+    .await;
+    check_rules(&next);
+    follows_whole(&mut follower, &next, "the session's next stream").await;
+}
+
 /// Redis paused (SIGSTOP) for less than the bound while streams run: every subscriber,
 /// local or remote, gets every event once; the streams complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
