@@ -80,6 +80,10 @@ pub struct Cluster {
     session_watchers: DashMap<String, streams::Listening>,
     /// Streams whose mirror is being made here (one maker per stream at a time).
     mirroring: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Session streams whose mirror this node ended because Redis went silent (their
+    /// followers here were sent that end), by session: not mirrored to them again when
+    /// Redis answers (see `rejoin_sessions`); forgotten once out of the live set.
+    cut_short: DashMap<crate::request::RequestId, Arc<str>>,
     attached: std::sync::OnceLock<streams::Attached>,
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
     started: Instant,
@@ -132,6 +136,7 @@ impl Cluster {
             routes_by_channel: DashMap::new(),
             session_watchers: DashMap::new(),
             mirroring: DashMap::new(),
+            cut_short: DashMap::new(),
             attached: std::sync::OnceLock::new(),
             metrics: std::sync::OnceLock::new(),
             started: Instant::now(),

@@ -516,7 +516,11 @@ impl Cluster {
         let Some(route) = a.routes.get(&meta.route).cloned() else {
             return Ok(None);
         };
-        let session = (!meta.session.is_empty()).then(|| Arc::<str>::from(meta.session.as_str()));
+        // A stream whose mirror an outage ended here is not offered to this node's
+        // followers of its session again (they were sent that end): a resume's mirror
+        // of it stands outside the session.
+        let session = (!meta.session.is_empty() && !self.cut_short.contains_key(id))
+            .then(|| Arc::<str>::from(meta.session.as_str()));
         let (stream, created) = new_copy(a, id, route, session, meta.first, lines);
         if !created {
             return Ok(Some(stream));
@@ -637,6 +641,10 @@ impl Cluster {
         let Some(route) = a.routes.get(&announced.route).cloned() else {
             return Ok(None);
         };
+        if self.cut_short.contains_key(&id) {
+            // Announced again (Redis restarted empty), after an outage ended it here.
+            return Ok(None);
+        }
         self.making(&id, async |c: &Arc<Cluster>| {
             let lines = lines_of(&announced.lines);
             let (stream, created) = new_copy(a, &id, route, Some(session), announced.first, lines);
@@ -649,9 +657,12 @@ impl Cluster {
         .await
     }
 
-    /// Mirrors the live streams of `session` (its live set in Redis) that are not here.
+    /// Mirrors the live streams of `session` (its live set in Redis) that are not here,
+    /// but not those whose mirror an outage ended here: this node's followers of the
+    /// session were sent that end (a follower that joins afterwards does not get them
+    /// either, as on the owner's node a follower does not get an ended stream).
     async fn mirror_live(self: &Arc<Self>, session: &str) {
-        let live: Vec<String> = {
+        let live: Result<Vec<String>, _> = {
             let mut conn = self.conn();
             redis::cmd("ZRANGE")
                 .arg(self.session_key(session))
@@ -659,10 +670,17 @@ impl Cluster {
                 .arg(-1)
                 .query_async(&mut conn)
                 .await
-                .unwrap_or_default()
         };
+        let Ok(live) = live else { return };
+        let live: Vec<RequestId> = live
+            .iter()
+            .filter_map(|id| RequestId::parse(id).ok())
+            .collect();
+        // Out of the live set: ended, never to be mirrored to a follower again anyway.
+        self.cut_short
+            .retain(|id, s| &**s != session || live.contains(id));
         for id in live {
-            if let Ok(id) = RequestId::parse(&id) {
+            if !self.cut_short.contains_key(&id) {
                 let _ = self.mirror_if(&id, Mirrored::Running).await;
             }
         }
@@ -781,9 +799,13 @@ impl Cluster {
                 c.unsubscribe(&channel).await;
                 *subscribed = false;
             }
-            c.session_watchers.remove_if(&channel, |_, l| {
+            let gone = c.session_watchers.remove_if(&channel, |_, l| {
                 l.followers == 0 && Arc::ptr_eq(&l.gate, &gate)
             });
+            if gone.is_some() {
+                // Nobody here was sent their end any more.
+                c.cut_short.retain(|_, s| *s != session);
+            }
         });
         (SessionWatch { stop }, ready_rx)
     }
@@ -980,6 +1002,9 @@ async fn follow(
                         if c.silent_ms()
                             .is_none_or(|ms| ms >= outage.as_millis() as u64)
                         {
+                            if let Some(session) = &stream.session_id {
+                                c.cut_short.insert(stream.id.clone(), session.clone());
+                            }
                             end_mirror(
                                 &stream,
                                 "cluster_unavailable",

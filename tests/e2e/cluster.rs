@@ -1345,6 +1345,76 @@ async fn cluster_a_follower_whose_node_was_cut_off_gets_the_stream_started_meanw
     follows_whole(&mut follower, &next, "the session's next stream").await;
 }
 
+/// A session stream a follower's node ended because its Redis link was cut for longer
+/// than the outage bound (the follower was sent `error` + `end`), still running when
+/// the link heals, is not sent to that follower again, even after the node released
+/// its copy; the session's next stream is, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_stream_a_cut_off_node_ended_for_its_follower_is_not_sent_again() {
+    if !needs::redis() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let proxy = Proxy::start(redis.port).await;
+    let (purl, url) = (proxy.url(), redis.url());
+    let (cut, n2) = tokio::join!(
+        Node::start(NodeSpec::new(&purl, "cut")),
+        Node::start(NodeSpec::new(&url, "n2"))
+    );
+    let session = "sess-cut-short";
+    let mut follower =
+        LineReader::open(http().get(cut.url(&format!("/api/sessions/{session}/events")))).await;
+    assert_eq!(follower.status, 200);
+    let mut owner = LineReader::open(http().post(n2.url(CHAT)).json(&chat(
+        json!({"chunks": 100000, "interval_ms": 50}),
+        Some(session),
+    )))
+    .await;
+    let head = owner.until(|v| v["event"] == "chunk").await;
+    let id = head[0]["data"]["metadata"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut seen = follower
+        .until(|v| v["event"] == "chunk" && v["request_id"] == id.as_str())
+        .await;
+    proxy.cut();
+    seen.extend(follower.until(|v| v["event"] == "end").await);
+    let seen: Vec<Value> = seen
+        .into_iter()
+        .filter(|v| v["event"] != "heartbeat")
+        .collect();
+    let seen = contiguous(&seen, 0);
+    assert_eq!(
+        end_of(&seen),
+        ("error".into(), "cluster_unavailable".into())
+    );
+    // The cut node lets its copy go (its follower read the end): a resume there finds none.
+    eventually_async("the cut node released its copy", || async {
+        cut.status(&format!("/api/streams/{id}")).await != 200
+    })
+    .await;
+    proxy.heal();
+    eventually_async("the cut node is ready again", || cut.ready()).await;
+    // A resume on the healed node reads the stream again, outside the session.
+    let mut resumed = LineReader::open(http().get(cut.url(&format!("/api/streams/{id}")))).await;
+    assert_eq!(resumed.status, 200);
+    resumed.until(|v| v["event"] == "chunk").await;
+    let next = post_ndjson(
+        &n2.url(CHAT),
+        &chat(json!({"chunks": 5, "interval_ms": 5}), Some(session)),
+    )
+    .await;
+    check_rules(&next);
+    follows_whole(
+        &mut follower,
+        &next,
+        "the session's next stream, and nothing else",
+    )
+    .await;
+    drop(owner);
+}
+
 /// Redis paused (SIGSTOP) for less than the bound while streams run: every subscriber,
 /// local or remote, gets every event once; the streams complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
