@@ -1,10 +1,13 @@
 //! raw-hyper-peer: the practical limit of the side-by-side benchmark.
 //!
 //! Serves `POST /api/ai/chat/unified` with exactly the bytes Switchyard's `chat` route
-//! writes for the script engine's `options: {chunks, chunk_bytes}` workload, NDJSON or SSE
+//! writes for the script engine's `options: {chunks, chunk_bytes, interval_ms}` workload,
+//! NDJSON or SSE
 //! (`Accept: text/event-stream`), and nothing else: no router, no bridge, no replay log,
-//! no metrics. Each event is formatted by hand into its own body frame, generated lazily
-//! when hyper asks for the next frame, as a real generator would produce it.
+//! no metrics, no heartbeats. Each event is formatted by hand into its own body frame,
+//! generated lazily when hyper asks for the next frame, as a real generator would produce
+//! it; with `interval_ms`, chunks after the first wait that long each (one timer at a
+//! time), which is what the idle benchmark holds open.
 //!
 //! Usage: `raw-hyper-peer [--port N]` (else env `PORT`, else 8080); binds 127.0.0.1 and
 //! prints `listening on 127.0.0.1:PORT` once accepting.
@@ -187,6 +190,10 @@ struct Events {
     next: u64,
     /// Every chunk so far, for `completion.output`.
     output: Vec<u8>,
+    /// The wait before each chunk after the first (`options.interval_ms`), and the
+    /// running one.
+    interval: Option<Duration>,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Events {
@@ -212,14 +219,25 @@ impl Events {
             .and_then(Value::as_str)
             .filter(|s| usable_id(s))
             .map_or_else(new_request_id, str::to_string);
+        let interval = option("interval_ms")
+            .filter(|&ms| ms > 0)
+            .map(Duration::from_millis);
         Some(Events {
+            interval,
+            pause: None,
             phase: Phase::Started,
             sse,
             request_id,
             chunks,
             chunk_bytes: chunk_bytes as usize,
             next: 0,
-            output: Vec::with_capacity((chunks * chunk_bytes) as usize),
+            // Room for the whole output at once, unless the chunks are paced (a stream
+            // held open grows it as they come).
+            output: Vec::with_capacity(if interval.is_some() {
+                0
+            } else {
+                (chunks * chunk_bytes) as usize
+            }),
         })
     }
 
@@ -320,9 +338,22 @@ impl Body for Events {
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.get_mut().next_frame().map(|b| Ok(Frame::data(b))))
+        let this = self.get_mut();
+        if this.phase == Phase::Chunks
+            && this.next > 0
+            && let Some(every) = this.interval
+        {
+            let pause = this
+                .pause
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+            if pause.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.pause = None;
+        }
+        Poll::Ready(this.next_frame().map(|b| Ok(Frame::data(b))))
     }
 
     fn is_end_stream(&self) -> bool {
