@@ -513,7 +513,18 @@ async fn start_chat(
     options: Value,
     pred: impl Fn(&Value) -> bool,
 ) -> (LineReader, Vec<Value>, String) {
-    let mut owner = LineReader::open(http().post(node.url(CHAT)).json(&chat(options, None))).await;
+    start_session_chat(node, options, None, pred).await
+}
+
+/// [`start_chat`], in `session` when given.
+async fn start_session_chat(
+    node: &Node,
+    options: Value,
+    session: Option<&str>,
+    pred: impl Fn(&Value) -> bool,
+) -> (LineReader, Vec<Value>, String) {
+    let mut owner =
+        LineReader::open(http().post(node.url(CHAT)).json(&chat(options, session))).await;
     let head = owner.until(pred).await;
     let id = head[0]["data"]["metadata"]["request_id"]
         .as_str()
@@ -768,16 +779,13 @@ async fn cluster_a_follower_joining_after_a_takeover_gets_only_the_sessions_next
     let redis = Redis::start().await;
     let (n1, n2, n3) = three_nodes(&redis).await;
     let session = "sess-taken-over";
-    let mut owner = LineReader::open(http().post(n1.url(CHAT)).json(&chat(
+    let (owner, _, id) = start_session_chat(
+        &n1,
         json!({"chunks": 100000, "interval_ms": 20}),
         Some(session),
-    )))
+        |v| v["event"] == "chunk",
+    )
     .await;
-    let head = owner.until(|v| v["event"] == "chunk").await;
-    let id = head[0]["data"]["metadata"]["request_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let mut reader = LineReader::open(http().get(n2.url(&format!("/api/streams/{id}")))).await;
     let mut seen = reader.until(|v| v["event"] == "chunk").await;
     drop(owner);
@@ -1227,6 +1235,25 @@ impl Drop for Proxy {
     }
 }
 
+/// Two nodes, the first (`cut`) reaching Redis through a proxy the test can cut.
+async fn cuttable_pair(redis: &Redis) -> (Proxy, Node, Node) {
+    let proxy = Proxy::start(redis.port).await;
+    let (purl, url) = (proxy.url(), redis.url());
+    let (cut, other) = tokio::join!(
+        Node::start(NodeSpec::new(&purl, "cut")),
+        Node::start(NodeSpec::new(&url, "n2"))
+    );
+    (proxy, cut, other)
+}
+
+/// A follower of `session` on `node`, listening once it returns.
+async fn session_follower(node: &Node, session: &str) -> LineReader {
+    let follower =
+        LineReader::open(http().get(node.url(&format!("/api/sessions/{session}/events")))).await;
+    assert_eq!(follower.status, 200);
+    follower
+}
+
 /// One node cut off from Redis (its link through a proxy the test cuts): the other
 /// nodes end its streams with `node_lost` once its lease is gone; it ends them for its
 /// own subscribers with `cluster_unavailable` and refuses new work; healed, it is ready
@@ -1237,12 +1264,7 @@ async fn cluster_a_node_cut_off_from_redis_loses_its_streams_and_never_writes_th
         return;
     }
     let redis = Redis::start().await;
-    let proxy = Proxy::start(redis.port).await;
-    let (purl, url) = (proxy.url(), redis.url());
-    let (n1, n2) = tokio::join!(
-        Node::start(NodeSpec::new(&purl, "cut")),
-        Node::start(NodeSpec::new(&url, "n2"))
-    );
+    let (proxy, n1, n2) = cuttable_pair(&redis).await;
     let (mut owner, head, id) =
         start_chat(&n1, json!({"chunks": 100000, "interval_ms": 20}), |v| {
             v["event"] == "chunk"
@@ -1311,16 +1333,9 @@ async fn cluster_a_follower_whose_node_was_cut_off_gets_the_stream_started_meanw
         return;
     }
     let redis = Redis::start().await;
-    let proxy = Proxy::start(redis.port).await;
-    let (purl, url) = (proxy.url(), redis.url());
-    let (cut, n2) = tokio::join!(
-        Node::start(NodeSpec::new(&purl, "cut")),
-        Node::start(NodeSpec::new(&url, "n2"))
-    );
+    let (proxy, cut, n2) = cuttable_pair(&redis).await;
     let session = "sess-cut";
-    let mut follower =
-        LineReader::open(http().get(cut.url(&format!("/api/sessions/{session}/events")))).await;
-    assert_eq!(follower.status, 200);
+    let mut follower = session_follower(&cut, session).await;
     proxy.cut();
     eventually_async("the cut node notices", || async {
         cut.status("/readyz").await == 503
@@ -1355,26 +1370,16 @@ async fn cluster_a_stream_a_cut_off_node_ended_for_its_follower_is_not_sent_agai
         return;
     }
     let redis = Redis::start().await;
-    let proxy = Proxy::start(redis.port).await;
-    let (purl, url) = (proxy.url(), redis.url());
-    let (cut, n2) = tokio::join!(
-        Node::start(NodeSpec::new(&purl, "cut")),
-        Node::start(NodeSpec::new(&url, "n2"))
-    );
+    let (proxy, cut, n2) = cuttable_pair(&redis).await;
     let session = "sess-cut-short";
-    let mut follower =
-        LineReader::open(http().get(cut.url(&format!("/api/sessions/{session}/events")))).await;
-    assert_eq!(follower.status, 200);
-    let mut owner = LineReader::open(http().post(n2.url(CHAT)).json(&chat(
+    let mut follower = session_follower(&cut, session).await;
+    let (owner, _, id) = start_session_chat(
+        &n2,
         json!({"chunks": 100000, "interval_ms": 50}),
         Some(session),
-    )))
+        |v| v["event"] == "chunk",
+    )
     .await;
-    let head = owner.until(|v| v["event"] == "chunk").await;
-    let id = head[0]["data"]["metadata"]["request_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let mut seen = follower
         .until(|v| v["event"] == "chunk" && v["request_id"] == id.as_str())
         .await;
