@@ -808,6 +808,12 @@ impl Stream {
         self.created.elapsed().as_millis() as u64
     }
 
+    /// The times the log's entries were stamped with (ms after `created`).
+    #[cfg(test)]
+    pub(super) fn stamps(&self) -> Vec<u32> {
+        self.log().entries.iter().map(|e| e.at_ms).collect()
+    }
+
     /// The time an engine's event is stamped with: its poll's start, else the clock.
     fn engine_now(&self) -> u64 {
         match self.poll_ms.load(Ordering::Relaxed) {

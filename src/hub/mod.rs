@@ -590,6 +590,42 @@ mod tests {
         assert!(open("a3").is_ok());
     }
 
+    /// An engine's events are stamped with the time its poll began (the clock is read once
+    /// per poll, not per event); outside a poll, with the clock.
+    #[test]
+    fn an_engines_events_carry_the_time_its_poll_began() {
+        let routes = Routes::parse(ROUTES, "test").unwrap();
+        let hub = Hub::new(test_config());
+        let route = routes.get("chat").unwrap().clone();
+        let metrics = Metrics::new(&routes);
+        let (stream, _reader) = hub
+            .create(
+                RequestId::parse("stamped").unwrap(),
+                route.clone(),
+                None,
+                None,
+                Transport::Ndjson,
+                metrics.stream(&route.name, Transport::Ndjson),
+            )
+            .unwrap();
+        stream.start();
+        let mut engine = std::future::poll_fn(|_| {
+            stream.emit_chunk("a");
+            std::thread::sleep(Duration::from_millis(20));
+            stream.emit_chunk("b");
+            std::task::Poll::Ready(())
+        });
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(stream.poll_engine(&mut engine, &mut cx).is_ready());
+        std::thread::sleep(Duration::from_millis(20));
+        stream.emit_chunk("c");
+        // status_update, a, b, c
+        let at = stream.stamps();
+        assert_eq!(at.len(), 4, "{at:?}");
+        assert_eq!(at[1], at[2], "one poll, one time: {at:?}");
+        assert!(at[3] >= at[2] + 40, "outside a poll, the clock: {at:?}");
+    }
+
     /// A hub's settings for tests: roomy, with the default retention.
     fn test_config() -> HubConfig {
         HubConfig {
