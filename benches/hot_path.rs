@@ -15,7 +15,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 use std::sync::Arc;
 use switchyard::engine::Sink;
-use switchyard::event::{Event, EventKind};
+use switchyard::event::{Event, EventKind, Line, LineBuf};
 use switchyard::hub::{Batch, Cursor, Hub, HubConfig, Stream};
 use switchyard::metrics::Metrics;
 use switchyard::request::{RequestId, Transport};
@@ -218,5 +218,29 @@ fn per_event(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, encode, templates, hub_fanout, per_event);
+/// A stream's last line: its `completion`, carrying the whole text (100 chunks of 32
+/// bytes), written as the log writes it.
+fn completion_line(c: &mut Criterion) {
+    let text: String = (0..3200u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let event = Event {
+        event: EventKind::Completion,
+        seq: Some(101),
+        data: json!({"status": "complete", "output": text}),
+    };
+    let mut buf = LineBuf::default();
+    c.bench_function("line/completion_3200", |b| {
+        b.iter(|| black_box(Line::of(black_box(&event), &mut buf)))
+    });
+}
+
+criterion_group!(
+    benches,
+    encode,
+    templates,
+    hub_fanout,
+    per_event,
+    completion_line
+);
 criterion_main!(benches);
