@@ -1002,7 +1002,11 @@ async fn follow(
                         if c.silent_ms()
                             .is_none_or(|ms| ms >= outage.as_millis() as u64)
                         {
-                            if let Some(session) = &stream.session_id {
+                            // Remembered for the session's followers here, if it has any
+                            // (forgotten when the last of them leaves).
+                            if let Some(session) = &stream.session_id
+                                && c.session_watchers.contains_key(&c.session_channel(session))
+                            {
                                 c.cut_short.insert(stream.id.clone(), session.clone());
                             }
                             end_mirror(
