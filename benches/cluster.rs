@@ -186,6 +186,11 @@ struct Round {
     chunk_after_head: Vec<Duration>,
 }
 
+/// A client that opens a new connection per request, as a crowd of separate clients.
+fn fresh_connections() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder().pool_max_idle_per_host(0).build()
+}
+
 /// `streams` streams at once on `owner`, each also read on `remote` when given.
 async fn round(
     owner: &str,
@@ -194,9 +199,7 @@ async fn round(
     chunks: usize,
     tag: &str,
 ) -> Res<Round> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()?;
+    let client = fresh_connections()?;
     let started = Instant::now();
     let runs = (0..streams).map(|i| {
         let client = client.clone();
@@ -288,9 +291,7 @@ async fn followers_round(
     chunks: usize,
     tag: &str,
 ) -> Res<Followers> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()?;
+    let client = fresh_connections()?;
     let runs = (0..streams).map(|i| {
         let client = client.clone();
         let id = format!("{tag}-{i}");

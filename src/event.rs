@@ -194,8 +194,8 @@ impl LineBuf {
         self.with_room(want);
     }
 
-    /// Serialises `value` into the reused buffer and writes a line of `kind` whose `data` is
-    /// that JSON (with `wrap` around it).
+    /// Lets `write` put JSON into the reused buffer and writes a line of `kind` whose
+    /// `data` is that JSON (with `wrap` around it).
     fn line_of_json(
         &mut self,
         kind: EventKind,
@@ -304,7 +304,10 @@ impl Line {
             return buf.line_of_json(
                 EventKind::Chunk,
                 Some(seq),
-                |out| write_str(out, text),
+                // Known to need escapes: straight to serde_json.
+                |out| {
+                    let _ = serde_json::to_writer(&mut *out, text);
+                },
                 (b"{\"text\":", b"}"),
             );
         }

@@ -291,16 +291,19 @@ impl Cluster {
         Backing::WriteThrough(Arc::new(RedisLog { tx }))
     }
 
-    fn stream_key(&self, id: &str, what: &str) -> String {
-        self.key("", id, what).to_string()
+    /// Stream `id`'s key or channel `what` (`meta`, `log`, `ev`).
+    fn stream_key<'a>(&'a self, id: &'a str, what: &'a str) -> Key<'a> {
+        self.key("", id, what)
     }
 
-    fn session_key(&self, session: &str) -> String {
-        self.key("s:", session, "live").to_string()
+    /// A session's live set.
+    fn session_key<'a>(&'a self, session: &'a str) -> Key<'a> {
+        self.key("s:", session, "live")
     }
 
-    fn session_channel(&self, session: &str) -> String {
-        self.key("s:", session, "ev").to_string()
+    /// A session's announcement channel.
+    fn session_channel<'a>(&'a self, session: &'a str) -> Key<'a> {
+        self.key("s:", session, "ev")
     }
 
     fn key<'a>(&'a self, tag: &'static str, id: &'a str, what: &'a str) -> Key<'a> {
@@ -549,7 +552,7 @@ impl Cluster {
             let (tx, rx) = mpsc::unbounded_channel();
             let channel = {
                 let Some(c) = weak.upgrade() else { return };
-                let channel = c.stream_key(stream.id.as_str(), "ev");
+                let channel = c.stream_key(stream.id.as_str(), "ev").to_string();
                 if let Err(e) = c.subscribe(channel.clone(), tx).await {
                     // Quiet, the follower checks Redis every heartbeat; a late SUBSCRIBE
                     // still feeds it.
@@ -624,6 +627,32 @@ impl Cluster {
                 false
             }
         }
+    }
+
+    /// Takes the subscription of session channel `channel` under its gate, unless it holds
+    /// already (`again`: also then, once this node reaches Redis after losing it); whether
+    /// it holds. `None` when the session is no longer followed here under that gate.
+    async fn take_session(
+        self: &Arc<Self>,
+        channel: &str,
+        session: &Arc<str>,
+        gate: &Arc<tokio::sync::Mutex<bool>>,
+        again: bool,
+    ) -> Option<bool> {
+        let mut subscribed = gate.lock().await;
+        let followed = self
+            .session_watchers
+            .get(channel)
+            .is_some_and(|l| l.followers > 0 && Arc::ptr_eq(&l.gate, gate));
+        if !followed {
+            return None;
+        }
+        if again || !*subscribed {
+            *subscribed = self
+                .listen_session(channel.to_string(), session.clone())
+                .await;
+        }
+        Some(*subscribed)
     }
 
     /// Mirrors a stream announced to a session from what the announcement carries (its
@@ -703,17 +732,8 @@ impl Cluster {
                 // The pub/sub connection may come back a little after the heartbeat's:
                 // tried every heartbeat while the session is followed here.
                 loop {
-                    let holds = {
-                        let mut subscribed = gate.lock().await;
-                        let followed = c
-                            .session_watchers
-                            .get(&channel)
-                            .is_some_and(|l| l.followers > 0 && Arc::ptr_eq(&l.gate, &gate));
-                        if !followed {
-                            return;
-                        }
-                        *subscribed = c.listen_session(channel.clone(), session.clone()).await;
-                        *subscribed
+                    let Some(holds) = c.take_session(&channel, &session, &gate, true).await else {
+                        return;
                     };
                     if holds {
                         c.mirror_live(&session).await;
@@ -740,7 +760,7 @@ impl Cluster {
         let token = stop.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
-            let channel = c.session_channel(&session);
+            let channel = c.session_channel(&session).to_string();
             let gate = {
                 let mut l = c
                     .session_watchers
@@ -758,13 +778,10 @@ impl Cluster {
             loop {
                 // The first follower on this node subscribes; the others wait until the
                 // subscription holds, so none reads the live set before it does.
-                let holds = {
-                    let mut subscribed = gate.lock().await;
-                    if !*subscribed {
-                        *subscribed = c.listen_session(channel.clone(), session.clone()).await;
-                    }
-                    *subscribed
-                };
+                let holds = c
+                    .take_session(&channel, &session, &gate, false)
+                    .await
+                    .unwrap_or(false);
                 // The streams already running (again once a failed subscription holds:
                 // those that started meanwhile were announced to nobody here).
                 if holds || ready.is_some() {
@@ -1005,7 +1022,8 @@ async fn follow(
                             // Remembered for the session's followers here, if it has any
                             // (forgotten when the last of them leaves).
                             if let Some(session) = &stream.session_id
-                                && c.session_watchers.contains_key(&c.session_channel(session))
+                                && c.session_watchers
+                                    .contains_key(&c.session_channel(session).to_string())
                             {
                                 c.cut_short.insert(stream.id.clone(), session.clone());
                             }
@@ -1157,7 +1175,7 @@ async fn writer(cluster: Weak<Cluster>, mut rx: mpsc::UnboundedReceiver<Arc<Stre
             // Sized once: the lines and the other arguments (keys, names, numbers).
             let lines: usize = entries.iter().map(|e| e.line.len()).sum();
             let mut cmd = redis::Cmd::with_capacity(15, lines + 3 * id.len() + 384);
-            let key = |what| c.key("", id, what);
+            let key = |what| c.stream_key(id, what);
             cmd.arg("EVALSHA")
                 .arg(script.get_hash())
                 .arg(if s.session_id.is_some() { 5 } else { 3 })
@@ -1165,8 +1183,8 @@ async fn writer(cluster: Weak<Cluster>, mut rx: mpsc::UnboundedReceiver<Arc<Stre
                 .arg(key("meta"))
                 .arg(key("ev"));
             if let Some(session) = &s.session_id {
-                cmd.arg(c.key("s:", session, "live"))
-                    .arg(c.key("s:", session, "ev"));
+                cmd.arg(c.session_key(session))
+                    .arg(c.session_channel(session));
             }
             cmd.arg(&c.node)
                 .arg(first)

@@ -596,19 +596,7 @@ mod tests {
     fn an_engines_events_carry_the_time_its_poll_began() {
         let routes = Routes::parse(ROUTES, "test").unwrap();
         let hub = Hub::new(test_config());
-        let route = routes.get("chat").unwrap().clone();
-        let metrics = Metrics::new(&routes);
-        let (stream, _reader) = hub
-            .create(
-                RequestId::parse("stamped").unwrap(),
-                route.clone(),
-                None,
-                None,
-                Transport::Ndjson,
-                metrics.stream(&route.name, Transport::Ndjson),
-            )
-            .unwrap();
-        stream.start();
+        let (stream, _reader) = open(&hub, &routes, "stamped");
         let mut engine = std::future::poll_fn(|_| {
             stream.emit_chunk("a");
             std::thread::sleep(Duration::from_millis(20));
