@@ -82,8 +82,15 @@ pub struct Cluster {
     mirroring: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
     /// Session streams whose mirror this node ended because Redis went silent (their
     /// followers here were sent that end), by session: not mirrored to them again when
-    /// Redis answers (see `rejoin_sessions`); forgotten once out of the live set.
+    /// Redis answers (see `rejoin_sessions`); forgotten once neither running nor ended
+    /// since the node lost Redis, or once the session has no follower here.
     cut_short: DashMap<crate::request::RequestId, Arc<str>>,
+    /// Session streams mirrored here lately (since a little before the last heartbeat
+    /// Redis acknowledged), with when: a rejoin does not offer them again though their
+    /// mirror may have been released meanwhile.
+    recent: std::sync::Mutex<std::collections::VecDeque<(Instant, crate::request::RequestId)>>,
+    /// The last heartbeat Redis acknowledged.
+    last_beat: std::sync::Mutex<Option<Beat>>,
     attached: std::sync::OnceLock<streams::Attached>,
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
     started: Instant,
@@ -137,6 +144,8 @@ impl Cluster {
             session_watchers: DashMap::new(),
             mirroring: DashMap::new(),
             cut_short: DashMap::new(),
+            recent: std::sync::Mutex::default(),
+            last_beat: std::sync::Mutex::new(None),
             attached: std::sync::OnceLock::new(),
             metrics: std::sync::OnceLock::new(),
             started: Instant::now(),
@@ -217,16 +226,47 @@ impl Cluster {
         }
     }
 
-    async fn beat(&self) -> Result<(), ClusterError> {
+    /// Renews this node's liveness key; Redis's time at that moment.
+    async fn beat(&self) -> Result<Beat, ClusterError> {
         let mut conn = self.conn();
-        let () = redis::cmd("SET")
+        let ((), (secs, micros)): ((), (u64, u64)) = redis::pipe()
+            .cmd("SET")
             .arg(self.keys.node(&self.node))
             .arg(std::process::id())
             .arg("PX")
             .arg(self.config.lease_ms)
+            .cmd("TIME")
             .query_async(&mut conn)
             .await?;
-        Ok(())
+        Ok(Beat {
+            at: Instant::now(),
+            redis_ms: secs * 1000 + micros / 1000,
+        })
+    }
+
+    /// The last heartbeat Redis acknowledged (`None`: none since start).
+    fn last_beat(&self) -> Option<Beat> {
+        *self.last_beat.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A heartbeat Redis acknowledged: when, on this node's clock and in Redis's time (ms),
+/// so that a moment here can be told in Redis's time (that of a stream's start).
+#[derive(Debug, Clone, Copy)]
+struct Beat {
+    at: Instant,
+    redis_ms: u64,
+}
+
+impl Beat {
+    /// Redis's time (ms) at `moment` on this node's clock, as this beat sees it.
+    fn redis_ms_at(&self, moment: Instant) -> u64 {
+        if moment >= self.at {
+            self.redis_ms + (moment - self.at).as_millis() as u64
+        } else {
+            self.redis_ms
+                .saturating_sub((self.at - moment).as_millis() as u64)
+        }
     }
 }
 
@@ -309,10 +349,15 @@ async fn heartbeat(cluster: std::sync::Weak<Cluster>) {
         let step = Duration::from_millis(c.config.heartbeat_ms);
         let result = c.beat().await;
         match &result {
-            Ok(()) => {
+            Ok(beat) => {
                 c.saw_redis();
+                let before = c
+                    .last_beat
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .replace(*beat);
                 if std::mem::take(&mut failing) {
-                    c.rejoin_sessions();
+                    c.rejoin_sessions(before, *beat);
                 }
             }
             Err(e) => {
@@ -338,11 +383,28 @@ async fn heartbeat(cluster: std::sync::Weak<Cluster>) {
                 (Err(e), false) => {
                     tracing::warn!(node = %c.node, error = %e, "cluster: Redis unreachable")
                 }
-                (Ok(()), false) => {}
+                (Ok(_), false) => {}
             }
             was_up = Some(up);
         }
         drop(c);
         tokio::time::sleep(step).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moment_on_the_node_is_told_in_redis_time_through_a_beat() {
+        let at = Instant::now() + Duration::from_secs(10);
+        let beat = Beat {
+            at,
+            redis_ms: 1_000_000,
+        };
+        assert_eq!(beat.redis_ms_at(at), 1_000_000);
+        assert_eq!(beat.redis_ms_at(at + Duration::from_millis(250)), 1_000_250);
+        assert_eq!(beat.redis_ms_at(at - Duration::from_millis(1500)), 998_500);
     }
 }

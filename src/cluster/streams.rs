@@ -21,7 +21,9 @@
 //! - **Cancel** of a stream owned elsewhere is published on the owner's control channel.
 //! - **Sessions**: a stream of a session is announced by the append that creates it in
 //!   Redis (a sorted set of live ids and a channel), so it is there to be read when the
-//!   announcement arrives; a node with followers of the session mirrors each of them.
+//!   announcement arrives, and moved to the session's ended set by its end; a node with
+//!   followers of the session mirrors each of them, and once it reaches Redis again
+//!   after losing it, each one started meanwhile, running or ended.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -41,16 +43,22 @@ use std::collections::HashMap;
 /// Redis Stream entries (batches) one read takes.
 const RANGE_COUNT: usize = 256;
 
-/// `KEYS`: log, meta, batch channel, and for a stream of a session its live set and
-/// announcement channel. `ARGV`: node, first seq, live ttl ms, end ttl ms, ended (0/1),
-/// route, session, most entries kept, how many lines, the lines from `first` on
-/// concatenated, the stream's id. The lines not in Redis yet (a retried flush may repeat
-/// some) become one Redis Stream entry whose id is the seq of its first line. A stream
-/// of a session is announced (added to the live set; its id, route, first seq and
+/// `KEYS`: log, meta, batch channel, and for a stream of a session its live set, its
+/// announcement channel and its ended set. `ARGV`: node, first seq, live ttl ms, end
+/// ttl ms, ended (0/1), route, session, most entries kept, how many lines, the lines
+/// from `first` on concatenated, the stream's id. The lines not in Redis yet (a retried
+/// flush may repeat some) become one Redis Stream entry whose id is the seq of its first
+/// line. A stream of a session is announced (added to the live set, scored by its start
+/// in Redis's time, which its meta keeps as `started`; its id, route, first seq and
 /// first lines published: see [`Announcement`]) by the write that creates its meta, so
-/// a node that mirrors it on the announcement finds it in Redis, and taken out of the
-/// live set by the write of its end.
+/// a node that mirrors it on the announcement finds it in Redis, and moved from the
+/// live set to the ended set (scored by its end, kept as long as its log) by the write
+/// of its end.
 const APPEND: &str = r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return t[1] * 1000 + math.floor(t[2] / 1000)
+end
 local m = redis.call('HMGET', KEYS[2], 'owner', 'ended', 'top', 'first')
 local owner = m[1]
 if owner and owner ~= ARGV[1] then return {'FENCED', 0} end
@@ -64,8 +72,9 @@ if not owner then
   top = first
   held_from = first
   if session then
-    local t = redis.call('TIME')
-    redis.call('ZADD', KEYS[4], t[1] * 1000 + math.floor(t[2] / 1000), ARGV[11])
+    local started = now_ms()
+    redis.call('HSET', KEYS[2], 'started', started)
+    redis.call('ZADD', KEYS[4], started, ARGV[11])
     redis.call('PEXPIRE', KEYS[4], ARGV[3])
   end
 else
@@ -101,7 +110,13 @@ local ttl = ARGV[3]
 if ARGV[5] == '1' then
   redis.call('HSET', KEYS[2], 'ended', '1')
   ttl = ARGV[4]
-  if session then redis.call('ZREM', KEYS[4], ARGV[11]) end
+  if session then
+    local ended_at = now_ms()
+    redis.call('ZREM', KEYS[4], ARGV[11])
+    redis.call('ZADD', KEYS[6], ended_at, ARGV[11])
+    redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. (ended_at - tonumber(ARGV[4])))
+    redis.call('PEXPIRE', KEYS[6], ARGV[4])
+  end
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
@@ -121,11 +136,11 @@ if holder then from = holder[1] end
 return redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', ARGV[2])
 ";
 
-/// `KEYS`: meta, log. `ARGV`: most entries. The stream's meta hash (owner, route,
-/// session, first, top, ended) and its log's entries from its first kept seq on, read at
-/// once (nothing when the stream is unknown).
+/// `KEYS`: meta, log. `ARGV`: most entries. The stream's meta hash ([`Meta`]'s fields)
+/// and its log's entries from its first kept seq on, read at once (nothing when the
+/// stream is unknown).
 const READ: &str = r"
-local m = redis.call('HMGET', KEYS[1], 'owner', 'route', 'session', 'first', 'top', 'ended')
+local m = redis.call('HMGET', KEYS[1], 'owner', 'route', 'session', 'first', 'top', 'ended', 'started')
 if not m[1] then return {} end
 local from = m[4] .. '-1'
 local holder = redis.call('XREVRANGE', KEYS[2], from, '-', 'COUNT', 1)[1]
@@ -238,11 +253,18 @@ struct Meta {
     first: Seq,
     top: Seq,
     ended: bool,
+    /// When a stream of a session started, in Redis's time (ms; 0 for other streams).
+    started: u64,
 }
 
 impl Meta {
-    /// From the hash's `owner, route, session, first, top, ended` (`None`: no owner, the
-    /// stream is unknown).
+    /// The hash's fields [`Meta::from_fields`] reads, in its order (the read script
+    /// names them too).
+    const FIELDS: [&str; 7] = [
+        "owner", "route", "session", "first", "top", "ended", "started",
+    ];
+
+    /// From the hash's [`Meta::FIELDS`] (`None`: no owner, the stream is unknown).
     fn from_fields(v: Vec<Option<String>>) -> Option<Meta> {
         let mut v = v.into_iter();
         let mut next = || v.next().flatten();
@@ -252,6 +274,7 @@ impl Meta {
         let mut num = || next().and_then(|s| s.parse().ok()).unwrap_or(0);
         let (first, top) = (num(), num());
         let ended = next().as_deref() == Some("1");
+        let started = next().and_then(|s| s.parse().ok()).unwrap_or(0);
         Some(Meta {
             owner,
             route,
@@ -259,6 +282,7 @@ impl Meta {
             first,
             top,
             ended,
+            started,
         })
     }
 }
@@ -299,6 +323,11 @@ impl Cluster {
     /// A session's live set.
     fn session_key<'a>(&'a self, session: &'a str) -> Key<'a> {
         self.key("s:", session, "live")
+    }
+
+    /// A session's streams ended within the end retention, scored by their end.
+    fn session_ended_key<'a>(&'a self, session: &'a str) -> Key<'a> {
+        self.key("s:", session, "ended")
     }
 
     /// A session's announcement channel.
@@ -392,7 +421,7 @@ impl Cluster {
         let mut conn = self.conn();
         let v: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(self.stream_key(id, "meta"))
-            .arg(&["owner", "route", "session", "first", "top", "ended"])
+            .arg(&Meta::FIELDS)
             .query_async(&mut conn)
             .await?;
         self.saw_redis();
@@ -513,18 +542,27 @@ impl Cluster {
         let Some((meta, lines, n)) = self.read(id.as_str()).await? else {
             return Ok(None);
         };
-        if which == Mirrored::Running && meta.ended {
-            return Ok(None);
+        match which {
+            Mirrored::Running if meta.ended => return Ok(None),
+            Mirrored::Missed { since_ms }
+                if meta.owner == self.node || (meta.ended && meta.started < since_ms) =>
+            {
+                return Ok(None);
+            }
+            _ => {}
         }
         let Some(route) = a.routes.get(&meta.route).cloned() else {
             return Ok(None);
         };
-        // A stream whose mirror an outage ended here is not offered to this node's
-        // followers of its session again (they were sent that end): a resume's mirror
-        // of it stands outside the session.
-        let session = (!meta.session.is_empty() && !self.cut_short.contains_key(id))
-            .then(|| Arc::<str>::from(meta.session.as_str()));
-        let (stream, created) = new_copy(a, id, route, session, meta.first, lines);
+        // The session's followers here are offered a running stream, and at a rejoin one
+        // the session started since; never one whose mirror an outage ended here (they
+        // were sent that end). A resume's mirror of an ended stream stands outside the
+        // session: its followers here read it already, or followed only after its end.
+        let offer = !meta.session.is_empty()
+            && !self.cut_short.contains_key(id)
+            && (!meta.ended || matches!(which, Mirrored::Missed { .. }));
+        let session = offer.then(|| Arc::<str>::from(meta.session.as_str()));
+        let (stream, created) = self.new_copy(a, id, route, session, meta.first, lines);
         if !created {
             return Ok(Some(stream));
         }
@@ -536,6 +574,54 @@ impl Cluster {
         }
         self.feed(stream.clone());
         Ok(Some(stream))
+    }
+
+    /// The hub's mirror of stream `id`; when it is new (true), holding `lines` from
+    /// `first` on, else the stream the hub holds already, untouched. A new mirror in a
+    /// session (offered to the session's followers here) is noted in `recent`.
+    fn new_copy(
+        &self,
+        a: &Attached,
+        id: &RequestId,
+        route: Arc<Route>,
+        session: Option<Arc<str>>,
+        first: Seq,
+        lines: impl IntoIterator<Item = Bytes>,
+    ) -> (Arc<Stream>, bool) {
+        let metrics = a.metrics.stream(&route.name, Transport::Ndjson);
+        let offered = session.is_some();
+        let (stream, created) = a.hub.mirror(id.clone(), route, session, first, metrics);
+        if created {
+            for line in lines {
+                append_line(&stream, line);
+            }
+            if offered {
+                self.note_offered(id);
+            }
+        }
+        (stream, created)
+    }
+
+    /// Notes a session stream offered to this node's followers, and forgets those
+    /// offered more than two heartbeats before the last one Redis acknowledged (a rejoin
+    /// reads the streams that started since one heartbeat before it).
+    fn note_offered(&self, id: &RequestId) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(beat) = self.last_beat() {
+            let keep = Duration::from_millis(2 * self.config.heartbeat_ms);
+            let horizon = beat.at.checked_sub(keep).unwrap_or(beat.at);
+            while recent.front().is_some_and(|(at, _)| *at < horizon) {
+                recent.pop_front();
+            }
+        }
+        recent.push_back((Instant::now(), id.clone()));
+    }
+
+    /// Whether this node's followers were offered session stream `id` lately (see
+    /// [`Cluster::note_offered`]).
+    fn offered_lately(&self, id: &RequestId) -> bool {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().any(|(_, r)| r == id)
     }
 
     /// Keeps a new mirror fed from its stream's batch channel: subscribes, without holding
@@ -636,7 +722,7 @@ impl Cluster {
         self: &Arc<Self>,
         channel: &str,
         session: &Arc<str>,
-        gate: &Arc<tokio::sync::Mutex<bool>>,
+        gate: &Gate,
         again: bool,
     ) -> Option<bool> {
         let mut subscribed = gate.lock().await;
@@ -676,7 +762,8 @@ impl Cluster {
         }
         self.making(&id, async |c: &Arc<Cluster>| {
             let lines = lines_of(&announced.lines);
-            let (stream, created) = new_copy(a, &id, route, Some(session), announced.first, lines);
+            let (stream, created) =
+                c.new_copy(a, &id, route, Some(session), announced.first, lines);
             if !created {
                 return Ok(Some(stream));
             }
@@ -686,47 +773,76 @@ impl Cluster {
         .await
     }
 
-    /// Mirrors the live streams of `session` (its live set in Redis) that are not here,
-    /// but not those whose mirror an outage ended here: this node's followers of the
-    /// session were sent that end (a follower that joins afterwards does not get them
+    /// Mirrors the streams of `session` that are not here: for a new follower
+    /// (`since_ms` `None`) its live ones (its live set in Redis); at a rejoin
+    /// (`Some`: Redis's time this node lost it, or the session's first follower here
+    /// came, whichever is later) also those that ended since, not owned here, not
+    /// offered here lately, and started since that time (a running one whenever it
+    /// started). Never one whose mirror an outage ended here: this node's followers of
+    /// the session were sent that end (a follower that joins afterwards does not get it
     /// either, as on the owner's node a follower does not get an ended stream).
-    async fn mirror_live(self: &Arc<Self>, session: &str) {
-        let live: Result<Vec<String>, _> = {
+    async fn mirror_session(self: &Arc<Self>, session: &str, since_ms: Option<u64>) {
+        let read: Result<Vec<Vec<String>>, _> = {
             let mut conn = self.conn();
-            redis::cmd("ZRANGE")
+            let mut pipe = redis::pipe();
+            if let Some(since_ms) = since_ms {
+                pipe.cmd("ZRANGEBYSCORE")
+                    .arg(self.session_ended_key(session))
+                    .arg(since_ms)
+                    .arg("+inf");
+            }
+            pipe.cmd("ZRANGE")
                 .arg(self.session_key(session))
                 .arg(0)
-                .arg(-1)
-                .query_async(&mut conn)
-                .await
+                .arg(-1);
+            pipe.query_async(&mut conn).await
         };
-        let Ok(live) = live else { return };
-        let live: Vec<RequestId> = live
-            .iter()
-            .filter_map(|id| RequestId::parse(id).ok())
-            .collect();
-        // Out of the live set: ended, never to be mirrored to a follower again anyway.
-        self.cut_short
-            .retain(|id, s| &**s != session || live.contains(id));
-        for id in live {
-            if !self.cut_short.contains_key(&id) {
-                let _ = self.mirror_if(&id, Mirrored::Running).await;
+        let Ok(read) = read else { return };
+        // Ended ones first, in the order they ended, then the running ones.
+        let mut ids: Vec<RequestId> = Vec::new();
+        for id in read.iter().flatten() {
+            if let Ok(id) = RequestId::parse(id)
+                && !ids.contains(&id)
+            {
+                ids.push(id);
             }
+        }
+        let which = match since_ms {
+            Some(since_ms) => {
+                // Neither running nor ended since this node lost Redis: never offered
+                // to a follower here again.
+                self.cut_short
+                    .retain(|id, s| &**s != session || ids.contains(id));
+                Mirrored::Missed { since_ms }
+            }
+            None => Mirrored::Running,
+        };
+        for id in ids {
+            if self.cut_short.contains_key(&id) || (since_ms.is_some() && self.offered_lately(&id))
+            {
+                continue;
+            }
+            let _ = self.mirror_if(&id, which).await;
         }
     }
 
-    /// Once Redis answers again after this node lost it: each followed session's
-    /// subscription is taken again and its live streams are read, since what was
-    /// announced meanwhile reached nobody here (a stream that started and ended within
-    /// the gap is not among them).
-    pub(super) fn rejoin_sessions(self: &Arc<Self>) {
-        let followed: Vec<(String, Arc<str>, Arc<tokio::sync::Mutex<bool>>)> = self
+    /// Once Redis answers again after this node lost it (`before`: the last heartbeat
+    /// it acknowledged before, `now`: the first since): each followed session's
+    /// subscription is taken again and its streams started meanwhile are read, running
+    /// or ended, since what was announced meanwhile reached nobody here. "Meanwhile"
+    /// starts one heartbeat before `before` (an announcement may have been on its way).
+    pub(super) fn rejoin_sessions(self: &Arc<Self>, before: Option<super::Beat>, now: super::Beat) {
+        let lost_at = before.map_or(0, |b| b.redis_ms.saturating_sub(self.config.heartbeat_ms));
+        let followed: Vec<(String, Arc<str>, Gate, u64)> = self
             .session_watchers
             .iter()
-            .map(|l| (l.key().clone(), l.session.clone(), l.gate.clone()))
+            .map(|l| {
+                let since = lost_at.max(now.redis_ms_at(l.since));
+                (l.key().clone(), l.session.clone(), l.gate.clone(), since)
+            })
             .collect();
         let step = Duration::from_millis(self.config.heartbeat_ms);
-        for (channel, session, gate) in followed {
+        for (channel, session, gate, since) in followed {
             let c = self.clone();
             tokio::spawn(async move {
                 // The pub/sub connection may come back a little after the heartbeat's:
@@ -736,7 +852,7 @@ impl Cluster {
                         return;
                     };
                     if holds {
-                        c.mirror_live(&session).await;
+                        c.mirror_session(&session, Some(since)).await;
                         return;
                     }
                     tokio::time::sleep(step).await;
@@ -769,6 +885,7 @@ impl Cluster {
                         session: session.clone(),
                         followers: 0,
                         gate: Arc::default(),
+                        since: Instant::now(),
                     });
                 l.followers += 1;
                 l.gate.clone()
@@ -785,7 +902,7 @@ impl Cluster {
                 // The streams already running (again once a failed subscription holds:
                 // those that started meanwhile were announced to nobody here).
                 if holds || ready.is_some() {
-                    c.mirror_live(&session).await;
+                    c.mirror_session(&session, None).await;
                 }
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(());
@@ -833,7 +950,16 @@ impl Cluster {
 enum Mirrored {
     Any,
     Running,
+    /// At a rejoin: a stream of a session another node runs, running or started since
+    /// `since_ms` (Redis's time).
+    Missed {
+        since_ms: u64,
+    },
 }
+
+/// The lock ordering the changes of a session's subscription on a node (held while
+/// subscribing or unsubscribing; the value says whether the subscription holds).
+type Gate = Arc<tokio::sync::Mutex<bool>>;
 
 /// A session followed on this node: how many followers it has, and the gate that
 /// orders its subscription's changes (held while subscribing or unsubscribing; the
@@ -841,7 +967,9 @@ enum Mirrored {
 pub(super) struct Listening {
     session: Arc<str>,
     followers: usize,
-    gate: Arc<tokio::sync::Mutex<bool>>,
+    gate: Gate,
+    /// When the session's first follower here came.
+    since: Instant,
 }
 
 /// Keeps a session followed across the cluster while held.
@@ -883,26 +1011,6 @@ impl Announcement {
             lines,
         })
     }
-}
-
-/// The hub's mirror of stream `id`; when it is new (true), holding `lines` from `first`
-/// on, else the stream the hub holds already, untouched.
-fn new_copy(
-    a: &Attached,
-    id: &RequestId,
-    route: Arc<Route>,
-    session: Option<Arc<str>>,
-    first: Seq,
-    lines: impl IntoIterator<Item = Bytes>,
-) -> (Arc<Stream>, bool) {
-    let metrics = a.metrics.stream(&route.name, Transport::Ndjson);
-    let (stream, created) = a.hub.mirror(id.clone(), route, session, first, metrics);
-    if created {
-        for line in lines {
-            append_line(&stream, line);
-        }
-    }
-    (stream, created)
 }
 
 /// Appends one line read from Redis to a mirror (out-of-order lines are ignored).
@@ -1178,13 +1286,14 @@ async fn writer(cluster: Weak<Cluster>, mut rx: mpsc::UnboundedReceiver<Arc<Stre
             let key = |what| c.stream_key(id, what);
             cmd.arg("EVALSHA")
                 .arg(script.get_hash())
-                .arg(if s.session_id.is_some() { 5 } else { 3 })
+                .arg(if s.session_id.is_some() { 6 } else { 3 })
                 .arg(key("log"))
                 .arg(key("meta"))
                 .arg(key("ev"));
             if let Some(session) = &s.session_id {
                 cmd.arg(c.session_key(session))
-                    .arg(c.session_channel(session));
+                    .arg(c.session_channel(session))
+                    .arg(c.session_ended_key(session));
             }
             cmd.arg(&c.node)
                 .arg(first)
@@ -1339,5 +1448,41 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_meta_reads_its_fields_in_order_and_an_unknown_stream_has_none() {
+        let fields = |v: &[Option<&str>]| v.iter().map(|f| f.map(String::from)).collect();
+        let m = Meta::from_fields(fields(&[
+            Some("n1"),
+            Some("chat"),
+            Some("s1"),
+            Some("4"),
+            Some("9"),
+            Some("1"),
+            Some("1733300000123"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (m.owner.as_str(), m.route.as_str(), m.session.as_str()),
+            ("n1", "chat", "s1")
+        );
+        assert_eq!(
+            (m.first, m.top, m.ended, m.started),
+            (4, 9, true, 1_733_300_000_123)
+        );
+        // A stream outside a session has no start time.
+        let m = Meta::from_fields(fields(&[
+            Some("n1"),
+            Some("chat"),
+            Some(""),
+            Some("0"),
+            Some("3"),
+            Some("0"),
+            None,
+        ]))
+        .unwrap();
+        assert_eq!((m.ended, m.started), (false, 0));
+        assert!(Meta::from_fields(fields(&[None; 7])).is_none());
     }
 }

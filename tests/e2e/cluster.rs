@@ -1360,6 +1360,105 @@ async fn cluster_a_follower_whose_node_was_cut_off_gets_the_stream_started_meanw
     follows_whole(&mut follower, &next, "the session's next stream").await;
 }
 
+/// A session followed on a node whose Redis link is cut: a stream the session starts and
+/// finishes on another node during the cut reaches the follower whole once the link
+/// heals (its node reads the session's streams ended meanwhile), then the session's next
+/// stream, and nothing twice (not the stream it read just before the cut, though its
+/// node let its copy go during the cut).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_follower_whose_node_was_cut_off_gets_a_stream_that_started_and_ended_meanwhile()
+{
+    if !needs::redis() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let (proxy, cut, n2) = cuttable_pair(&redis).await;
+    let session = "sess-cut-whole";
+    let mut follower = session_follower(&cut, session).await;
+    let before = post_ndjson(
+        &n2.url(CHAT),
+        &chat(json!({"chunks": 3, "interval_ms": 5}), Some(session)),
+    )
+    .await;
+    follows_whole(&mut follower, &before, "the stream before the cut").await;
+    proxy.cut();
+    eventually_async("the cut node notices", || async {
+        cut.status("/readyz").await == 503
+    })
+    .await;
+    // Its copy of the stream before is let go during the cut: that stream (started just
+    // before the cut) must not be offered again once the link heals.
+    eventually_async("the cut node released its copy", || async {
+        cut.metric("switchyard_streams_held").await == Some(0.0)
+    })
+    .await;
+    let during = post_ndjson(
+        &n2.url(CHAT),
+        &chat(json!({"chunks": 5, "interval_ms": 5}), Some(session)),
+    )
+    .await;
+    check_rules(&during);
+    proxy.heal();
+    follows_whole(
+        &mut follower,
+        &during,
+        "the stream that started and ended during the cut",
+    )
+    .await;
+    let next = post_ndjson(
+        &n2.url(CHAT),
+        &chat(json!({"chunks": 5, "interval_ms": 5}), Some(session)),
+    )
+    .await;
+    check_rules(&next);
+    follows_whole(&mut follower, &next, "the session's next stream").await;
+}
+
+/// A session stream a follower read whole on its node, released there since, is not
+/// sent to that follower again when a client resumes it on that node (the resume's copy
+/// of an ended stream stands outside the session); the session's next stream is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_resume_of_an_ended_session_stream_is_not_sent_to_its_followers_again() {
+    if !needs::redis() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let (n1, n2) = two_nodes(&redis).await;
+    let session = "sess-resumed";
+    let mut follower = session_follower(&n2, session).await;
+    let first = post_ndjson(
+        &n1.url(CHAT),
+        &chat(json!({"chunks": 5, "interval_ms": 5}), Some(session)),
+    )
+    .await;
+    check_rules(&first);
+    follows_whole(&mut follower, &first, "the session's stream").await;
+    eventually_async("n2 released its copy", || async {
+        n2.metric("switchyard_streams_held").await == Some(0.0)
+    })
+    .await;
+    let id = first[0]["data"]["metadata"]["request_id"].as_str().unwrap();
+    let r = http()
+        .get(n2.url(&format!("/api/streams/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(parse_ndjson(&r.text().await.unwrap()), first);
+    let next = post_ndjson(
+        &n1.url(CHAT),
+        &chat(json!({"chunks": 5, "interval_ms": 5}), Some(session)),
+    )
+    .await;
+    check_rules(&next);
+    follows_whole(
+        &mut follower,
+        &next,
+        "the session's next stream, and nothing else",
+    )
+    .await;
+}
+
 /// A session stream a follower's node ended because its Redis link was cut for longer
 /// than the outage bound (the follower was sent `error` + `end`), still running when
 /// the link heals, is not sent to that follower again, even after the node released
