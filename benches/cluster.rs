@@ -273,8 +273,17 @@ async fn round(
     Ok(r)
 }
 
-/// First chunks seen by session followers that were listening before their streams
-/// started: one on the owner's node, one on the other.
+/// How a stream's two extra readers, one on the owner's node and one on the other, read
+/// it: as session followers listening before it starts, or as resumes sent together
+/// when the requester's response head comes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pair {
+    Follow,
+    Resume,
+}
+
+/// First chunks seen by a stream's two extra readers (see [`Pair`]): one on the owner's
+/// node, one on the other.
 struct Followers {
     near: Vec<Duration>,
     far: Vec<Duration>,
@@ -282,11 +291,12 @@ struct Followers {
     far_minus_near: Vec<f64>,
 }
 
-/// `streams` streams at once on `owner`, each in a session of its own followed (before
-/// it starts) on `owner` and on `other` over HTTP.
-async fn followers_round(
+/// `streams` streams at once on `owner`, each read on `owner` and on `other` over HTTP
+/// as `pair` says (followers: each stream in a session of its own).
+async fn pair_round(
     owner: &str,
     other: &str,
+    pair: Pair,
     streams: usize,
     chunks: usize,
     tag: &str,
@@ -303,11 +313,30 @@ async fn followers_round(
                     .header("x-user-id", "bench")
                     .send()
             };
-            // Both followers listen (their response heads came) before the stream starts.
-            let (near, far) = tokio::join!(follow(owner), follow(other));
-            let (near, far) = (near?, far?);
-            let t0 = Instant::now();
-            let resp = start(&client, owner, &id, Some(&session), chunks).await?;
+            let resume = |base: &str| {
+                client
+                    .get(format!("{base}/api/streams/{id}"))
+                    .header("x-user-id", "bench")
+                    .send()
+            };
+            let t0;
+            let (resp, near, far) = match pair {
+                Pair::Follow => {
+                    // Both followers listen (their response heads came) before the
+                    // stream starts.
+                    let (near, far) = tokio::join!(follow(owner), follow(other));
+                    let (near, far) = (near?, far?);
+                    t0 = Instant::now();
+                    let resp = start(&client, owner, &id, Some(&session), chunks).await?;
+                    (resp, near, far)
+                }
+                Pair::Resume => {
+                    t0 = Instant::now();
+                    let resp = start(&client, owner, &id, None, chunks).await?;
+                    let (near, far) = tokio::join!(resume(owner), resume(other));
+                    (resp, near?, far?)
+                }
+            };
             // A follower that never gets its stream fails the run rather than hanging it.
             let bound = |r| tokio::time::timeout(Duration::from_secs(30), r);
             let (mine, near, far) = tokio::join!(
@@ -317,14 +346,14 @@ async fn followers_round(
             );
             let missed = |what: &str| format!("{id}: the {what} never got its end");
             let mine = mine.map_err(|_| missed("requester"))??;
-            let near = near.map_err(|_| missed("follower on the owner's node"))??;
-            let far = far.map_err(|_| missed("follower on the other node"))??;
+            let near = near.map_err(|_| missed("reader on the owner's node"))??;
+            let far = far.map_err(|_| missed("reader on the other node"))??;
             check(&mine.2, &id)?;
-            check(&near.2, &format!("{id} (follower on the owner's node)"))?;
-            check(&far.2, &format!("{id} (follower on the other node)"))?;
+            check(&near.2, &format!("{id} (reader on the owner's node)"))?;
+            check(&far.2, &format!("{id} (reader on the other node)"))?;
             if near.2.len() != mine.2.len() || far.2.len() != mine.2.len() {
                 return Err(format!(
-                    "{id}: followers got {} and {} of {}",
+                    "{id}: the readers got {} and {} of {}",
                     near.2.len(),
                     far.2.len(),
                     mine.2.len()
@@ -349,23 +378,28 @@ async fn followers_round(
     Ok(r)
 }
 
-/// Session followers on both nodes: first chunk p50 / p99 of the near one, of the far
-/// one, and of the far one's delay over the near one, per stream (ms).
-async fn measure_followers(
+/// Extra readers on both nodes (see [`Pair`]): first chunk p50 / p99 of the near one,
+/// of the far one, and of the far one's delay over the near one, per stream (ms).
+async fn measure_pair(
     owner: &str,
     other: &str,
+    pair: Pair,
     streams: usize,
     chunks: usize,
     rounds: usize,
 ) -> Res<[(f64, f64); 3]> {
-    followers_round(owner, other, streams, chunks, "followers-warm").await?;
+    let tag = match pair {
+        Pair::Follow => "followers",
+        Pair::Resume => "resumers",
+    };
+    pair_round(owner, other, pair, streams, chunks, &format!("{tag}-warm")).await?;
     let mut all = Followers {
         near: Vec::new(),
         far: Vec::new(),
         far_minus_near: Vec::new(),
     };
     for i in 0..rounds {
-        let r = followers_round(owner, other, streams, chunks, &format!("followers-{i}")).await?;
+        let r = pair_round(owner, other, pair, streams, chunks, &format!("{tag}-{i}")).await?;
         all.near.extend(r.near);
         all.far.extend(r.far);
         all.far_minus_near.extend(r.far_minus_near);
@@ -562,7 +596,8 @@ async fn main() -> Res<()> {
         )
         .await?,
     );
-    let followers = measure_followers(&a_base, &b_base, streams, chunks, rounds).await?;
+    let followers = measure_pair(&a_base, &b_base, Pair::Follow, streams, chunks, rounds).await?;
+    let resumers = measure_pair(&a_base, &b_base, Pair::Resume, streams, chunks, rounds).await?;
     println!(
         "\n{streams} concurrent streams x {chunks} chunks of 32 bytes every {} ms, {rounds} rounds per mode; latencies from the POST (ms)\n",
         env_num("CLUSTER_BENCH_INTERVAL_MS", 0)
@@ -604,13 +639,20 @@ async fn main() -> Res<()> {
         "\nsession followers listening before each stream starts (one session per stream), first chunk p50 / p99: on the owner's node {:.2} / {:.2} ms, on the other node {:.2} / {:.2} ms; the other node's follower after the owner's node's, per stream: p50 {:.2} ms, p99 {:.2} ms",
         near.0, near.1, far.0, far.1, delay.0, delay.1
     );
+    let [rnear, rfar, rdelay] = resumers;
+    println!(
+        "resumes sent together to both nodes when the requester's head comes, first chunk p50 / p99: on the owner's node {:.2} / {:.2} ms, on the other node {:.2} / {:.2} ms; the other node's after the owner's node's, per stream: p50 {:.2} ms, p99 {:.2} ms",
+        rnear.0, rnear.1, rfar.0, rfar.1, rdelay.0, rdelay.1
+    );
     let ratio = modes[1].events_per_sec / modes[0].events_per_sec;
     let added = modes[2].first_remote.1 - modes[2].first.1;
     println!(
-        "\nowner with local clients: {:.0} % of single-node events/s (target >= 70 %); a reader on the other node adds to first chunk p99 (target < 2 ms): {:.2} ms for a session follower ({:.2} ms p99 per stream), {same_node:.2} ms for a resume; the resume's first chunk p99 is {added:.2} ms after the requester's (its own request included); every stream checked on every reader: no event lost or duplicated",
+        "\nowner with local clients: {:.0} % of single-node events/s (target >= 70 %); a reader on the other node adds to first chunk p99 (target < 2 ms): {:.2} ms for a session follower ({:.2} ms p99 per stream), {:.2} ms for a resume sent with one on the owner's node ({:.2} ms p99 per stream), {same_node:.2} ms for a resume against the same resume in the next mode; the resume's first chunk p99 is {added:.2} ms after the requester's (its own request included); every stream checked on every reader: no event lost or duplicated",
         ratio * 100.0,
         far.1 - near.1,
         delay.1,
+        rfar.1 - rnear.1,
+        rdelay.1,
     );
     Ok(())
 }
