@@ -655,12 +655,7 @@ async fn cluster_a_second_follower_on_a_node_outlives_the_first() {
     assert_eq!((first.status, second.status), (200, 200));
     drop(first);
     for round in 0..3 {
-        let all = post_ndjson(
-            &n1.url(CHAT),
-            &chat(json!({"chunks": 5, "interval_ms": 5}), Some(session)),
-        )
-        .await;
-        check_rules(&all);
+        let all = short_session_stream(&n1, session).await;
         // Heartbeats keep coming either way: the stream must arrive within a bound.
         follows_whole(&mut second, &all, &format!("round {round}")).await;
     }
@@ -754,12 +749,7 @@ async fn cluster_a_follower_that_came_during_an_outage_gets_the_sessions_next_st
         n1.ready().await && n2.ready().await
     })
     .await;
-    let all = post_ndjson(
-        &n1.url(CHAT),
-        &chat(json!({"chunks": 5, "interval_ms": 5}), Some(session)),
-    )
-    .await;
-    check_rules(&all);
+    let all = short_session_stream(&n1, session).await;
     follows_whole(
         &mut follower,
         &all,
@@ -1246,6 +1236,25 @@ async fn cuttable_pair(redis: &Redis) -> (Proxy, Node, Node) {
     (proxy, cut, other)
 }
 
+/// A short stream of `session` run on `node` to its end (5 chunks 5 ms apart), checked.
+async fn short_session_stream(node: &Node, session: &str) -> Vec<Value> {
+    let all = post_ndjson(
+        &node.url(CHAT),
+        &chat(json!({"chunks": 5, "interval_ms": 5}), Some(session)),
+    )
+    .await;
+    check_rules(&all);
+    all
+}
+
+/// Waits until `node` holds no stream (it let every retained one go).
+async fn holds_nothing(node: &Node) {
+    eventually_async("the node released its copies", || async {
+        node.metric("switchyard_streams_held").await == Some(0.0)
+    })
+    .await;
+}
+
 /// A follower of `session` on `node`, listening once it returns.
 async fn session_follower(node: &Node, session: &str) -> LineReader {
     let follower =
@@ -1351,12 +1360,7 @@ async fn cluster_a_follower_whose_node_was_cut_off_gets_the_stream_started_meanw
     all.extend(owner.rest().await);
     check_rules(&all);
     follows_whole(&mut follower, &all, "the stream started during the cut").await;
-    let next = post_ndjson(
-        &n2.url(CHAT),
-        &chat(json!({"chunks": 5, "interval_ms": 5}), Some(session)),
-    )
-    .await;
-    check_rules(&next);
+    let next = short_session_stream(&n2, session).await;
     follows_whole(&mut follower, &next, "the session's next stream").await;
 }
 
@@ -1375,11 +1379,7 @@ async fn cluster_a_follower_whose_node_was_cut_off_gets_a_stream_that_started_an
     let (proxy, cut, n2) = cuttable_pair(&redis).await;
     let session = "sess-cut-whole";
     let mut follower = session_follower(&cut, session).await;
-    let before = post_ndjson(
-        &n2.url(CHAT),
-        &chat(json!({"chunks": 3, "interval_ms": 5}), Some(session)),
-    )
-    .await;
+    let before = short_session_stream(&n2, session).await;
     follows_whole(&mut follower, &before, "the stream before the cut").await;
     proxy.cut();
     eventually_async("the cut node notices", || async {
@@ -1388,16 +1388,8 @@ async fn cluster_a_follower_whose_node_was_cut_off_gets_a_stream_that_started_an
     .await;
     // Its copy of the stream before is let go during the cut: that stream (started just
     // before the cut) must not be offered again once the link heals.
-    eventually_async("the cut node released its copy", || async {
-        cut.metric("switchyard_streams_held").await == Some(0.0)
-    })
-    .await;
-    let during = post_ndjson(
-        &n2.url(CHAT),
-        &chat(json!({"chunks": 5, "interval_ms": 5}), Some(session)),
-    )
-    .await;
-    check_rules(&during);
+    holds_nothing(&cut).await;
+    let during = short_session_stream(&n2, session).await;
     proxy.heal();
     follows_whole(
         &mut follower,
@@ -1405,12 +1397,7 @@ async fn cluster_a_follower_whose_node_was_cut_off_gets_a_stream_that_started_an
         "the stream that started and ended during the cut",
     )
     .await;
-    let next = post_ndjson(
-        &n2.url(CHAT),
-        &chat(json!({"chunks": 5, "interval_ms": 5}), Some(session)),
-    )
-    .await;
-    check_rules(&next);
+    let next = short_session_stream(&n2, session).await;
     follows_whole(&mut follower, &next, "the session's next stream").await;
 }
 
@@ -1426,17 +1413,9 @@ async fn cluster_a_resume_of_an_ended_session_stream_is_not_sent_to_its_follower
     let (n1, n2) = two_nodes(&redis).await;
     let session = "sess-resumed";
     let mut follower = session_follower(&n2, session).await;
-    let first = post_ndjson(
-        &n1.url(CHAT),
-        &chat(json!({"chunks": 5, "interval_ms": 5}), Some(session)),
-    )
-    .await;
-    check_rules(&first);
+    let first = short_session_stream(&n1, session).await;
     follows_whole(&mut follower, &first, "the session's stream").await;
-    eventually_async("n2 released its copy", || async {
-        n2.metric("switchyard_streams_held").await == Some(0.0)
-    })
-    .await;
+    holds_nothing(&n2).await;
     let id = first[0]["data"]["metadata"]["request_id"].as_str().unwrap();
     let r = http()
         .get(n2.url(&format!("/api/streams/{id}")))
@@ -1445,12 +1424,7 @@ async fn cluster_a_resume_of_an_ended_session_stream_is_not_sent_to_its_follower
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(parse_ndjson(&r.text().await.unwrap()), first);
-    let next = post_ndjson(
-        &n1.url(CHAT),
-        &chat(json!({"chunks": 5, "interval_ms": 5}), Some(session)),
-    )
-    .await;
-    check_rules(&next);
+    let next = short_session_stream(&n1, session).await;
     follows_whole(
         &mut follower,
         &next,
@@ -1504,12 +1478,7 @@ async fn cluster_a_stream_a_cut_off_node_ended_for_its_follower_is_not_sent_agai
     let mut resumed = LineReader::open(http().get(cut.url(&format!("/api/streams/{id}")))).await;
     assert_eq!(resumed.status, 200);
     resumed.until(|v| v["event"] == "chunk").await;
-    let next = post_ndjson(
-        &n2.url(CHAT),
-        &chat(json!({"chunks": 5, "interval_ms": 5}), Some(session)),
-    )
-    .await;
-    check_rules(&next);
+    let next = short_session_stream(&n2, session).await;
     follows_whole(
         &mut follower,
         &next,
