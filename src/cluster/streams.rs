@@ -54,11 +54,30 @@ const RANGE_COUNT: usize = 256;
 /// a node that mirrors it on the announcement finds it in Redis, and moved from the
 /// live set to the ended set (scored by its end, kept as long as its log) by the write
 /// of its end.
-const APPEND: &str = r"
+/// Lua shared by the scripts that write a session's sets: Redis's time in ms, and the
+/// move of an ended stream from its session's live set to its ended set (scored by its
+/// end, trimmed to `ttl` ms, expiring after it).
+macro_rules! session_lua {
+    () => {
+        r"
 local function now_ms()
   local t = redis.call('TIME')
   return t[1] * 1000 + math.floor(t[2] / 1000)
 end
+local function end_in_session(live, ended, id, ttl)
+  local ended_at = now_ms()
+  redis.call('ZREM', live, id)
+  redis.call('ZADD', ended, ended_at, id)
+  redis.call('ZREMRANGEBYSCORE', ended, '-inf', '(' .. (ended_at - tonumber(ttl)))
+  redis.call('PEXPIRE', ended, ttl)
+end
+"
+    };
+}
+
+const APPEND: &str = concat!(
+    session_lua!(),
+    r"
 local m = redis.call('HMGET', KEYS[2], 'owner', 'ended', 'top', 'first')
 local owner = m[1]
 if owner and owner ~= ARGV[1] then return {'FENCED', 0} end
@@ -110,13 +129,7 @@ local ttl = ARGV[3]
 if ARGV[5] == '1' then
   redis.call('HSET', KEYS[2], 'ended', '1')
   ttl = ARGV[4]
-  if session then
-    local ended_at = now_ms()
-    redis.call('ZREM', KEYS[4], ARGV[11])
-    redis.call('ZADD', KEYS[6], ended_at, ARGV[11])
-    redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. (ended_at - tonumber(ARGV[4])))
-    redis.call('PEXPIRE', KEYS[6], ARGV[4])
-  end
+  if session then end_in_session(KEYS[4], KEYS[6], ARGV[11], ARGV[4]) end
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
@@ -125,7 +138,8 @@ if session and not owner then
   redis.call('PUBLISH', KEYS[5], ARGV[11] .. '\n' .. ARGV[6] .. '\n' .. first .. '\n' .. lines)
 end
 return {'OK', receivers}
-";
+"
+);
 
 /// `KEYS`: log. `ARGV`: a seq, most entries. The log's entries from the one holding
 /// that seq on (or from the first past it).
@@ -148,11 +162,15 @@ if holder then from = holder[1] end
 return {m, redis.call('XRANGE', KEYS[2], from, '+', 'COUNT', ARGV[1])}
 ";
 
-/// `KEYS`: meta, log, batch channel, the owner's liveness key. `ARGV`: owner, observed
-/// top, end ttl ms, the `error` line (at `top`), the `end` line (at `top + 1`). Ends a
-/// stream whose owner is gone, once: only while the owner's key is absent, the stream
-/// not ended and its top still the observed one. Returns 1 when it wrote.
-const TAKEOVER: &str = r"
+/// `KEYS`: meta, log, batch channel, the owner's liveness key, and for a stream of a
+/// session its live set and ended set. `ARGV`: owner, observed top, end ttl ms, the
+/// `error` line (at `top`), the `end` line (at `top + 1`), the stream's id. Ends a stream
+/// whose owner is gone, once: only while the owner's key is absent, the stream not ended
+/// and its top still the observed one (a stream of a session moves to its ended set, as
+/// by its owner's last write). Returns 1 when it wrote.
+const TAKEOVER: &str = concat!(
+    session_lua!(),
+    r"
 if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[1], 'ended') == '1' then return 0 end
@@ -164,14 +182,19 @@ redis.call('HSET', KEYS[1], 'top', top + 2, 'ended', '1')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PUBLISH', KEYS[3], lines)
+if KEYS[6] then end_in_session(KEYS[5], KEYS[6], ARGV[6], ARGV[3]) end
 return 1
-";
+"
+);
 
 static RANGE_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(RANGE));
 
 static READ_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(READ));
+
+static TAKEOVER_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(TAKEOVER));
 
 /// A key or channel of one stream (`<prefix>:{<id>}:<what>`) or of one session
 /// (`<prefix>:{s:<id>}:<what>`): the one place of their format, written into a command
@@ -1204,16 +1227,23 @@ async fn check_owner(
         &mut scratch,
     );
     let id = stream.id.as_str();
-    let wrote: Result<u8, _> = redis::Script::new(TAKEOVER)
-        .key(c.stream_key(id, "meta"))
+    let mut takeover = TAKEOVER_SCRIPT.key(c.stream_key(id, "meta"));
+    takeover
         .key(c.stream_key(id, "log"))
         .key(c.stream_key(id, "ev"))
-        .key(c.keys.node(&meta.owner))
+        .key(c.keys.node(&meta.owner));
+    if !meta.session.is_empty() {
+        takeover
+            .key(c.session_key(&meta.session))
+            .key(c.session_ended_key(&meta.session));
+    }
+    let wrote: Result<u8, _> = takeover
         .arg(&meta.owner)
         .arg(meta.top)
         .arg(c.end_ttl_ms())
         .arg(error.as_bytes())
         .arg(end.as_bytes())
+        .arg(id)
         .invoke_async(&mut conn)
         .await;
     if matches!(wrote, Ok(1)) {

@@ -758,9 +758,10 @@ async fn cluster_a_follower_that_came_during_an_outage_gets_the_sessions_next_st
     .await;
 }
 
-/// A session's stream ended by a takeover (its owner killed, so nothing took it out of
-/// the session's live set) is not sent to a follower that joins the session afterwards
-/// on another node; the session's next stream is, whole.
+/// A session's stream ended by a takeover (its owner killed) moves from the session's
+/// live set to its ended set, as by its owner's last write, and is not sent to a
+/// follower that joins the session afterwards on another node; the session's next
+/// stream is, whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_a_follower_joining_after_a_takeover_gets_only_the_sessions_next_stream() {
     if !needs::redis() {
@@ -785,6 +786,18 @@ async fn cluster_a_follower_joining_after_a_takeover_gets_only_the_sessions_next
         end_of(&contiguous(&seen, 0)),
         ("error".into(), "node_lost".into())
     );
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut score = async |set: &str| -> Option<f64> {
+        redis::cmd("ZSCORE")
+            .arg(format!("sy:{{s:{session}}}:{set}"))
+            .arg(&id)
+            .query_async(&mut c)
+            .await
+            .unwrap()
+    };
+    assert_eq!(score("live").await, None, "out of the live set");
+    assert!(score("ended").await.is_some(), "in the ended set");
     let mut follower =
         LineReader::open(http().get(n3.url(&format!("/api/sessions/{session}/events")))).await;
     assert_eq!(follower.status, 200);
