@@ -1249,6 +1249,16 @@ async fn cuttable_pair(redis: &Redis) -> (Proxy, Node, Node) {
     (proxy, cut, other)
 }
 
+/// Cuts `node`'s link to Redis (it goes through `proxy`) until the node notices: its
+/// `/readyz` fails.
+async fn cut_off(proxy: &Proxy, node: &Node) {
+    proxy.cut();
+    eventually_async("the cut node notices", || async {
+        node.status("/readyz").await == 503
+    })
+    .await;
+}
+
 /// A short stream of `session` run on `node` to its end (5 chunks 5 ms apart), checked.
 async fn short_session_stream(node: &Node, session: &str) -> Vec<Value> {
     let all = post_ndjson(
@@ -1358,11 +1368,7 @@ async fn cluster_a_follower_whose_node_was_cut_off_gets_the_stream_started_meanw
     let (proxy, cut, n2) = cuttable_pair(&redis).await;
     let session = "sess-cut";
     let mut follower = session_follower(&cut, session).await;
-    proxy.cut();
-    eventually_async("the cut node notices", || async {
-        cut.status("/readyz").await == 503
-    })
-    .await;
+    cut_off(&proxy, &cut).await;
     let mut owner = LineReader::open(http().post(n2.url(CHAT)).json(&chat(
         json!({"chunks": 60, "interval_ms": 50}),
         Some(session),
@@ -1394,11 +1400,7 @@ async fn cluster_a_follower_whose_node_was_cut_off_gets_a_stream_that_started_an
     let mut follower = session_follower(&cut, session).await;
     let before = short_session_stream(&n2, session).await;
     follows_whole(&mut follower, &before, "the stream before the cut").await;
-    proxy.cut();
-    eventually_async("the cut node notices", || async {
-        cut.status("/readyz").await == 503
-    })
-    .await;
+    cut_off(&proxy, &cut).await;
     // Its copy of the stream before is let go during the cut: that stream (started just
     // before the cut) must not be offered again once the link heals.
     holds_nothing(&cut).await;
