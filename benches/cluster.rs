@@ -1,8 +1,10 @@
 //! The cluster benchmark (`cargo bench --bench cluster`, or `bench/run --cluster`): one
-//! bridge alone, then Redis and two bridges on this machine, with streams produced on one
-//! node and read on the other (and, to compare, the same second reader on the owner's
-//! node), then session followers listening on both nodes before their streams start (what
-//! replication adds, with no request of the reader's own in the way). Reports events/s,
+//! bridge alone and, beside it, Redis and two bridges on this machine, with streams
+//! produced on one node and read on the other (and, to compare, the same second reader on
+//! the owner's node), these four modes' rounds interleaved; then session followers
+//! listening on both nodes before their streams start (what replication adds, with no
+//! request of the reader's own in the way), and resumes sent to both nodes at once.
+//! Reports events/s,
 //! first-chunk and end-to-end latency p50/p99, and CPU per event of the owner and of
 //! Redis; every stream is checked (its
 //! `seq` contiguous from 0 to one `end`, on every reader): any lost or duplicated event
@@ -436,79 +438,94 @@ struct Mode {
     redis_cpu_us: f64,
 }
 
-async fn measure(
+/// One mode of the bench: streams started on `owner` (its base URL and pid), each also
+/// resumed on `remote` when given.
+struct Setup<'a> {
     name: &'static str,
-    owner: (&str, u32),
-    remote: Option<&str>,
+    owner: (&'a str, u32),
+    remote: Option<&'a str>,
     redis_pid: Option<u32>,
+}
+
+/// Measures `setups` with their rounds interleaved (round i of every mode, then round
+/// i + 1), so that the machine's drift over the run reaches every mode alike; CPU is
+/// counted around each round of a mode.
+async fn measure(
+    setups: &[Setup<'_>],
     streams: usize,
     chunks: usize,
     rounds: usize,
-) -> Res<Mode> {
-    let name_tag: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    // One warm-up round, not counted.
-    round(
-        owner.0,
-        remote,
-        streams,
-        chunks,
-        &format!("{name_tag}-warm"),
-    )
-    .await?;
-    let (cpu0, rcpu0) = (cpu_secs(owner.1), redis_pid.map_or(0.0, cpu_secs));
-    let mut all = Round {
-        events: 0,
-        wall: Duration::ZERO,
-        first_owner: Vec::new(),
-        first_remote: Vec::new(),
-        end_owner: Vec::new(),
-        end_remote: Vec::new(),
-        head_remote: Vec::new(),
-        chunk_after_head: Vec::new(),
+) -> Res<Vec<Mode>> {
+    let tag = |name: &str, round: &str| -> String {
+        let name: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        format!("{name}-{round}")
     };
-    for i in 0..rounds {
-        let r = round(owner.0, remote, streams, chunks, &format!("{name_tag}-{i}")).await?;
-        all.events += r.events;
-        all.wall += r.wall;
-        all.first_owner.extend(r.first_owner);
-        all.first_remote.extend(r.first_remote);
-        all.end_owner.extend(r.end_owner);
-        all.end_remote.extend(r.end_remote);
-        all.head_remote.extend(r.head_remote);
-        all.chunk_after_head.extend(r.chunk_after_head);
+    // One warm-up round each, not counted.
+    for s in setups {
+        round(s.owner.0, s.remote, streams, chunks, &tag(s.name, "warm")).await?;
     }
-    let (cpu1, rcpu1) = (cpu_secs(owner.1), redis_pid.map_or(0.0, cpu_secs));
-    let per_event = |d: f64| d / all.events as f64 * 1e6;
-    Ok(Mode {
-        name,
-        events_per_sec: all.events as f64 / all.wall.as_secs_f64(),
-        first: (
-            pct(&mut all.first_owner, 0.5),
-            pct(&mut all.first_owner, 0.99),
-        ),
-        end: (pct(&mut all.end_owner, 0.5), pct(&mut all.end_owner, 0.99)),
-        first_remote: (
-            pct(&mut all.first_remote, 0.5),
-            pct(&mut all.first_remote, 0.99),
-        ),
-        end_remote: (
-            pct(&mut all.end_remote, 0.5),
-            pct(&mut all.end_remote, 0.99),
-        ),
-        head_remote: (
-            pct(&mut all.head_remote, 0.5),
-            pct(&mut all.head_remote, 0.99),
-        ),
-        chunk_after_head: (
-            pct(&mut all.chunk_after_head, 0.5),
-            pct(&mut all.chunk_after_head, 0.99),
-        ),
-        owner_cpu_us: per_event(cpu1 - cpu0),
-        redis_cpu_us: per_event(rcpu1 - rcpu0),
-    })
+    let mut all: Vec<(Round, f64, f64)> = setups
+        .iter()
+        .map(|_| {
+            let r = Round {
+                events: 0,
+                wall: Duration::ZERO,
+                first_owner: Vec::new(),
+                first_remote: Vec::new(),
+                end_owner: Vec::new(),
+                end_remote: Vec::new(),
+                head_remote: Vec::new(),
+                chunk_after_head: Vec::new(),
+            };
+            (r, 0.0, 0.0)
+        })
+        .collect();
+    for i in 0..rounds {
+        for (s, (all, cpu, rcpu)) in setups.iter().zip(all.iter_mut()) {
+            let (cpu0, rcpu0) = (cpu_secs(s.owner.1), s.redis_pid.map_or(0.0, cpu_secs));
+            let r = round(
+                s.owner.0,
+                s.remote,
+                streams,
+                chunks,
+                &tag(s.name, &i.to_string()),
+            )
+            .await?;
+            *cpu += cpu_secs(s.owner.1) - cpu0;
+            *rcpu += s.redis_pid.map_or(0.0, cpu_secs) - rcpu0;
+            all.events += r.events;
+            all.wall += r.wall;
+            all.first_owner.extend(r.first_owner);
+            all.first_remote.extend(r.first_remote);
+            all.end_owner.extend(r.end_owner);
+            all.end_remote.extend(r.end_remote);
+            all.head_remote.extend(r.head_remote);
+            all.chunk_after_head.extend(r.chunk_after_head);
+        }
+    }
+    let both = |v: &mut Vec<Duration>| (pct(v, 0.5), pct(v, 0.99));
+    Ok(setups
+        .iter()
+        .zip(all)
+        .map(|(s, (mut all, cpu, rcpu))| {
+            let per_event = |d: f64| d / all.events as f64 * 1e6;
+            Mode {
+                name: s.name,
+                events_per_sec: all.events as f64 / all.wall.as_secs_f64(),
+                first: both(&mut all.first_owner),
+                end: both(&mut all.end_owner),
+                first_remote: both(&mut all.first_remote),
+                end_remote: both(&mut all.end_remote),
+                head_remote: both(&mut all.head_remote),
+                chunk_after_head: both(&mut all.chunk_after_head),
+                owner_cpu_us: per_event(cpu),
+                redis_cpu_us: per_event(rcpu),
+            }
+        })
+        .collect())
 }
 
 #[tokio::main]
@@ -522,23 +539,8 @@ async fn main() -> Res<()> {
     if !binary().exists() {
         return Err("build the release binary first: cargo build --release".into());
     }
-    let mut modes = Vec::new();
-    {
-        let (single, base) = start_node(None, "single").await?;
-        let pid = single.id().ok_or("no pid")?;
-        modes.push(
-            measure(
-                "single node",
-                (&base, pid),
-                None,
-                None,
-                streams,
-                chunks,
-                rounds,
-            )
-            .await?,
-        );
-    }
+    let (single, base) = start_node(None, "single").await?;
+    let pid = single.id().ok_or("no pid")?;
     let port = free_port()?;
     let redis = Command::new("redis-server")
         .args([
@@ -559,47 +561,36 @@ async fn main() -> Res<()> {
     let (a, a_base) = start_node(Some(&url), "a").await?;
     let (_b, b_base) = start_node(Some(&url), "b").await?;
     let a_pid = a.id().ok_or("no pid")?;
-    modes.push(
-        measure(
-            "cluster, owner's clients local",
-            (&a_base, a_pid),
-            None,
-            redis_pid,
-            streams,
-            chunks,
-            rounds,
-        )
-        .await?,
-    );
-    modes.push(
-        measure(
-            "cluster, + a reader on the other node",
-            (&a_base, a_pid),
-            Some(&b_base),
-            redis_pid,
-            streams,
-            chunks,
-            rounds,
-        )
-        .await?,
-    );
-    // The same second reader, on the owner's node: what a second request costs anyway.
-    modes.push(
-        measure(
-            "cluster, + a reader on the owner's node",
-            (&a_base, a_pid),
-            Some(&a_base),
-            redis_pid,
-            streams,
-            chunks,
-            rounds,
-        )
-        .await?,
-    );
+    let cluster = |name, remote| Setup {
+        name,
+        owner: (&a_base, a_pid),
+        remote,
+        redis_pid,
+    };
+    let modes = measure(
+        &[
+            Setup {
+                name: "single node",
+                owner: (&base, pid),
+                remote: None,
+                redis_pid: None,
+            },
+            cluster("cluster, owner's clients local", None),
+            cluster("cluster, + a reader on the other node", Some(&b_base)),
+            // The same second reader, on the owner's node: what a second request costs
+            // anyway.
+            cluster("cluster, + a reader on the owner's node", Some(&a_base)),
+        ],
+        streams,
+        chunks,
+        rounds,
+    )
+    .await?;
+    drop(single);
     let followers = measure_pair(&a_base, &b_base, Pair::Follow, streams, chunks, rounds).await?;
     let resumers = measure_pair(&a_base, &b_base, Pair::Resume, streams, chunks, rounds).await?;
     println!(
-        "\n{streams} concurrent streams x {chunks} chunks of 32 bytes every {} ms, {rounds} rounds per mode; latencies from the POST (ms)\n",
+        "\n{streams} concurrent streams x {chunks} chunks of 32 bytes every {} ms, {rounds} rounds per mode, the first four modes' rounds interleaved; latencies from the POST (ms)\n",
         env_num("CLUSTER_BENCH_INTERVAL_MS", 0)
     );
     println!(
@@ -647,7 +638,7 @@ async fn main() -> Res<()> {
     let ratio = modes[1].events_per_sec / modes[0].events_per_sec;
     let added = modes[2].first_remote.1 - modes[2].first.1;
     println!(
-        "\nowner with local clients: {:.0} % of single-node events/s (target >= 70 %); a reader on the other node adds to first chunk p99 (target < 2 ms): {:.2} ms for a session follower ({:.2} ms p99 per stream), {:.2} ms for a resume sent with one on the owner's node ({:.2} ms p99 per stream), {same_node:.2} ms for a resume against the same resume in the next mode; the resume's first chunk p99 is {added:.2} ms after the requester's (its own request included); every stream checked on every reader: no event lost or duplicated",
+        "\nowner with local clients: {:.0} % of single-node events/s (target >= 70 %); a reader on the other node adds to first chunk p99 (target < 2 ms): {:.2} ms for a session follower ({:.2} ms p99 per stream), {:.2} ms for a resume sent with one on the owner's node ({:.2} ms p99 per stream), {same_node:.2} ms for a resume against the same resume on the owner's node in the next mode; the resume's first chunk p99 is {added:.2} ms after the requester's (its own request included); every stream checked on every reader: no event lost or duplicated",
         ratio * 100.0,
         far.1 - near.1,
         delay.1,
