@@ -43,17 +43,6 @@ use std::collections::HashMap;
 /// Redis Stream entries (batches) one read takes.
 const RANGE_COUNT: usize = 256;
 
-/// `KEYS`: log, meta, batch channel, and for a stream of a session its live set, its
-/// announcement channel and its ended set. `ARGV`: node, first seq, live ttl ms, end
-/// ttl ms, ended (0/1), route, session, most entries kept, how many lines, the lines
-/// from `first` on concatenated, the stream's id. The lines not in Redis yet (a retried
-/// flush may repeat some) become one Redis Stream entry whose id is the seq of its first
-/// line. A stream of a session is announced (added to the live set, scored by its start
-/// in Redis's time, which its meta keeps as `started`; its id, route, first seq and
-/// first lines published: see [`Announcement`]) by the write that creates its meta, so
-/// a node that mirrors it on the announcement finds it in Redis, and moved from the
-/// live set to the ended set (scored by its end, kept as long as its log) by the write
-/// of its end.
 /// Lua shared by the scripts that write a session's sets: Redis's time in ms, and the
 /// move of an ended stream from its session's live set to its ended set (scored by its
 /// end, trimmed to `ttl` ms, expiring after it).
@@ -75,6 +64,17 @@ end
     };
 }
 
+/// `KEYS`: log, meta, batch channel, and for a stream of a session its live set, its
+/// announcement channel and its ended set. `ARGV`: node, first seq, live ttl ms, end
+/// ttl ms, ended (0/1), route, session, most entries kept, how many lines, the lines
+/// from `first` on concatenated, the stream's id. The lines not in Redis yet (a retried
+/// flush may repeat some) become one Redis Stream entry whose id is the seq of its first
+/// line. A stream of a session is announced (added to the live set, scored by its start
+/// in Redis's time, which its meta keeps as `started`; its id, route, first seq and
+/// first lines published: see [`Announcement`]) by the write that creates its meta, so
+/// a node that mirrors it on the announcement finds it in Redis, and moved from the
+/// live set to the ended set (scored by its end, kept as long as its log) by the write
+/// of its end.
 const APPEND: &str = concat!(
     session_lua!(),
     r"
