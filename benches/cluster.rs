@@ -175,6 +175,7 @@ async fn start(
         .await
 }
 
+#[derive(Default)]
 struct Round {
     events: u64,
     wall: Duration,
@@ -251,14 +252,8 @@ async fn round(
     let results = futures_util::future::join_all(runs).await;
     let wall = started.elapsed();
     let mut r = Round {
-        events: 0,
         wall,
-        first_owner: Vec::new(),
-        first_remote: Vec::new(),
-        end_owner: Vec::new(),
-        end_remote: Vec::new(),
-        head_remote: Vec::new(),
-        chunk_after_head: Vec::new(),
+        ..Round::default()
     };
     for res in results {
         let ((first, end, seqs), remote) = res?;
@@ -275,6 +270,20 @@ async fn round(
     Ok(r)
 }
 
+impl Round {
+    /// Adds round `r`'s streams to these.
+    fn absorb(&mut self, r: Round) {
+        self.events += r.events;
+        self.wall += r.wall;
+        self.first_owner.extend(r.first_owner);
+        self.first_remote.extend(r.first_remote);
+        self.end_owner.extend(r.end_owner);
+        self.end_remote.extend(r.end_remote);
+        self.head_remote.extend(r.head_remote);
+        self.chunk_after_head.extend(r.chunk_after_head);
+    }
+}
+
 /// How a stream's two extra readers, one on the owner's node and one on the other, read
 /// it: as session followers listening before it starts, or as resumes sent together
 /// when the requester's response head comes.
@@ -286,11 +295,21 @@ enum Pair {
 
 /// First chunks seen by a stream's two extra readers (see [`Pair`]): one on the owner's
 /// node, one on the other.
+#[derive(Default)]
 struct Followers {
     near: Vec<Duration>,
     far: Vec<Duration>,
     /// Per stream, the far follower's first chunk after the near one's (negative: before).
     far_minus_near: Vec<f64>,
+}
+
+impl Followers {
+    /// Adds round `r`'s streams to these.
+    fn absorb(&mut self, r: Followers) {
+        self.near.extend(r.near);
+        self.far.extend(r.far);
+        self.far_minus_near.extend(r.far_minus_near);
+    }
 }
 
 /// `streams` streams at once on `owner`, each read on `owner` and on `other` over HTTP
@@ -365,11 +384,7 @@ async fn pair_round(
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>((near.0, far.0))
         }
     });
-    let mut r = Followers {
-        near: Vec::new(),
-        far: Vec::new(),
-        far_minus_near: Vec::new(),
-    };
+    let mut r = Followers::default();
     for res in futures_util::future::join_all(runs).await {
         let (near, far) = res?;
         r.near.push(near);
@@ -395,16 +410,10 @@ async fn measure_pair(
         Pair::Resume => "resumers",
     };
     pair_round(owner, other, pair, streams, chunks, &format!("{tag}-warm")).await?;
-    let mut all = Followers {
-        near: Vec::new(),
-        far: Vec::new(),
-        far_minus_near: Vec::new(),
-    };
+    let mut all = Followers::default();
     for i in 0..rounds {
         let r = pair_round(owner, other, pair, streams, chunks, &format!("{tag}-{i}")).await?;
-        all.near.extend(r.near);
-        all.far.extend(r.far);
-        all.far_minus_near.extend(r.far_minus_near);
+        all.absorb(r);
     }
     let d = &mut all.far_minus_near;
     d.sort_by(f64::total_cmp);
@@ -469,19 +478,7 @@ async fn measure(
     }
     let mut all: Vec<(Round, f64, f64)> = setups
         .iter()
-        .map(|_| {
-            let r = Round {
-                events: 0,
-                wall: Duration::ZERO,
-                first_owner: Vec::new(),
-                first_remote: Vec::new(),
-                end_owner: Vec::new(),
-                end_remote: Vec::new(),
-                head_remote: Vec::new(),
-                chunk_after_head: Vec::new(),
-            };
-            (r, 0.0, 0.0)
-        })
+        .map(|_| (Round::default(), 0.0, 0.0))
         .collect();
     for i in 0..rounds {
         for (s, (all, cpu, rcpu)) in setups.iter().zip(all.iter_mut()) {
@@ -496,14 +493,7 @@ async fn measure(
             .await?;
             *cpu += cpu_secs(s.owner.1) - cpu0;
             *rcpu += s.redis_pid.map_or(0.0, cpu_secs) - rcpu0;
-            all.events += r.events;
-            all.wall += r.wall;
-            all.first_owner.extend(r.first_owner);
-            all.first_remote.extend(r.first_remote);
-            all.end_owner.extend(r.end_owner);
-            all.end_remote.extend(r.end_remote);
-            all.head_remote.extend(r.head_remote);
-            all.chunk_after_head.extend(r.chunk_after_head);
+            all.absorb(r);
         }
     }
     let both = |v: &mut Vec<Duration>| (pct(v, 0.5), pct(v, 0.99));

@@ -246,7 +246,16 @@ impl Cluster {
 
     /// The last heartbeat Redis acknowledged (`None`: none since start).
     fn last_beat(&self) -> Option<Beat> {
-        *self.last_beat.lock().unwrap_or_else(|p| p.into_inner())
+        *self.beat_slot()
+    }
+
+    /// Records `beat` as the last one Redis acknowledged; the one before it.
+    fn note_beat(&self, beat: Beat) -> Option<Beat> {
+        self.beat_slot().replace(beat)
+    }
+
+    fn beat_slot(&self) -> std::sync::MutexGuard<'_, Option<Beat>> {
+        self.last_beat.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -351,11 +360,7 @@ async fn heartbeat(cluster: std::sync::Weak<Cluster>) {
         match &result {
             Ok(beat) => {
                 c.saw_redis();
-                let before = c
-                    .last_beat
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .replace(*beat);
+                let before = c.note_beat(*beat);
                 if std::mem::take(&mut failing) {
                     c.rejoin_sessions(before, *beat);
                 }

@@ -150,11 +150,11 @@ if holder then from = holder[1] end
 return redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', ARGV[2])
 ";
 
-/// `KEYS`: meta, log. `ARGV`: most entries. The stream's meta hash ([`Meta`]'s fields)
-/// and its log's entries from its first kept seq on, read at once (nothing when the
-/// stream is unknown).
+/// `KEYS`: meta, log. `ARGV`: most entries, then [`Meta::FIELDS`]. The stream's meta
+/// hash (those fields) and its log's entries from its first kept seq on, read at once
+/// (nothing when the stream is unknown).
 const READ: &str = r"
-local m = redis.call('HMGET', KEYS[1], 'owner', 'route', 'session', 'first', 'top', 'ended', 'started')
+local m = redis.call('HMGET', KEYS[1], unpack(ARGV, 2))
 if not m[1] then return {} end
 local from = m[4] .. '-1'
 local holder = redis.call('XREVRANGE', KEYS[2], from, '-', 'COUNT', 1)[1]
@@ -281,8 +281,8 @@ struct Meta {
 }
 
 impl Meta {
-    /// The hash's fields [`Meta::from_fields`] reads, in its order (the read script
-    /// names them too).
+    /// The hash's fields [`Meta::from_fields`] reads, in its order (the read script takes
+    /// `owner` first and `first` fourth).
     const FIELDS: [&str; 7] = [
         "owner", "route", "session", "first", "top", "ended", "started",
     ];
@@ -459,6 +459,7 @@ impl Cluster {
             .key(self.stream_key(id, "meta"))
             .key(self.stream_key(id, "log"))
             .arg(RANGE_COUNT)
+            .arg(&Meta::FIELDS)
             .invoke_async(&mut conn)
             .await?;
         self.saw_redis();
@@ -506,9 +507,9 @@ impl Cluster {
         self.mirror_if(id, Mirrored::Any).await
     }
 
-    /// [`Cluster::mirror`], for the streams it makes: of any stream, or only of one still
-    /// running (a session's live set may still name a stream ended without its owner's
-    /// last write, as by a takeover: a new follower must not get it).
+    /// [`Cluster::mirror`], for the streams it makes: of any stream, of one still running
+    /// (for a new follower of its session), or of one a rejoin finds (see
+    /// [`Mirrored::Missed`]).
     async fn mirror_if(
         self: &Arc<Self>,
         id: &RequestId,
@@ -578,11 +579,11 @@ impl Cluster {
             return Ok(None);
         };
         // The session's followers here are offered a running stream, and at a rejoin one
-        // the session started since; never one whose mirror an outage ended here (they
-        // were sent that end). A resume's mirror of an ended stream stands outside the
-        // session: its followers here read it already, or followed only after its end.
+        // the session started since; never one they were offered already. A resume's
+        // mirror of an ended stream stands outside the session: its followers here read
+        // it already, or followed only after its end.
         let offer = !meta.session.is_empty()
-            && !self.cut_short.contains_key(id)
+            && !self.offered_before(id)
             && (!meta.ended || matches!(which, Mirrored::Missed { .. }));
         let session = offer.then(|| Arc::<str>::from(meta.session.as_str()));
         let (stream, created) = self.new_copy(a, id, route, session, meta.first, lines);
@@ -640,9 +641,14 @@ impl Cluster {
         recent.push_back((Instant::now(), id.clone()));
     }
 
-    /// Whether this node's followers were offered session stream `id` lately (see
-    /// [`Cluster::note_offered`]).
-    fn offered_lately(&self, id: &RequestId) -> bool {
+    /// Whether this node's followers of its session were offered stream `id` already, so
+    /// that no new mirror offers it to them again: lately (see [`Cluster::note_offered`];
+    /// an older one is held by the hub, or ended before the window a rejoin reads), or
+    /// ended for them by an outage (`cut_short`).
+    fn offered_before(&self, id: &RequestId) -> bool {
+        if self.cut_short.contains_key(id) {
+            return true;
+        }
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         recent.iter().any(|(_, r)| r == id)
     }
@@ -779,7 +785,7 @@ impl Cluster {
         let Some(route) = a.routes.get(&announced.route).cloned() else {
             return Ok(None);
         };
-        if self.cut_short.contains_key(&id) {
+        if self.offered_before(&id) {
             // Announced again (Redis restarted empty), after an outage ended it here.
             return Ok(None);
         }
@@ -841,11 +847,9 @@ impl Cluster {
             None => Mirrored::Running,
         };
         for id in ids {
-            if self.cut_short.contains_key(&id) || (since_ms.is_some() && self.offered_lately(&id))
-            {
-                continue;
+            if !self.offered_before(&id) {
+                let _ = self.mirror_if(&id, which).await;
             }
-            let _ = self.mirror_if(&id, which).await;
         }
     }
 
@@ -973,8 +977,8 @@ impl Cluster {
 enum Mirrored {
     Any,
     Running,
-    /// At a rejoin: a stream of a session another node runs, running or started since
-    /// `since_ms` (Redis's time).
+    /// At a rejoin: a stream of a session another node runs (or ran), running or started
+    /// since `since_ms` (Redis's time).
     Missed {
         since_ms: u64,
     },

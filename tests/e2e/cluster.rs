@@ -649,10 +649,8 @@ async fn cluster_a_second_follower_on_a_node_outlives_the_first() {
     let redis = Redis::start().await;
     let (n1, n2) = two_nodes(&redis).await;
     let session = "sess-two-followers";
-    let path = format!("/api/sessions/{session}/events");
-    let first = LineReader::open(http().get(n2.url(&path))).await;
-    let mut second = LineReader::open(http().get(n2.url(&path))).await;
-    assert_eq!((first.status, second.status), (200, 200));
+    let first = session_follower(&n2, session).await;
+    let mut second = session_follower(&n2, session).await;
     drop(first);
     for round in 0..3 {
         let all = short_session_stream(&n1, session).await;
@@ -741,9 +739,7 @@ async fn cluster_a_follower_that_came_during_an_outage_gets_the_sessions_next_st
     let (n1, n2) = two_nodes(&redis).await;
     let session = "sess-outage";
     redis.pause();
-    let mut follower =
-        LineReader::open(http().get(n2.url(&format!("/api/sessions/{session}/events")))).await;
-    assert_eq!(follower.status, 200);
+    let mut follower = session_follower(&n2, session).await;
     redis.resume();
     eventually_async("both nodes ready again", || async {
         n1.ready().await && n2.ready().await
@@ -798,9 +794,7 @@ async fn cluster_a_follower_joining_after_a_takeover_gets_only_the_sessions_next
     };
     assert_eq!(score("live").await, None, "out of the live set");
     assert!(score("ended").await.is_some(), "in the ended set");
-    let mut follower =
-        LineReader::open(http().get(n3.url(&format!("/api/sessions/{session}/events")))).await;
-    assert_eq!(follower.status, 200);
+    let mut follower = session_follower(&n3, session).await;
     let all = post_ndjson(&n2.url(CHAT), &chat(json!({"chunks": 3}), Some(session))).await;
     check_rules(&all);
     follows_whole(
@@ -827,12 +821,10 @@ async fn cluster_every_new_stream_of_a_session_reaches_its_followers_on_every_no
         let (n1, n2) = (&n1, &n2);
         async move {
             let session = format!("burst-{i}");
-            let path = format!("/api/sessions/{session}/events");
             let (mut near, mut far) = tokio::join!(
-                LineReader::open(http().get(n1.url(&path))),
-                LineReader::open(http().get(n2.url(&path)))
+                session_follower(n1, &session),
+                session_follower(n2, &session)
             );
-            assert_eq!((near.status, far.status), (200, 200));
             let all = post_ndjson(
                 &n1.url(CHAT),
                 &chat(json!({"chunks": 10, "interval_ms": 2}), Some(&session)),
